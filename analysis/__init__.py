@@ -1,0 +1,1 @@
+"""Ranking trials on quality, speed and cost; reports and winners."""

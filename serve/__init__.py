@@ -1,0 +1,1 @@
+"""Serving the winning adapters with Ray Serve behind an OpenAI-compatible API."""

@@ -1,0 +1,1 @@
+"""Sweeps over PEFT methods and hyperparameters with Ray Tune and Optuna."""

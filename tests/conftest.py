@@ -1,0 +1,21 @@
+"""Shared fixtures: a tiny random-weight model built in seconds, and an isolated cache."""
+
+import pytest
+
+from trainables import embedded
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_cache(tmp_path_factory):
+    """Tests never read or write the user's cache (and so never the cached default model)."""
+    cache = tmp_path_factory.mktemp("cache")
+    patcher = pytest.MonkeyPatch()
+    patcher.setenv("PEFT_SWEEPS_CACHE", str(cache))
+    yield cache
+    patcher.undo()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """Directory of a random-weight Llama with its own tokenizer; loads like any HF model."""
+    return str(embedded.build(embedded.TINY_SPEC, tmp_path_factory.mktemp("tiny-model")))

@@ -1,0 +1,47 @@
+"""Loading the tokenizer and causal LM from an HF id, a local directory, or the embedded default."""
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from trainables import embedded
+
+EMBEDDED = "embedded"
+
+
+def resolve(model: str) -> str:
+    """`embedded` becomes the cached build (built on first use); anything else goes to from_pretrained."""
+    return str(embedded.ensure_built()) if model == EMBEDDED else model
+
+
+def looks_loadable(model: str) -> str | None:
+    """A reason the model cannot be loaded, checked cheaply before any expensive work; None if fine."""
+    if model == EMBEDDED:
+        return None
+    path = Path(model)
+    is_local = path.exists() or model.startswith((".", "/", "~"))
+    if is_local and not (path.expanduser() / "config.json").is_file():
+        return f"model path '{model}' has no config.json"
+    return None
+
+
+def attention_implementation() -> str:
+    """FlashAttention 2 where CUDA and flash-attn are present, else PyTorch SDPA."""
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load_tokenizer(model: str) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(resolve(model))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(model: str, *, dtype: torch.dtype = torch.float32, **kwargs):
+    return AutoModelForCausalLM.from_pretrained(
+        resolve(model), dtype=dtype, attn_implementation=attention_implementation(), **kwargs
+    )
