@@ -31,7 +31,7 @@ NOT_PRETRAINED_ON = {"id", "topic"}
 class EmbeddedSpec:
     vocab_size: int = 2048
     hidden_size: int = 256
-    intermediate_size: int = 688
+    intermediate_size: int = 704  # multiples of 64: bitsandbytes packs 4-bit CPU weights in blocks of 64
     num_layers: int = 4
     num_heads: int = 4
     max_positions: int = 1024
@@ -45,7 +45,7 @@ class EmbeddedSpec:
 DEFAULT_SPEC = EmbeddedSpec()
 # Random weights in seconds, for tests: never the cached default.
 TINY_SPEC = EmbeddedSpec(
-    vocab_size=512, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, steps=0
+    vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, steps=0
 )
 
 

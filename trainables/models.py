@@ -4,7 +4,7 @@ import importlib.util
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
 from trainables import embedded
 
@@ -41,7 +41,30 @@ def load_tokenizer(model: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_model(model: str, *, dtype: torch.dtype = torch.float32, **kwargs):
-    return AutoModelForCausalLM.from_pretrained(
-        resolve(model), dtype=dtype, attn_implementation=attention_implementation(), **kwargs
+def device() -> torch.device:
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch.cuda.is_available()
+        else torch.device("cpu")
     )
+
+
+def nf4_config() -> BitsAndBytesConfig:
+    """QLoRA's recipe: 4-bit NormalFloat, double quantization, bf16 compute."""
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+def load_model(model: str, *, quantize_4bit: bool = False):
+    """bf16 on GPU (FlashAttention 2 needs it), fp32 on CPU; optionally 4-bit NF4 base weights."""
+    target = device()
+    dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+    extra = {"quantization_config": nf4_config(), "device_map": {"": str(target)}} if quantize_4bit else {}
+    loaded = AutoModelForCausalLM.from_pretrained(
+        resolve(model), dtype=dtype, attn_implementation=attention_implementation(), **extra
+    )
+    return loaded if quantize_4bit else loaded.to(target)

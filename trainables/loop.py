@@ -1,0 +1,198 @@
+"""The explicit train / eval loop shared by every method.
+
+Batches group examples of similar length (dynamic padding, little compute spent on pad tokens,
+no attention across examples). The micro-batch order is a pure function of (seed, epoch), so a
+resumed run skips to the exact batch it stopped at.
+"""
+
+import itertools
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+
+from trainables.config import TrialConfig
+from trainables.methods import Method
+from trainables.tasks.spec import Task
+
+IGNORE_INDEX = -100
+GROUPS_PER_MEGABATCH = 16
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite; the trial ends with this reason."""
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)  # since the last evaluation
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, prompt: str, target: str, max_length: int) -> dict:
+    """Prompt + target + EOS; the loss only sees the target. Long prompts lose their start."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    target_ids = [*tokenizer(target, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+    target_ids = target_ids[: max_length // 2] if len(target_ids) > max_length // 2 else target_ids
+    prompt_ids = prompt_ids[-(max_length - len(target_ids)) :]
+    return {
+        "input_ids": prompt_ids + target_ids,
+        "labels": [IGNORE_INDEX] * len(prompt_ids) + target_ids,
+    }
+
+
+def encode_examples(task: Task, tokenizer, examples, max_length: int, prefix: str = "") -> list[dict]:
+    return [
+        encode(tokenizer, prefix + task.format_prompt(example), task.format_target(example), max_length)
+        for example in examples
+    ]
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Shuffled batches whose members have similar lengths (HF's LengthGroupedSampler idea)."""
+    rng = random.Random(seed * 100_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    megabatch = batch_size * GROUPS_PER_MEGABATCH
+    batches = []
+    for start in range(0, len(order), megabatch):
+        group = sorted(order[start : start + megabatch], key=lambda i: lengths[i], reverse=True)
+        batches.extend(group[i : i + batch_size] for i in range(0, len(group), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def micro_batches(lengths: list[int], batch_size: int, seed: int) -> Iterator[list[int]]:
+    for epoch in itertools.count():
+        yield from length_grouped_batches(lengths, batch_size, seed, epoch)
+
+
+def collate(features: list[dict], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    width = max(len(f["input_ids"]) for f in features)
+    input_ids = torch.full((len(features), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(features), width), dtype=torch.long)
+    for row, feature in enumerate(features):
+        length = len(feature["input_ids"])
+        input_ids[row, :length] = torch.tensor(feature["input_ids"])
+        labels[row, :length] = torch.tensor(feature["labels"])
+        attention_mask[row, :length] = 1
+    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+    return {name: tensor.to(device) for name, tensor in batch.items()}
+
+
+def autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def make_optimizer(model, config: TrialConfig, total_steps: int):
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    warmup = math.floor(config.warmup_ratio * total_steps)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+
+
+def train(
+    model,
+    features: list[dict],
+    config: TrialConfig,
+    method: Method,
+    total_steps: int,
+    optimizer,
+    scheduler,
+    state: TrainState,
+    pad_id: int,
+    on_eval: Callable[[TrainState], None],
+) -> TrainState:
+    """Run optimizer steps from state.step to total_steps, calling on_eval every eval_every steps."""
+    device = next(p.device for p in model.parameters())
+    lengths = [len(f["input_ids"]) for f in features]
+    stream = itertools.islice(
+        micro_batches(lengths, config.batch_size, config.seed), state.step * config.grad_accum, None
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    while state.step < total_steps:
+        started = time.perf_counter()
+        step_loss = 0.0
+        for _ in range(config.grad_accum):
+            batch = collate([features[i] for i in next(stream)], pad_id, device)
+            with autocast(device):
+                loss = model(**batch).loss
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"training loss became {loss.item()} at step {state.step + 1}")
+            (loss / config.grad_accum).backward()
+            step_loss += loss.item() / config.grad_accum
+            state.tokens += int(batch["attention_mask"].sum())
+        torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        if method.after_optimizer_step is not None:
+            method.after_optimizer_step(model, state.step)
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.losses.append(step_loss)
+        state.seconds += time.perf_counter() - started
+        if state.step % config.eval_every == 0 or state.step == total_steps:
+            on_eval(state)
+            state.losses.clear()
+            model.train()
+    return state
+
+
+@torch.no_grad()
+def validation_loss(model, features: list[dict], batch_size: int, pad_id: int) -> float:
+    """Mean loss per target token (teacher forcing)."""
+    device = next(p.device for p in model.parameters())
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(features), batch_size):
+        batch = collate(features[start : start + batch_size], pad_id, device)
+        with autocast(device):
+            loss = model(**batch).loss
+        tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        total += loss.item() * tokens
+        count += tokens
+    return total / max(count, 1)
+
+
+@dataclass(frozen=True)
+class Generations:
+    texts: list[str]
+    new_tokens: int
+    seconds: float
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> Generations:
+    """Greedy, batched, left-padded; counts tokens up to and including each row's EOS."""
+    device = next(p.device for p in model.parameters())
+    model.eval()
+    texts, new_tokens, seconds = [], 0, 0.0
+    for start in range(0, len(prompts), batch_size):
+        inputs = tokenizer(
+            prompts[start : start + batch_size], return_tensors="pt", padding=True, padding_side="left"
+        ).to(device)
+        started = time.perf_counter()
+        with autocast(device):
+            output = model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        seconds += time.perf_counter() - started
+        generated = output[:, inputs["input_ids"].shape[1] :]
+        for row in generated.tolist():
+            length = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
+            new_tokens += length
+            texts.append(tokenizer.decode(row[:length], skip_special_tokens=True))
+    return Generations(texts, new_tokens, seconds)
