@@ -64,7 +64,9 @@ def hf_trainer(plan, model_path, features, tokenizer, output_dir) -> float:
     )
     collator = _CountingCollator(tokenizer, label_pad_token_id=loop.IGNORE_INDEX, padding=True)
     _CountingCollator.real_tokens = 0
-    trainer = Trainer(model=model, args=arguments, train_dataset=Dataset.from_list(features), data_collator=collator)
+    trainer = Trainer(
+        model=model, args=arguments, train_dataset=Dataset.from_list(features), data_collator=collator
+    )
     started = time.perf_counter()
     trainer.train()
     return _CountingCollator.real_tokens / (time.perf_counter() - started)
@@ -87,8 +89,12 @@ def main() -> None:
     results = {"ours": [], "trainer": []}
     for round_number in range(args.rounds):
         results["ours"].append(ours(plan, model_path, features, tokenizer.pad_token_id))
-        results["trainer"].append(hf_trainer(plan, model_path, features, tokenizer, f"/tmp/bench-trainer-{round_number}"))
-        print(f"round {round_number + 1}: ours {results['ours'][-1]:.0f} tok/s, Trainer {results['trainer'][-1]:.0f} tok/s")
+        results["trainer"].append(
+            hf_trainer(plan, model_path, features, tokenizer, f"/tmp/bench-trainer-{round_number}")
+        )
+        print(
+            f"round {round_number + 1}: ours {results['ours'][-1]:.0f} tok/s, Trainer {results['trainer'][-1]:.0f} tok/s"
+        )
     best_ours, best_trainer = max(results["ours"]), max(results["trainer"])
     print(
         f"{args.method} on {args.model}, {args.steps} steps x batch {args.batch_size}: "

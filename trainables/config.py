@@ -52,11 +52,7 @@ class TrialConfig(BaseModel):
     @field_validator("task")
     @classmethod
     def _known_task(cls, task: str) -> str:
-        from trainables.tasks import TASKS
-
-        if task not in TASKS:
-            raise ValueError(f"unknown task '{task}'; known: {', '.join(sorted(TASKS))}")
-        return task
+        return known_task(task)
 
     @field_validator("method")
     @classmethod
@@ -79,6 +75,14 @@ class TrialConfig(BaseModel):
             return self.max_steps
         batches_per_epoch = math.ceil(train_size / self.batch_size)
         return max(1, math.ceil(self.epochs * batches_per_epoch / self.grad_accum))
+
+
+def known_task(task: str) -> str:
+    from trainables.tasks import TASKS
+
+    if task not in TASKS:
+        raise ValueError(f"unknown task '{task}'; known: {', '.join(sorted(TASKS))}")
+    return task
 
 
 def describe(error: ValidationError) -> str:

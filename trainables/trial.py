@@ -145,9 +145,10 @@ def restore_checkpoint(directory: Path, model, optimizer, scheduler) -> loop.Tra
 class Recorder:
     """Keeps the trial's self-describing record on disk, rewritten at every report."""
 
-    def __init__(self, directory: Path | None, values: dict):
+    def __init__(self, directory: Path | None, values: dict, identity: dict | None = None):
         self.path = directory / RECORD_FILE if directory else None
         self.record = {
+            **(identity or {}),
             "status": "running",
             "error": None,
             "config": values,
@@ -165,10 +166,17 @@ class Recorder:
 
 
 def execute(
-    values: dict, report: Report, resume_from: Path | None = None, record_dir: Path | None = None
+    values: dict,
+    report: Report,
+    resume_from: Path | None = None,
+    record_dir: Path | None = None,
+    identity: dict | None = None,
 ) -> dict:
-    """Run one trial; returns the last metrics. Records, then raises, any failure."""
-    recorder = Recorder(record_dir, values)
+    """Run one trial; returns the last metrics. Records, then raises, any failure.
+
+    identity (trial id, node) goes into the record as it is.
+    """
+    recorder = Recorder(record_dir, values, identity)
     try:
         return _execute(values, report, resume_from, recorder)
     except Exception as error:
@@ -257,20 +265,23 @@ def describe_failure(error: BaseException) -> str:
 
 def run(config: dict) -> None:
     """The Ray Tune function trainable."""
+    import ray
     from ray import tune
 
     checkpoint = tune.get_checkpoint()
-    record_dir = Path(tune.get_context().get_trial_dir())
+    context = tune.get_context()
+    record_dir = Path(context.get_trial_dir())
+    identity = {"trial_id": context.get_trial_id(), "node_id": ray.get_runtime_context().get_node_id()}
 
     def report(metrics: dict, directory: Path | None) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory) if directory else None)
 
     try:
         if checkpoint is None:
-            execute(config, report, None, record_dir)
+            execute(config, report, None, record_dir, identity)
         else:
             with checkpoint.as_directory() as resume_from:
-                execute(config, report, Path(resume_from), record_dir)
+                execute(config, report, Path(resume_from), record_dir, identity)
     except Exception as error:
         failure = {"status": "failed", "error": describe_failure(error), "quality": float("nan")}
         tune.report(failure | {"method": config.get("method")})

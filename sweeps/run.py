@@ -1,0 +1,224 @@
+"""python -m sweeps.run TASK [options]: search PEFT methods and hyperparameters for a task.
+
+Baseline trials (the untouched base model, zero- and k-shot) run first, then Optuna's TPE
+searches the methods' spaces on Ray Tune while ASHA stops poor trials early. Results land in
+<storage>/<task>/<name>/ with trials.csv and trials.parquet; --resume continues an interrupted sweep.
+"""
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from sweeps import results
+from sweeps.settings import SweepSettings, resolve
+from sweeps.spaces import DefineByRun, first_points
+from trainables import models, trial
+from trainables.config import BASELINE, ConfigError, TrialConfig
+from trainables.tasks import TASKS, get_task
+
+BASELINES_DIR = "baselines"
+EXPERIMENT_STATE = "experiment_state*.json"
+
+
+def parser() -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(prog="python -m sweeps.run", description=__doc__.split("\n\n")[0])
+    cli.add_argument("task", help=f"a registered task: {', '.join(TASKS)}")
+    cli.add_argument("--config", help="YAML file overriding the task's preset")
+    cli.add_argument("--model", help="HF id or local path (default: the embedded model)")
+    cli.add_argument(
+        "--methods", type=lambda text: text.split(","), help="comma-separated subset of the methods"
+    )
+    cli.add_argument("--samples", type=int, help="number of PEFT trials (baselines come on top)")
+    budget = cli.add_mutually_exclusive_group()
+    budget.add_argument("--max-steps", type=int, help="optimizer steps per trial")
+    budget.add_argument("--epochs", type=float, help="epochs per trial instead of --max-steps")
+    cli.add_argument("--time-budget-s", type=float, help="stop starting trials after this many seconds")
+    cli.add_argument("--concurrency", type=int, help="trials at once")
+    cli.add_argument("--cpus-per-trial", type=float)
+    cli.add_argument("--gpus-per-trial", type=float, help="fractions let small trials share a GPU")
+    cli.add_argument("--address", help="join a running Ray cluster, e.g. auto after `ray start --head`")
+    cli.add_argument("--storage", help="results root (default ./results; a shared path on a cluster)")
+    cli.add_argument("--name", help="experiment name (default: a timestamp)")
+    cli.add_argument(
+        "--resume", action="store_true", default=None, help="continue the named (or latest) sweep"
+    )
+    cli.add_argument("--seed", type=int)
+    cli.add_argument("--max-failures", type=int, help="retries of a trial that failed for a transient reason")
+    cli.add_argument(
+        "--smoke", action="store_true", default=None, help="a tiny budget, for tests and a first look"
+    )
+    return cli
+
+
+def fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def experiment_dir(settings: SweepSettings) -> Path:
+    """The sweep's directory; for --resume without --name, the latest sweep of the task."""
+    if settings.resume and settings.name is None:
+        previous = sorted(settings.task_dir.glob(f"*/{EXPERIMENT_STATE}"))
+        if not previous:
+            raise ConfigError(f"resume: no earlier sweep of '{settings.task}' under {settings.task_dir}")
+        return max((p.parent for p in previous), key=lambda d: d.stat().st_mtime)
+    directory = settings.task_dir / settings.experiment_name
+    started = any(directory.glob(EXPERIMENT_STATE))
+    if settings.resume and not started:
+        raise ConfigError(f"resume: no sweep to resume at {directory}")
+    if not settings.resume and started:
+        raise ConfigError(f"name: {directory} already holds a sweep; pass --resume or another --name")
+    return directory
+
+
+def connect(settings: SweepSettings) -> None:
+    import ray
+
+    try:
+        context = ray.init(
+            address=settings.address, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True
+        )
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise ConfigError(f"address: cannot reach a Ray cluster at '{settings.address}' ({error})") from None
+    if context.dashboard_url:
+        print(
+            f"Ray dashboard: http://{context.dashboard_url}  (follow the trials' metrics there)", flush=True
+        )
+
+
+def trial_resources(settings: SweepSettings) -> dict:
+    import torch
+
+    gpus = (
+        settings.gpus_per_trial if settings.gpus_per_trial is not None else float(torch.cuda.is_available())
+    )
+    return {"cpu": settings.cpus_per_trial, "gpu": gpus}
+
+
+def evaluations_per_trial(settings: SweepSettings) -> int:
+    constants = settings.trial_constants() | {"method": "lora"}
+    config = TrialConfig.parse(constants)
+    train_size = len(get_task(settings.task).splits(config.validation_share, config.seed)["train"])
+    if config.train_examples is not None:
+        train_size = min(train_size, config.train_examples)
+    return math.ceil(config.total_steps(train_size) / config.eval_every)
+
+
+def trial_dirname(trial) -> str:
+    return f"{trial.trial_id}-{trial.config.get('method')}"
+
+
+def fit_or_resume(directory: Path, build_tuner, trainable) -> bool:
+    """Fit a new experiment or continue a saved one; False when it was interrupted (Ctrl-C)."""
+    from ray import tune
+
+    if tune.Tuner.can_restore(str(directory)):
+        grid = tune.Tuner.restore(str(directory), trainable=trainable, resume_unfinished=True).fit()
+    else:
+        grid = build_tuner().fit()
+    return grid.num_terminated + grid.num_errors == len(grid)
+
+
+def run_baselines(settings: SweepSettings, directory: Path, trainable) -> bool:
+    from ray import tune
+
+    def build():
+        space = settings.trial_constants() | {
+            "method": BASELINE,
+            "shots": tune.grid_search(settings.baseline_shots),
+        }
+        return tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=settings.concurrency, trial_dirname_creator=trial_dirname
+            ),
+            run_config=tune.RunConfig(name=BASELINES_DIR, storage_path=str(directory), verbose=1),
+        )
+
+    return fit_or_resume(directory / BASELINES_DIR, build, trainable)
+
+
+def run_search(settings: SweepSettings, directory: Path, trainable) -> bool:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    def build():
+        evaluations = evaluations_per_trial(settings)
+        searcher = OptunaSearch(
+            space=DefineByRun(settings.methods, settings.search, settings.trial_constants()),
+            metric="quality",
+            mode="max",
+            points_to_evaluate=first_points(settings.methods)[: settings.samples],
+            seed=settings.seed,
+        )
+        return tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric="quality",
+                mode="max",
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent=settings.concurrency),
+                scheduler=ASHAScheduler(
+                    max_t=evaluations, grace_period=min(settings.grace_evals, evaluations), reduction_factor=2
+                ),
+                num_samples=settings.samples,
+                time_budget_s=settings.time_budget_s,
+                trial_dirname_creator=trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=directory.name,
+                storage_path=str(directory.parent),
+                failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=1, checkpoint_score_attribute="quality", checkpoint_score_order="max"
+                ),
+                verbose=1,
+            ),
+        )
+
+    return fit_or_resume(directory, build, trainable)
+
+
+def sweep(settings: SweepSettings, directory: Path) -> bool:
+    """Run (or continue) the sweep; False when it was interrupted before the end."""
+    from ray import tune
+
+    connect(settings)
+    if settings.model == models.EMBEDDED:
+        models.resolve(settings.model)  # build it once here, not in every trial at the same time
+    trainable = tune.with_resources(trial.run, trial_resources(settings))
+    print(f"sweep: {settings.task} on {settings.model}, results in {directory}", flush=True)
+    finished = run_baselines(settings, directory, trainable) and run_search(settings, directory, trainable)
+    trials = results.collect(directory, sweep_finished=finished)
+    results.write_tables(trials, directory)
+    print(results.summary(trials))
+    print(f"trials: {directory / 'trials.csv'}")
+    return finished
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    cli_values = {key: value for key, value in vars(args).items() if key not in ("task", "config")}
+    try:
+        settings = resolve(args.task, args.config, cli_values)
+        directory = experiment_dir(settings)
+    except ConfigError as error:
+        return fail(str(error))
+    try:
+        sweep(settings, directory)
+    except ConfigError as error:
+        return fail(str(error))
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted; nothing is lost. Continue with: --name {directory.name} --resume",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

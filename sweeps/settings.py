@@ -1,0 +1,212 @@
+"""Sweep settings: defaults, then the task's preset, then a YAML file, then command-line options.
+
+Validated in one place; every problem is collected and reported on one line naming its field.
+"""
+
+import datetime
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sweeps.presets import PRESETS
+from trainables import models
+from trainables.config import ConfigError, TrialConfig, describe, known_task
+from trainables.methods import METHODS
+
+SMOKE = {
+    "max_steps": 4,
+    "epochs": None,
+    "baseline_shots": [0],
+    "trial": {"eval_every": 2, "eval_examples": 4, "train_examples": 32, "batch_size": 4},
+}
+# Options the sweep sets on every trial itself; a `trial:` block may not override them.
+SWEEP_OWNED = {"task", "model", "method", "max_steps", "epochs", "seed"}
+
+
+class SearchRanges(BaseModel):
+    """Where Optuna looks; each method only sees the dimensions it uses."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    learning_rate: tuple[float, float] = (1e-4, 1e-2)
+    prompt_tuning_learning_rate: tuple[float, float] = (1e-3, 1e-1)
+    dropout: tuple[float, float] = (0.0, 0.2)
+    ranks: list[int] = [4, 8, 16]
+    alphas: list[float] = [8, 16, 32]
+    adalora_target_ranks: list[int] = [2, 4]
+    virtual_tokens: list[int] = [8, 16, 32]
+
+    @field_validator("learning_rate", "prompt_tuning_learning_rate", "dropout")
+    @classmethod
+    def _ordered(cls, bounds: tuple[float, float]) -> tuple[float, float]:
+        low, high = bounds
+        if not 0 <= low < high:
+            raise ValueError(f"impossible range [{low}, {high}]: need 0 <= low < high")
+        return bounds
+
+    @field_validator("ranks", "alphas", "adalora_target_ranks", "virtual_tokens")
+    @classmethod
+    def _positive_choices(cls, choices: list) -> list:
+        if not choices or min(choices) <= 0:
+            raise ValueError("needs at least one choice, all above 0")
+        return choices
+
+    @model_validator(mode="after")
+    def _adalora_targets_fit(self) -> "SearchRanges":
+        if max(self.adalora_target_ranks) > min(self.ranks):
+            raise ValueError("adalora_target_ranks must not exceed the smallest of ranks")
+        return self
+
+
+class SweepSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: str
+    model: str = models.EMBEDDED
+    methods: list[str] = list(METHODS)
+    samples: int = Field(10, ge=1, description="PEFT trials; baselines come on top")
+    max_steps: int = Field(120, ge=1)
+    epochs: float | None = Field(None, gt=0)
+    time_budget_s: float | None = Field(None, gt=0)
+    concurrency: int = Field(2, ge=1)
+    cpus_per_trial: float = Field(1, gt=0)
+    gpus_per_trial: float | None = Field(None, ge=0, description="default: 1 when CUDA is visible, else 0")
+    address: str | None = None
+    storage: str = "./results"
+    name: str | None = None
+    resume: bool = False
+    seed: int = 0
+    smoke: bool = False
+    baseline_shots: list[int] = [0, 2]
+    max_failures: int = Field(1, ge=0, description="retries of a trial that failed for a transient reason")
+    grace_evals: int = Field(1, ge=1, description="evaluations before ASHA may stop a trial")
+    search: SearchRanges = SearchRanges()
+    trial: dict[str, Any] = {}
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, methods: list[str]) -> list[str]:
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown or not methods:
+            raise ValueError(f"unknown {unknown or 'empty'}; known: {', '.join(METHODS)}")
+        return list(dict.fromkeys(methods))
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        return known_task(task)
+
+    @field_validator("trial")
+    @classmethod
+    def _valid_trial_options(cls, options: dict) -> dict:
+        owned = sorted(SWEEP_OWNED & options.keys())
+        if owned:
+            raise ValueError(f"{', '.join(owned)} set by the sweep itself, not in trial")
+        try:
+            TrialConfig.model_validate({"task": "qg", "method": "lora", **options})
+        except ValidationError as error:
+            raise ValueError(describe(error).removeprefix("invalid config: ")) from None
+        return options
+
+    @property
+    def experiment_name(self) -> str:
+        return self.name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+    @property
+    def task_dir(self) -> Path:
+        return Path(self.storage).expanduser().resolve() / self.task
+
+    def trial_constants(self) -> dict:
+        """What every trial of the sweep shares."""
+        return {
+            "task": self.task,
+            "model": self.model,
+            "max_steps": self.max_steps,
+            "epochs": self.epochs,
+            "seed": self.seed,
+            **self.trial,
+        }
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = (
+            _merge(merged[key], value)
+            if isinstance(value, dict) and isinstance(merged.get(key), dict)
+            else value
+        )
+    return merged
+
+
+def read_yaml(path: str) -> dict:
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        raise ConfigError(f"{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of options, got {type(loaded).__name__}")
+    return loaded
+
+
+def resolve(task: str, yaml_path: str | None, cli: dict) -> SweepSettings:
+    """Defaults < preset < YAML < command line; smoke shrinks the budget last."""
+    values = _merge(PRESETS.get(task, {}), read_yaml(yaml_path) if yaml_path else {})
+    values = _merge(values, {key: value for key, value in cli.items() if value is not None})
+    if values.get("smoke"):
+        values = _merge(values, SMOKE)
+        values.setdefault("samples", len(values.get("methods", METHODS)))
+    source = f"{yaml_path}: " if yaml_path else ""
+    try:
+        settings = SweepSettings.model_validate({**values, "task": task})
+    except ValidationError as error:
+        raise ConfigError(source + describe(error)) from None
+    check_environment(settings)
+    return settings
+
+
+def _writable(directory: Path) -> bool:
+    """Tries for real: permission bits say little to root or on network filesystems."""
+    existing = next((p for p in [directory, *directory.parents] if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        return False
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            return True
+    except OSError:
+        return False
+
+
+def _unreachable(address: str) -> str | None:
+    """Why host:port cannot be reached within seconds (Ray itself retries for a long while)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return None  # "auto", "local" and ray:// addresses are Ray's to resolve
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except OSError as error:
+        return f"cannot reach a Ray cluster at '{address}' ({error.strerror or error})"
+    return None
+
+
+def check_environment(settings: SweepSettings) -> None:
+    """The cheap checks that spare the user a failed sweep: model path, storage, cluster address."""
+    problems = []
+    if settings.address and (unreachable := _unreachable(settings.address)):
+        problems.append(f"address: {unreachable}")
+    if not_loadable := models.looks_loadable(settings.model):
+        problems.append(f"model: {not_loadable}")
+    if not _writable(Path(settings.storage).expanduser().resolve()):
+        problems.append(f"storage: '{settings.storage}' cannot be written")
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))
