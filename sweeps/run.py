@@ -10,6 +10,7 @@ import math
 import sys
 from pathlib import Path
 
+from analysis import load, rank, report
 from sweeps import results
 from sweeps.settings import SweepSettings, resolve
 from sweeps.spaces import DefineByRun, first_points
@@ -76,9 +77,9 @@ def connect(settings: SweepSettings) -> None:
     import ray
 
     try:
-        context = ray.init(
-            address=settings.address, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True
-        )
+        # A cluster we join has its own dashboard; a local one gets one on loopback.
+        local = {"include_dashboard": True, "dashboard_host": "127.0.0.1"} if settings.address is None else {}
+        context = ray.init(address=settings.address, **local)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise ConfigError(f"address: cannot reach a Ray cluster at '{settings.address}' ({error})") from None
     if context.dashboard_url:
@@ -196,6 +197,12 @@ def sweep(settings: SweepSettings, directory: Path) -> bool:
     results.write_tables(trials, directory)
     print(results.summary(trials))
     print(f"trials: {directory / 'trials.csv'}")
+    if finished:
+        try:
+            report.build(directory, rank.parse_weights(""), top=settings.winners)
+            print(f"report: {directory / 'report.html'}  winners: {directory / report.WINNERS_FILE}")
+        except load.NotAnExperiment as error:
+            print(f"no winners: {error}", file=sys.stderr)
     return finished
 
 
@@ -208,13 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         return fail(str(error))
     try:
-        sweep(settings, directory)
+        finished = sweep(settings, directory)
     except ConfigError as error:
         return fail(str(error))
     except KeyboardInterrupt:
+        finished = False
+    if not finished:
         print(
-            f"\ninterrupted; nothing is lost. Continue with: --name {directory.name} --resume",
-            file=sys.stderr,
+            f"interrupted; nothing is lost. Continue with: --name {directory.name} --resume", file=sys.stderr
         )
         return 130
     return 0

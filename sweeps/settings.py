@@ -69,7 +69,7 @@ class SweepSettings(BaseModel):
     model: str = models.EMBEDDED
     methods: list[str] = list(METHODS)
     samples: int = Field(10, ge=1, description="PEFT trials; baselines come on top")
-    max_steps: int = Field(120, ge=1)
+    max_steps: int = Field(160, ge=1)
     epochs: float | None = Field(None, gt=0)
     time_budget_s: float | None = Field(None, gt=0)
     concurrency: int = Field(2, ge=1)
@@ -84,6 +84,7 @@ class SweepSettings(BaseModel):
     baseline_shots: list[int] = [0, 2]
     max_failures: int = Field(1, ge=0, description="retries of a trial that failed for a transient reason")
     grace_evals: int = Field(1, ge=1, description="evaluations before ASHA may stop a trial")
+    winners: int = Field(3, ge=1, description="adapters picked from the Pareto front for serving")
     search: SearchRanges = SearchRanges()
     trial: dict[str, Any] = {}
 

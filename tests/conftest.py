@@ -1,5 +1,9 @@
 """Shared fixtures: a tiny random-weight model built in seconds, and an isolated cache."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from trainables import embedded
@@ -19,3 +23,17 @@ def isolated_cache(tmp_path_factory):
 def tiny_model(tmp_path_factory) -> str:
     """Directory of a random-weight Llama with its own tokenizer; loads like any HF model."""
     return str(embedded.build(embedded.TINY_SPEC, tmp_path_factory.mktemp("tiny-model")))
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tiny_model, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """One real `python -m sweeps.run qg --smoke` on the tiny model, shared by the tests that read it."""
+    storage = tmp_path_factory.mktemp("results")
+    command = [sys.executable, "-m", "sweeps.run", "qg", "--smoke", "--model", tiny_model]
+    done = subprocess.run(
+        [*command, "--storage", str(storage), "--name", "smoke", "--concurrency", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return done, storage / "qg" / "smoke"

@@ -45,6 +45,8 @@ class TrialConfig(BaseModel):
     eval_every: int = Field(20, ge=1)
     eval_examples: int = Field(32, ge=1)
     eval_batch_size: int = Field(16, ge=1)
+    # Sweeps select on validation; only a final, explicit evaluation may look at the test split.
+    eval_split: Literal["validation", "test"] = "validation"
     validation_share: float = Field(0.1, gt=0, lt=1)
     seed: int = 0
     price_per_hour: float | None = Field(None, ge=0, description="overrides the hardware price table")

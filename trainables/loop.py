@@ -34,6 +34,13 @@ class TrainState:
     tokens: int = 0
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)  # since the last evaluation
+    last_train_loss: float = math.nan
+
+    def window_loss(self) -> float:
+        """Mean training loss since the last evaluation (the previous one's, if none since)."""
+        if self.losses:
+            self.last_train_loss = sum(self.losses) / len(self.losses)
+        return self.last_train_loss
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, prompt: str, target: str, max_length: int) -> dict:

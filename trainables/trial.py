@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import get_peft_model, prepare_model_for_kbit_training
+from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 from safetensors.torch import load_file, save_file
 
 from trainables import loop, measure, models
@@ -74,11 +74,10 @@ def few_shot_prefix(task: Task, train, shots: int, seed: int) -> str:
     return "".join(task.format_prompt(train[i]) + task.format_target(train[i]) + "\n\n" for i in picked)
 
 
-def evaluate(model, tokenizer, plan_: Plan, prefix: str, with_latency: bool) -> dict:
+def evaluate(model, tokenizer, plan_: Plan, prefix: str) -> dict:
     config, task = plan_.config, plan_.task
-    examples = list(
-        plan_.splits["validation"].select(range(min(config.eval_examples, len(plan_.splits["validation"]))))
-    )
+    split = plan_.splits[config.eval_split]
+    examples = list(split.select(range(min(config.eval_examples, len(split)))))
     features = loop.encode_examples(task, tokenizer, examples, config.max_length, prefix)
     val_loss = loop.validation_loss(model, features, config.eval_batch_size, tokenizer.pad_token_id)
     prompts = [prefix + task.format_prompt(example) for example in examples]
@@ -92,11 +91,11 @@ def evaluate(model, tokenizer, plan_: Plan, prefix: str, with_latency: bool) -> 
         "gen_tokens_per_s": generations.new_tokens / max(generations.seconds, 1e-9),
         "sample_output": generations.texts[0],
     }
-    if with_latency:
-        single = [
-            loop.generate(model, tokenizer, [p], task.max_new_tokens, 1) for p in prompts[:LATENCY_EXAMPLES]
-        ]
-        metrics["latency_s"] = sum(g.seconds for g in single) / len(single)
+    # Latency: one request at a time, as a user waiting on a single answer sees it.
+    single = [
+        loop.generate(model, tokenizer, [p], task.max_new_tokens, 1) for p in prompts[:LATENCY_EXAMPLES]
+    ]
+    metrics["latency_s"] = sum(g.seconds for g in single) / len(single)
     return metrics
 
 
@@ -109,6 +108,15 @@ def load_peft_model(plan_: Plan, model_path: str):
     torch.manual_seed(config.seed)
     context = BuildContext(plan_.total_steps, model_path, plan_.task.instruction)
     return get_peft_model(base, method.peft_config(config, context))
+
+
+def score_checkpoint(values: dict, checkpoint: Path, split: str = "test") -> dict:
+    """Evaluate a trained adapter on every example of a split (test: only for final winners)."""
+    plan_ = plan(values | {"eval_split": split, "eval_examples": 1_000_000})
+    model_path = models.resolve(plan_.config.model)
+    base = models.load_model(model_path, quantize_4bit=METHODS[plan_.config.method].quantize_4bit)
+    model = PeftModel.from_pretrained(base, checkpoint / ADAPTER_DIR)
+    return evaluate(model, models.load_tokenizer(model_path), plan_, "")
 
 
 def save_checkpoint(directory: Path, model, optimizer, scheduler, state: loop.TrainState) -> None:
@@ -124,6 +132,7 @@ def save_checkpoint(directory: Path, model, optimizer, scheduler, state: loop.Tr
             "step": state.step,
             "tokens": state.tokens,
             "seconds": state.seconds,
+            "last_train_loss": state.window_loss(),
             "cpu_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         },
@@ -139,7 +148,12 @@ def restore_checkpoint(directory: Path, model, optimizer, scheduler) -> loop.Tra
     torch.set_rng_state(saved["cpu_rng"])
     if saved["cuda_rng"]:
         torch.cuda.set_rng_state_all(saved["cuda_rng"])
-    return loop.TrainState(step=saved["step"], tokens=saved["tokens"], seconds=saved["seconds"])
+    return loop.TrainState(
+        step=saved["step"],
+        tokens=saved["tokens"],
+        seconds=saved["seconds"],
+        last_train_loss=saved["last_train_loss"],
+    )
 
 
 class Recorder:
@@ -147,15 +161,11 @@ class Recorder:
 
     def __init__(self, directory: Path | None, values: dict, identity: dict | None = None):
         self.path = directory / RECORD_FILE if directory else None
-        self.record = {
-            **(identity or {}),
-            "status": "running",
-            "error": None,
-            "config": values,
-            "metrics": {},
-            "versions": versions(),
-        }
-        self.record["hardware"] = measure.hardware_name()
+        fresh = {"status": "running", "error": None, "config": values, "metrics": {}}
+        # A resumed trial keeps what its earlier run recorded and updates it.
+        earlier = json.loads(self.path.read_text()) if self.path and self.path.is_file() else {}
+        self.record = fresh | earlier | (identity or {})
+        self.record |= {"versions": versions(), "hardware": measure.hardware_name()}
 
     def update(self, status: str, metrics: dict | None = None, error: str | None = None) -> None:
         self.record.update(status=status, error=error)
@@ -209,7 +219,7 @@ def _execute(values: dict, report: Report, resume_from: Path | None, recorder: R
         model = models.load_model(model_path)
         prefix = few_shot_prefix(plan_.task, plan_.splits["train"], config.shots, config.seed)
         with stopwatch.phase("eval"):
-            metrics = evaluate(model, tokenizer, plan_, prefix, with_latency=True)
+            metrics = evaluate(model, tokenizer, plan_, prefix)
         metrics |= {
             "step": 0,
             "train_time_s": 0.0,
@@ -233,13 +243,13 @@ def _execute(values: dict, report: Report, resume_from: Path | None, recorder: R
         nonlocal last
         final = state.step == plan_.total_steps
         with stopwatch.phase("eval"):
-            metrics = evaluate(model, tokenizer, plan_, "", with_latency=final)
+            metrics = evaluate(model, tokenizer, plan_, "")
         with tempfile.TemporaryDirectory() as scratch:
             checkpoint = Path(scratch)
             save_checkpoint(checkpoint, model, optimizer, scheduler, state)
             metrics |= {
                 "step": state.step,
-                "train_loss": sum(state.losses) / len(state.losses),
+                "train_loss": state.window_loss(),
                 "train_time_s": state.seconds,
                 "train_tokens_per_s": state.tokens / max(state.seconds, 1e-9),
                 "trainable_params": trainable,
@@ -252,6 +262,8 @@ def _execute(values: dict, report: Report, resume_from: Path | None, recorder: R
             report(metrics, checkpoint)
         last = metrics
 
+    if state.step >= plan_.total_steps:
+        on_eval(state)  # resumed from the final checkpoint: report the final result again
     loop.train(
         model, features, config, METHODS[config.method], plan_.total_steps,
         optimizer, scheduler, state, tokenizer.pad_token_id, on_eval,

@@ -1,0 +1,74 @@
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal, assert_series_equal
+
+from analysis import rank
+
+
+def _frame(rows: list[tuple]) -> pl.DataFrame:
+    columns = ["trial_id", "method", "status", "best_quality", "latency_s", "cost_usd", "adapter_bytes"]
+    return pl.DataFrame(rows, schema=columns, orient="row")
+
+
+HAND_BUILT = _frame(
+    [
+        ("a", "lora", "completed", 0.90, 0.10, 1.0, 100),  # best quality
+        ("b", "ia3", "completed", 0.80, 0.05, 0.5, 10),  # cheaper, faster, smaller
+        ("c", "lora", "stopped_early", 0.70, 0.20, 2.0, 200),  # dominated by a and b
+        ("d", "qlora", "completed", 0.80, 0.05, 0.5, 10),  # ties b exactly: neither dominates
+        ("e", "adalora", "failed", None, None, 0.1, None),  # failed: never on the front
+        ("f", "base", "completed", 0.95, 0.01, 0.0, 0),  # baseline: shown, never a candidate
+        ("g", "prompt_tuning", "completed", 0.60, 0.30, 0.4, 5),  # cheapest trained and smallest
+    ]
+)
+
+
+def test_pareto_flags_on_a_hand_built_frame():
+    expected = pl.Series("pareto", [True, True, False, True, False, False, True])
+    assert_series_equal(rank.pareto_flags(HAND_BUILT), expected)
+
+
+def test_utility_normalises_each_objective_with_its_direction():
+    weights = {"quality": 1.0, "latency": 0.0, "cost": 0.0, "size": 0.0}
+    scored = HAND_BUILT.select("trial_id", rank.utility(weights))
+    expected = pl.DataFrame(
+        {"trial_id": list("abcdefg"), "utility": [1.0, 2 / 3, 1 / 3, 2 / 3, None, None, 0.0]}
+    )
+    assert_frame_equal(scored, expected)
+
+
+def test_leaderboard_puts_the_front_first_by_utility():
+    board = rank.leaderboard(HAND_BUILT, {"quality": 1.0, "latency": 0.0, "cost": 2.0, "size": 0.0})
+    # utilities: b = d = (2/3 + 2 x 0.9375) / 3 = 0.847, a = (1 + 2 x 0.625) / 3 = 0.75, g = 2/3
+    assert board["trial_id"].to_list()[:4] == ["b", "d", "a", "g"]
+    assert board["position"].to_list() == list(range(1, 8))
+    assert board.filter(pl.col("trial_id") == "f")["utility"].item() is None
+
+
+def test_method_summary_counts_trials_and_failures():
+    summary = rank.method_summary(
+        HAND_BUILT.with_columns(
+            tokens_per_s=pl.lit(1.0), perplexity=pl.lit(2.0), train_loss=pl.lit(1.0), train_time_s=pl.lit(3.0)
+        )
+    )
+    lora = summary.filter(pl.col("method") == "lora")
+    assert lora["trials"].item() == 2 and lora["best_quality"].item() == 0.90
+    assert lora["median_quality"].item() == pytest.approx(0.80)
+    assert summary.filter(pl.col("method") == "adalora")["failures"].item() == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("speed=1", "unknown objective 'speed'"),
+        ("quality=lots", "needs a number"),
+        ("cost=-1", "must not be negative"),
+    ],
+)
+def test_bad_weights_are_named(text, message):
+    with pytest.raises(ValueError, match=message):
+        rank.parse_weights(text)
+
+
+def test_weights_override_only_what_they_name():
+    assert rank.parse_weights("cost=0.2") == rank.DEFAULT_WEIGHTS | {"cost": 0.2}

@@ -1,0 +1,108 @@
+import pickle
+
+import optuna
+import pytest
+
+from sweeps import run
+from sweeps.settings import SearchRanges, resolve
+from sweeps.spaces import DIMENSIONS, DefineByRun
+from trainables.methods import METHODS
+
+
+def test_precedence_defaults_preset_yaml_cli(tmp_path):
+    config = tmp_path / "sweep.yaml"
+    config.write_text("samples: 7\nmax_steps: 50\ntrial:\n  batch_size: 4\nsearch:\n  ranks: [4, 8]\n")
+    settings = resolve("qg", str(config), {"max_steps": 30, "storage": str(tmp_path)})
+    assert settings.samples == 7  # YAML over the default
+    assert settings.max_steps == 30  # command line over YAML
+    assert settings.trial == {"eval_examples": 48, "max_length": 256, "batch_size": 4}  # preset + YAML
+    assert settings.search.ranks == [4, 8] and settings.search.alphas == SearchRanges().alphas
+    assert settings.concurrency == 2  # untouched default
+
+
+def test_smoke_shrinks_the_budget_and_still_tries_every_method(tmp_path):
+    settings = resolve("qg", None, {"smoke": True, "storage": str(tmp_path)})
+    assert settings.samples == len(METHODS) and settings.max_steps <= 10
+    assert settings.trial["train_examples"] <= 64
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["nope"], "task: unknown task 'nope'"),
+        (["qg", "--methods", "lora,dora"], "methods: unknown ['dora']"),
+        (["qg", "--samples", "0"], "samples: Input should be greater than or equal to 1"),
+        (["qg", "--model", "/no/such/model"], "model: model path '/no/such/model' has no config.json"),
+        (["qg", "--storage", "/proc/no-such-dir"], "storage: '/proc/no-such-dir' cannot be written"),
+        (["qg", "--address", "127.0.0.1:1"], "address: cannot reach a Ray cluster at '127.0.0.1:1'"),
+        (["qg", "--resume", "--name", "never-ran"], "resume: no sweep to resume"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, message):
+    if "--storage" not in argv:
+        argv = [*argv, "--storage", str(tmp_path)]
+    assert run.main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and message in error
+    assert "\n" not in error
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("search:\n  learning_rate: [0.1, 0.001]\n", "search.learning_rate: impossible range [0.1, 0.001]"),
+        ("search:\n  ranks: [2]\n  adalora_target_ranks: [4]\n", "adalora_target_ranks must not exceed"),
+        ("trial:\n  batch_size: 0\n", "trial: batch_size: Input should be greater than or equal to 1"),
+        ("trial:\n  method: lora\n", "trial: method set by the sweep itself"),
+        ("sampels: 3\n", "sampels: unknown option"),
+        ("samples: [3\n", ":2: not valid YAML"),
+    ],
+)
+def test_yaml_errors_name_the_file_and_key(tmp_path, capsys, yaml_text, message):
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml_text)
+    assert run.main(["qg", "--config", str(config), "--storage", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert str(config) in error and message in error
+
+
+def test_existing_sweep_name_needs_resume(tmp_path, capsys):
+    (tmp_path / "qg" / "taken").mkdir(parents=True)
+    (tmp_path / "qg" / "taken" / "experiment_state-2026.json").write_text("{}")
+    assert run.main(["qg", "--name", "taken", "--storage", str(tmp_path)]) == 2
+    assert "already holds a sweep; pass --resume" in capsys.readouterr().err
+
+
+def test_every_method_has_search_dimensions():
+    assert set(DIMENSIONS) == set(METHODS)
+
+
+def test_define_by_run_space_samples_each_methods_own_dimensions():
+    ranges = SearchRanges()
+    space = DefineByRun(list(METHODS), ranges, {"task": "qg"})
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {}
+    for _ in range(60):
+        trial = study.ask()
+        assert space(trial) == {"task": "qg"}
+        seen.setdefault(trial.params["method"], []).append(trial.params)
+        study.tell(trial, 0.0)
+    assert set(seen) == set(METHODS)
+    for params in seen["ia3"]:
+        assert set(params) == {"method", "learning_rate", "dropout"}
+    for params in seen["adalora"]:
+        assert {"rank", "alpha", "target_rank"} <= set(params)
+    for params in seen["prompt_tuning"]:
+        assert "rank" not in params and params["num_virtual_tokens"] in ranges.virtual_tokens
+        assert (
+            ranges.prompt_tuning_learning_rate[0]
+            <= params["learning_rate"]
+            <= ranges.prompt_tuning_learning_rate[1]
+        )
+    assert pickle.loads(pickle.dumps(space)) == space  # Tune pickles the searcher for --resume
+
+
+def test_unknown_option_is_rejected_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run.parser().parse_args(["qg", "--learning-rate", "0.1"])
+    assert exit_info.value.code == 2

@@ -1,0 +1,100 @@
+"""Real sweeps: a subprocess running `python -m sweeps.run` on the tiny model with real Ray,
+real Optuna and real ASHA; a resume after the driver is killed; a two-node Ray cluster."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from trainables.methods import METHODS
+
+pytestmark = pytest.mark.slow
+
+
+def _sweep(tiny_model, storage, *extra, background=False):
+    command = [
+        sys.executable, "-m", "sweeps.run", "qg", "--smoke", "--model", tiny_model, "--storage", str(storage),
+        "--concurrency", "2", *extra,
+    ]  # fmt: skip
+    if background:
+        return subprocess.Popen(
+            command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+def _records(sweep_dir: Path) -> dict[str, dict]:
+    records = (json.loads(p.read_text()) for p in sweep_dir.glob("*/trial_record.json"))
+    return {record["trial_id"]: record for record in records}
+
+
+def test_smoke_sweep_end_to_end(smoke_sweep):
+    done, sweep_dir = smoke_sweep
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Ray dashboard: http://127.0.0.1:" in done.stdout
+    trials = pl.read_csv(sweep_dir / "trials.csv")
+    required = ["trial_id", "method", "status", "quality", "cost_usd", "train_time_s", "latency_s",
+                "tokens_per_s", "trainable_params", "error", "learning_rate", "rank"]  # fmt: skip
+    assert set(required) <= set(trials.columns)
+    assert set(METHODS) <= set(trials["method"]) and "base" in trials["method"]
+    assert trials.filter(pl.col("method") != "base").height == len(METHODS)
+    assert trials["status"].is_in(["completed", "stopped_early"]).all()
+    assert trials["quality"].is_not_null().all() and (trials["cost_usd"] > 0).all()
+    assert pl.read_parquet(sweep_dir / "trials.parquet").height == trials.height
+    assert "quality" in done.stdout and "trials.csv" in done.stdout  # the closing summary
+
+
+def test_killed_driver_resumes_without_losing_or_rerunning_trials(tiny_model, tmp_path):
+    samples = 6
+    budget = ["--name", "resumable", "--samples", str(samples), "--concurrency", "1", "--max-steps", "6"]
+    driver = _sweep(tiny_model, tmp_path, *budget, background=True)
+    sweep_dir = tmp_path / "qg" / "resumable"
+    deadline = time.time() + 400
+    while time.time() < deadline:
+        finished = {k: r for k, r in _records(sweep_dir).items() if r["status"] == "completed"}
+        if len(finished) >= 2:
+            break
+        time.sleep(1)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    driver.wait()
+    assert len(finished) >= 2, "no trial finished before the deadline"
+    time.sleep(5)  # let the experiment-state snapshot from before the kill settle on disk
+
+    resumed = _sweep(tiny_model, tmp_path, *budget[:-4], "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = _records(sweep_dir)
+    assert len(after) == samples
+    for trial_id, before in finished.items():
+        assert after[trial_id]["status"] == "completed"
+        assert after[trial_id]["metrics"]["train_time_s"] == before["metrics"]["train_time_s"], "retrained"
+    trials = pl.read_csv(sweep_dir / "trials.csv")
+    assert trials.filter(pl.col("method") != "base").height == samples
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_sweep_places_trials_on_both_nodes_of_a_two_node_cluster(tiny_model, tmp_path):
+    port = _free_port()
+    common = ["--num-cpus", "1", "--disable-usage-stats"]
+    try:
+        subprocess.run(
+            ["ray", "start", "--head", f"--port={port}", "--include-dashboard=false", *common], check=True
+        )
+        subprocess.run(["ray", "start", f"--address=127.0.0.1:{port}", *common], check=True)
+        done = _sweep(tiny_model, tmp_path, "--name", "cluster", "--address", f"127.0.0.1:{port}")
+        assert done.returncode == 0, done.stderr[-3000:]
+        nodes = {record["node_id"] for record in _records(tmp_path / "qg" / "cluster").values()}
+        assert len(nodes) == 2
+    finally:
+        subprocess.run(["ray", "stop", "--force"], check=False)

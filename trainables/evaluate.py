@@ -1,0 +1,36 @@
+"""python -m trainables.evaluate TASK [--model M] [--shots K] [--split test]: score the untouched model.
+
+The reference point every fine-tuned adapter must beat, on all examples of a split.
+"""
+
+import argparse
+import json
+import sys
+
+from trainables import trial
+from trainables.config import BASELINE, ConfigError
+from trainables.tasks.data import DataError
+
+REPORTED = ["quality", "bertscore_f1", "format_valid_rate", "mean_queries", "latency_s", "gen_tokens_per_s"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli = argparse.ArgumentParser(prog="python -m trainables.evaluate", description=__doc__.splitlines()[0])
+    cli.add_argument("task")
+    cli.add_argument("--model", default="embedded")
+    cli.add_argument("--shots", type=int, default=0)
+    cli.add_argument("--split", choices=["validation", "test"], default="test")
+    args = cli.parse_args(argv)
+    values = {"task": args.task, "model": args.model, "method": BASELINE, "shots": args.shots}
+    values |= {"eval_split": args.split, "eval_examples": 100_000}
+    try:
+        metrics = trial.execute(values, report=lambda metrics, checkpoint: None)
+    except (ConfigError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps({key: metrics[key] for key in REPORTED if key in metrics}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
