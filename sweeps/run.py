@@ -7,6 +7,7 @@ searches the methods' spaces on Ray Tune while ASHA stops poor trials early. Res
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from trainables.config import BASELINE, ConfigError, TrialConfig
 from trainables.tasks import TASKS, get_task
 
 BASELINES_DIR = "baselines"
+RAY_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 EXPERIMENT_STATE = "experiment_state*.json"
 
 
@@ -71,6 +73,15 @@ def experiment_dir(settings: SweepSettings) -> Path:
     if not settings.resume and started:
         raise ConfigError(f"name: {directory} already holds a sweep; pass --resume or another --name")
     return directory
+
+
+def use_cluster_token(settings: SweepSettings) -> None:
+    """`ray start --head` (Ray 2.60) turns token authentication on, while clients default to off.
+
+    Must run before Ray is imported: it reads the mode then.
+    """
+    if settings.address is not None and RAY_TOKEN_FILE.is_file():
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def connect(settings: SweepSettings) -> None:
@@ -185,6 +196,7 @@ def run_search(settings: SweepSettings, directory: Path, trainable) -> bool:
 
 def sweep(settings: SweepSettings, directory: Path) -> bool:
     """Run (or continue) the sweep; False when it was interrupted before the end."""
+    use_cluster_token(settings)
     from ray import tune
 
     connect(settings)

@@ -15,7 +15,7 @@ def test_precedence_defaults_preset_yaml_cli(tmp_path):
     settings = resolve("qg", str(config), {"max_steps": 30, "storage": str(tmp_path)})
     assert settings.samples == 7  # YAML over the default
     assert settings.max_steps == 30  # command line over YAML
-    assert settings.trial == {"eval_examples": 48, "max_length": 256, "batch_size": 4}  # preset + YAML
+    assert settings.trial == {"eval_examples": 48, "eval_every": 40, "max_length": 256, "batch_size": 4}
     assert settings.search.ranks == [4, 8] and settings.search.alphas == SearchRanges().alphas
     assert settings.concurrency == 2  # untouched default
 

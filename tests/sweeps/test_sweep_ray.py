@@ -91,7 +91,8 @@ def test_sweep_places_trials_on_both_nodes_of_a_two_node_cluster(tiny_model, tmp
         subprocess.run(
             ["ray", "start", "--head", f"--port={port}", "--include-dashboard=false", *common], check=True
         )
-        subprocess.run(["ray", "start", f"--address=127.0.0.1:{port}", *common], check=True)
+        joining = os.environ | {"RAY_AUTH_MODE": "token"}  # the head turned token authentication on
+        subprocess.run(["ray", "start", f"--address=127.0.0.1:{port}", *common], check=True, env=joining)
         done = _sweep(tiny_model, tmp_path, "--name", "cluster", "--address", f"127.0.0.1:{port}")
         assert done.returncode == 0, done.stderr[-3000:]
         nodes = {record["node_id"] for record in _records(tmp_path / "qg" / "cluster").values()}
