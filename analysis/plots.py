@@ -16,6 +16,14 @@ def _colours(methods: list[str]) -> dict[str, tuple]:
     return {method: palette(i % 10) for i, method in enumerate(sorted(methods))}
 
 
+def _save(figure, axes, path: Path) -> Path:
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def pareto(board: pl.DataFrame, x: str, x_label: str, path: Path) -> Path:
     colours = _colours(board["method"].unique().to_list())
     figure, axes = plt.subplots(figsize=(7, 4.5))
@@ -31,12 +39,8 @@ def pareto(board: pl.DataFrame, x: str, x_label: str, path: Path) -> Path:
             front[x], front["best_quality"].cum_max(), where="post", color="black", lw=1, label="Pareto front"
         )
     axes.set(xlabel=x_label, ylabel="quality (validation)", title=f"Quality against {x_label}")
-    axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, axes, path)
 
 
 def learning_curves(curves: pl.DataFrame, path: Path) -> Path:
@@ -48,12 +52,8 @@ def learning_curves(curves: pl.DataFrame, path: Path) -> Path:
         labelled.add(method)
         axes.plot(group["step"], group["quality"], color=colours[method], marker=".", alpha=0.8, label=label)
     axes.set(xlabel="training step", ylabel="quality (validation)", title="Learning curves")
-    axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, axes, path)
 
 
 def quality_by_method(board: pl.DataFrame, path: Path) -> Path:
@@ -65,8 +65,4 @@ def quality_by_method(board: pl.DataFrame, path: Path) -> Path:
     else:
         axes.text(0.5, 0.5, "no trial finished", ha="center", transform=axes.transAxes)
     axes.set(ylabel="quality (validation)", title="Quality per method")
-    axes.grid(alpha=0.3, axis="y")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, axes, path)

@@ -82,7 +82,7 @@ def main() -> None:
     args = parser.parse_args()
 
     values = {"task": "qg", "method": args.method, "model": args.model, "max_steps": args.steps}
-    plan = trial.plan(values | {"batch_size": args.batch_size, "eval_every": 10**9})
+    plan = trial.prepare(values | {"batch_size": args.batch_size, "eval_every": 10**9})
     model_path = models.resolve(args.model)
     tokenizer = models.load_tokenizer(model_path)
     features = loop.encode_examples(plan.task, tokenizer, plan.splits["train"], plan.config.max_length)

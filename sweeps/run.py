@@ -13,11 +13,11 @@ from pathlib import Path
 
 from analysis import load, rank, report
 from sweeps import results
-from sweeps.settings import SweepSettings, resolve
+from sweeps.settings import SweepSettings, resolve, trial_budget
 from sweeps.spaces import DefineByRun, first_points
 from trainables import models, trial
-from trainables.config import BASELINE, ConfigError, TrialConfig
-from trainables.tasks import TASKS, get_task
+from trainables.config import BASELINE, ConfigError
+from trainables.tasks import TASKS
 
 BASELINES_DIR = "baselines"
 RAY_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
@@ -109,12 +109,8 @@ def trial_resources(settings: SweepSettings) -> dict:
 
 
 def evaluations_per_trial(settings: SweepSettings) -> int:
-    constants = settings.trial_constants() | {"method": "lora"}
-    config = TrialConfig.parse(constants)
-    train_size = len(get_task(settings.task).splits(config.validation_share, config.seed)["train"])
-    if config.train_examples is not None:
-        train_size = min(train_size, config.train_examples)
-    return math.ceil(config.total_steps(train_size) / config.eval_every)
+    config, total_steps = trial_budget(settings, settings.methods[0])
+    return math.ceil(total_steps / config.eval_every)
 
 
 def trial_dirname(trial) -> str:

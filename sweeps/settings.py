@@ -16,6 +16,7 @@ from sweeps.presets import PRESETS
 from trainables import models
 from trainables.config import ConfigError, TrialConfig, describe, known_task
 from trainables.methods import METHODS
+from trainables.tasks import get_task
 
 SMOKE = {
     "max_steps": 4,
@@ -100,6 +101,13 @@ class SweepSettings(BaseModel):
     @classmethod
     def _known_task(cls, task: str) -> str:
         return known_task(task)
+
+    @field_validator("model")
+    @classmethod
+    def _absolute_local_model(cls, model: str) -> str:
+        # Trials run inside their own directories, where a relative path means something else.
+        local = Path(model).expanduser()
+        return str(local.resolve()) if local.exists() else model
 
     @field_validator("trial")
     @classmethod
@@ -200,12 +208,29 @@ def _unreachable(address: str) -> str | None:
     return None
 
 
+def trial_budget(settings: SweepSettings, method: str) -> tuple[TrialConfig, int]:
+    """A trial's config and its number of optimizer steps (which --epochs ties to the data size)."""
+    config = TrialConfig.parse(settings.trial_constants() | {"method": method})
+    train_size = len(get_task(settings.task).splits(config.validation_share, config.seed)["train"])
+    return config, config.total_steps(min(train_size, config.train_examples or train_size))
+
+
+def method_problems(settings: SweepSettings) -> list[str]:
+    """Each method's own limits (AdaLoRA's schedule), checked against the sweep's step budget."""
+    problems = []
+    for method in settings.methods:
+        config, total_steps = trial_budget(settings, method)
+        problems += METHODS[method].problems(config, total_steps)
+    return problems
+
+
 def check_environment(settings: SweepSettings) -> None:
     """The cheap checks that spare the user a failed sweep: model path, storage, cluster address."""
     problems = []
     if settings.address and (unreachable := _unreachable(settings.address)):
         problems.append(f"address: {unreachable}")
-    if not_loadable := models.looks_loadable(settings.model):
+    problems += method_problems(settings)
+    if not_loadable := models.unloadable_reason(settings.model):
         problems.append(f"model: {not_loadable}")
     if not _writable(Path(settings.storage).expanduser().resolve()):
         problems.append(f"storage: '{settings.storage}' cannot be written")

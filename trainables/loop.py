@@ -156,17 +156,25 @@ def train(
 
 @torch.no_grad()
 def validation_loss(model, features: list[dict], batch_size: int, pad_id: int) -> float:
-    """Mean loss per target token (teacher forcing)."""
+    """Mean cross-entropy per target token (teacher forcing).
+
+    Computed from the logits rather than the model's loss, which for AdaLoRA adds a training
+    regulariser (and fails on an adapter loaded for inference).
+    """
     device = next(p.device for p in model.parameters())
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(features), batch_size):
         batch = collate(features[start : start + batch_size], pad_id, device)
+        labels = batch.pop("labels")
         with autocast(device):
-            loss = model(**batch).loss
-        tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        total += loss.item() * tokens
-        count += tokens
+            logits = model(**batch).logits
+        # Prompt tuning puts virtual tokens first: keep the positions of the real ones.
+        logits = logits[:, -labels.shape[1] :, :].float()
+        total += torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        ).item()
+        count += int((labels[:, 1:] != IGNORE_INDEX).sum())
     return total / max(count, 1)
 
 

@@ -16,7 +16,7 @@ def resolve(model: str) -> str:
     return str(embedded.ensure_built()) if model == EMBEDDED else model
 
 
-def looks_loadable(model: str) -> str | None:
+def unloadable_reason(model: str) -> str | None:
     """A reason the model cannot be loaded, checked cheaply before any expensive work; None if fine."""
     if model == EMBEDDED:
         return None

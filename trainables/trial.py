@@ -48,7 +48,7 @@ class Plan:
     total_steps: int
 
 
-def plan(values: dict) -> Plan:
+def prepare(values: dict) -> Plan:
     config = TrialConfig.parse(values)
     task = get_task(config.task)
     splits = task.splits(config.validation_share, config.seed)
@@ -56,7 +56,7 @@ def plan(values: dict) -> Plan:
         splits["train"] = splits["train"].select(range(min(config.train_examples, len(splits["train"]))))
     total_steps = config.total_steps(len(splits["train"])) if config.method != BASELINE else 0
     problems = METHODS[config.method].problems(config, total_steps) if config.method != BASELINE else []
-    if not_loadable := models.looks_loadable(config.model):
+    if not_loadable := models.unloadable_reason(config.model):
         problems.append(f"model: {not_loadable}")
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
@@ -74,9 +74,9 @@ def few_shot_prefix(task: Task, train, shots: int, seed: int) -> str:
     return "".join(task.format_prompt(train[i]) + task.format_target(train[i]) + "\n\n" for i in picked)
 
 
-def evaluate(model, tokenizer, plan_: Plan, prefix: str) -> dict:
-    config, task = plan_.config, plan_.task
-    split = plan_.splits[config.eval_split]
+def evaluate(model, tokenizer, plan: Plan, prefix: str) -> dict:
+    config, task = plan.config, plan.task
+    split = plan.splits[config.eval_split]
     examples = list(split.select(range(min(config.eval_examples, len(split)))))
     features = loop.encode_examples(task, tokenizer, examples, config.max_length, prefix)
     val_loss = loop.validation_loss(model, features, config.eval_batch_size, tokenizer.pad_token_id)
@@ -99,24 +99,24 @@ def evaluate(model, tokenizer, plan_: Plan, prefix: str) -> dict:
     return metrics
 
 
-def load_peft_model(plan_: Plan, model_path: str):
-    config = plan_.config
+def load_peft_model(plan: Plan, model_path: str):
+    config = plan.config
     method = METHODS[config.method]
     base = models.load_model(model_path, quantize_4bit=method.quantize_4bit)
     if method.quantize_4bit:
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=torch.cuda.is_available())
     torch.manual_seed(config.seed)
-    context = BuildContext(plan_.total_steps, model_path, plan_.task.instruction)
+    context = BuildContext(plan.total_steps, model_path, plan.task.instruction)
     return get_peft_model(base, method.peft_config(config, context))
 
 
-def score_checkpoint(values: dict, checkpoint: Path, split: str = "test") -> dict:
-    """Evaluate a trained adapter on every example of a split (test: only for final winners)."""
-    plan_ = plan(values | {"eval_split": split, "eval_examples": 1_000_000})
-    model_path = models.resolve(plan_.config.model)
-    base = models.load_model(model_path, quantize_4bit=METHODS[plan_.config.method].quantize_4bit)
+def score_checkpoint(values: dict, checkpoint: Path, split: str = "test", examples: int = 1_000_000) -> dict:
+    """Evaluate a trained adapter on a split, all of it by default (test: only for final winners)."""
+    plan = prepare(values | {"eval_split": split, "eval_examples": examples})
+    model_path = models.resolve(plan.config.model)
+    base = models.load_model(model_path, quantize_4bit=METHODS[plan.config.method].quantize_4bit)
     model = PeftModel.from_pretrained(base, checkpoint / ADAPTER_DIR)
-    return evaluate(model, models.load_tokenizer(model_path), plan_, "")
+    return evaluate(model, models.load_tokenizer(model_path), plan, "")
 
 
 def save_checkpoint(directory: Path, model, optimizer, scheduler, state: loop.TrainState) -> None:
@@ -196,8 +196,8 @@ def execute(
 
 def _execute(values: dict, report: Report, resume_from: Path | None, recorder: Recorder) -> dict:
     started = time.perf_counter()
-    plan_ = plan(values)
-    config = plan_.config
+    plan = prepare(values)
+    config = plan.config
     price = measure.hourly_price(config.price_per_hour)
     model_path = models.resolve(config.model)
     tokenizer = models.load_tokenizer(model_path)
@@ -217,9 +217,9 @@ def _execute(values: dict, report: Report, resume_from: Path | None, recorder: R
 
     if config.method == BASELINE:
         model = models.load_model(model_path)
-        prefix = few_shot_prefix(plan_.task, plan_.splits["train"], config.shots, config.seed)
+        prefix = few_shot_prefix(plan.task, plan.splits["train"], config.shots, config.seed)
         with stopwatch.phase("eval"):
-            metrics = evaluate(model, tokenizer, plan_, prefix)
+            metrics = evaluate(model, tokenizer, plan, prefix)
         metrics |= {
             "step": 0,
             "train_time_s": 0.0,
@@ -232,18 +232,18 @@ def _execute(values: dict, report: Report, resume_from: Path | None, recorder: R
         report(metrics, None)
         return metrics
 
-    model = load_peft_model(plan_, model_path)
+    model = load_peft_model(plan, model_path)
     trainable, total = model.get_nb_trainable_parameters()
-    features = loop.encode_examples(plan_.task, tokenizer, plan_.splits["train"], config.max_length)
-    optimizer, scheduler = loop.make_optimizer(model, config, plan_.total_steps)
+    features = loop.encode_examples(plan.task, tokenizer, plan.splits["train"], config.max_length)
+    optimizer, scheduler = loop.make_optimizer(model, config, plan.total_steps)
     state = restore_checkpoint(resume_from, model, optimizer, scheduler) if resume_from else loop.TrainState()
     last: dict = {}
 
     def on_eval(state: loop.TrainState) -> None:
         nonlocal last
-        final = state.step == plan_.total_steps
+        final = state.step == plan.total_steps
         with stopwatch.phase("eval"):
-            metrics = evaluate(model, tokenizer, plan_, "")
+            metrics = evaluate(model, tokenizer, plan, "")
         with tempfile.TemporaryDirectory() as scratch:
             checkpoint = Path(scratch)
             save_checkpoint(checkpoint, model, optimizer, scheduler, state)
@@ -262,10 +262,10 @@ def _execute(values: dict, report: Report, resume_from: Path | None, recorder: R
             report(metrics, checkpoint)
         last = metrics
 
-    if state.step >= plan_.total_steps:
+    if state.step >= plan.total_steps:
         on_eval(state)  # resumed from the final checkpoint: report the final result again
     loop.train(
-        model, features, config, METHODS[config.method], plan_.total_steps,
+        model, features, config, METHODS[config.method], plan.total_steps,
         optimizer, scheduler, state, tokenizer.pad_token_id, on_eval,
     )  # fmt: skip
     return last

@@ -1,4 +1,5 @@
 import pickle
+from pathlib import Path
 
 import optuna
 import pytest
@@ -18,6 +19,12 @@ def test_precedence_defaults_preset_yaml_cli(tmp_path):
     assert settings.trial == {"eval_examples": 48, "eval_every": 40, "max_length": 256, "batch_size": 4}
     assert settings.search.ranks == [4, 8] and settings.search.alphas == SearchRanges().alphas
     assert settings.concurrency == 2  # untouched default
+
+
+def test_local_model_paths_become_absolute(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.chdir(Path(tiny_model).parent)
+    settings = resolve("qg", None, {"model": Path(tiny_model).name, "storage": str(tmp_path)})
+    assert settings.model == tiny_model
 
 
 def test_smoke_shrinks_the_budget_and_still_tries_every_method(tmp_path):
@@ -56,6 +63,10 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, message):
         ("trial:\n  method: lora\n", "trial: method set by the sweep itself"),
         ("sampels: 3\n", "sampels: unknown option"),
         ("samples: [3\n", ":2: not valid YAML"),
+        (
+            "max_steps: 10\ntrial:\n  adalora_tinit: 6\n  adalora_tfinal: 6\n",
+            "adalora_tinit + adalora_tfinal: 6 + 6",
+        ),
     ],
 )
 def test_yaml_errors_name_the_file_and_key(tmp_path, capsys, yaml_text, message):

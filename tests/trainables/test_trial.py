@@ -75,11 +75,11 @@ def test_config_errors_fail_before_the_model_loads(tiny_model, tmp_path, monkeyp
 
 def test_missing_model_path_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"model: model path .* has no config\.json"):
-        trial.plan({**BASE, "model": str(tmp_path / "absent")})
+        trial.prepare({**BASE, "model": str(tmp_path / "absent")})
 
 
 def test_non_finite_loss_ends_training_with_that_reason(tiny_model):
-    plan = trial.plan({**BASE, "model": tiny_model})
+    plan = trial.prepare({**BASE, "model": tiny_model})
     model = trial.load_peft_model(plan, tiny_model)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -104,7 +104,7 @@ def test_untouched_base_model_is_a_trial(tiny_model, tmp_path, shots):
 
 
 def test_few_shot_prefix_uses_train_examples_only(tiny_model):
-    plan = trial.plan({**BASE, "model": tiny_model, "method": "base", "shots": 2})
+    plan = trial.prepare({**BASE, "model": tiny_model, "method": "base", "shots": 2})
     prefix = trial.few_shot_prefix(plan.task, plan.splits["train"], 2, seed=0)
     assert prefix.count("### Search queries:") == 2
     assert not any(question in prefix for question in plan.splits["test"]["question"])
