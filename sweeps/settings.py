@@ -180,6 +180,8 @@ def resolve(task: str, yaml_path: str | None, cli: dict) -> SweepSettings:
         settings = SweepSettings.model_validate({**values, "task": task})
     except ValidationError as error:
         raise ConfigError(source + describe(error)) from None
+    if problems := method_problems(settings):
+        raise ConfigError(source + "invalid config: " + "; ".join(problems))
     check_environment(settings)
     return settings
 
@@ -229,7 +231,6 @@ def check_environment(settings: SweepSettings) -> None:
     problems = []
     if settings.address and (unreachable := _unreachable(settings.address)):
         problems.append(f"address: {unreachable}")
-    problems += method_problems(settings)
     if not_loadable := models.unloadable_reason(settings.model):
         problems.append(f"model: {not_loadable}")
     if not _writable(Path(settings.storage).expanduser().resolve()):
