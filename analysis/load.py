@@ -5,7 +5,9 @@ on failed trials). curves: one row per evaluation, from Ray Tune's result.json f
 evaluation of each trial whose checkpoint is still on disk gives best_quality and best_checkpoint.
 """
 
+import io
 import json
+import re
 from pathlib import Path
 
 import polars as pl
@@ -52,6 +54,9 @@ CURVES_SCHEMA = {
 }
 
 
+NON_FINITE = re.compile(rb"(?<=[:\[,])\s*(?:-?Infinity|NaN)(?=\s*[,}\]])")
+
+
 class NotAnExperiment(ValueError):
     """The directory holds no trials that can be reported on."""
 
@@ -81,17 +86,21 @@ def trials(experiment_dir: Path, sweep_finished: bool = True) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=TRIALS_SCHEMA, strict=False)
 
 
+def _strict_json(path: Path) -> io.BytesIO:
+    """Ray writes NaN and Infinity (a failed trial's quality is NaN), which strict JSON rejects."""
+    return io.BytesIO(NON_FINITE.sub(b" null", path.read_bytes()))
+
+
 def curves(experiment_dir: Path) -> pl.DataFrame:
     """Every evaluation of every trial, with the trial directory it came from."""
-    files = sorted(str(path) for path in experiment_dir.glob("**/result.json") if path.stat().st_size)
-    if not files:
-        return pl.DataFrame(schema=CURVES_SCHEMA | {"trial_dir": pl.String})
-    return (
-        pl.scan_ndjson(files, schema=CURVES_SCHEMA, include_file_paths="result_file")
-        .with_columns(trial_dir=pl.col("result_file").str.replace(r"/result\.json$", ""))
-        .drop("result_file")
-        .collect()
-    )
+    files = sorted(path for path in experiment_dir.glob("**/result.json") if path.stat().st_size)
+    frames = [
+        pl.read_ndjson(_strict_json(path), schema=CURVES_SCHEMA).with_columns(
+            trial_dir=pl.lit(str(path.parent))
+        )
+        for path in files
+    ]
+    return pl.concat(frames) if frames else pl.DataFrame(schema=CURVES_SCHEMA | {"trial_dir": pl.String})
 
 
 def _kept_checkpoints(experiment_dir: Path) -> pl.DataFrame:

@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from sweeps.presets import PRESETS
 from trainables import models
@@ -43,10 +51,14 @@ class SearchRanges(BaseModel):
 
     @field_validator("learning_rate", "prompt_tuning_learning_rate", "dropout")
     @classmethod
-    def _ordered(cls, bounds: tuple[float, float]) -> tuple[float, float]:
+    def _ordered(cls, bounds: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
         low, high = bounds
-        if not 0 <= low < high:
-            raise ValueError(f"impossible range [{low}, {high}]: need 0 <= low < high")
+        ceiling, closed = (
+            (1.0, False) if info.field_name == "dropout" else (1.0, True)
+        )  # as TrialConfig allows
+        if not 0 <= low < high or high > ceiling or (high == ceiling and not closed):
+            bound = "<= 1" if closed else "< 1"
+            raise ValueError(f"impossible range [{low}, {high}]: need 0 <= low < high {bound}")
         return bounds
 
     @field_validator("ranks", "alphas", "adalora_target_ranks", "virtual_tokens")

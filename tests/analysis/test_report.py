@@ -4,7 +4,7 @@ import polars as pl
 import pytest
 from peft import PeftModel
 
-from analysis import report
+from analysis import load, report
 from trainables import models
 from trainables.methods import METHODS
 
@@ -46,6 +46,16 @@ def test_not_an_experiment_is_exit_code_2(tmp_path, capsys):
     assert report.main([str(tmp_path)]) == 2
     assert "no trials found" in capsys.readouterr().err
     assert report.main([str(tmp_path / "missing")]) == 2
+
+
+def test_curves_read_the_nan_that_ray_writes_for_a_failed_trial(tmp_path):
+    trial_dir = tmp_path / "t1-lora"
+    trial_dir.mkdir()
+    lines = ['{"trial_id": "t1", "method": "lora", "step": 2, "quality": 0.5, "val_loss": Infinity}',
+             '{"trial_id": "t1", "method": "lora", "quality": NaN, "error": "NonFiniteLoss: loss: NaN"}']  # fmt: skip
+    (trial_dir / "result.json").write_text("\n".join(lines) + "\n")
+    curves = load.curves(tmp_path)
+    assert curves["quality"].to_list() == [0.5, None] and curves["val_loss"].to_list() == [None, None]
 
 
 def test_all_failed_trials_still_get_a_report_and_exit_code_2(tmp_path, capsys):

@@ -58,6 +58,11 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, message):
     ("yaml_text", "message"),
     [
         ("search:\n  learning_rate: [0.1, 0.001]\n", "search.learning_rate: impossible range [0.1, 0.001]"),
+        ("search:\n  prompt_tuning_learning_rate: [1.0, 100.0]\n", "need 0 <= low < high <= 1"),
+        (
+            "search:\n  dropout: [0.0, 1.0]\n",
+            "search.dropout: impossible range [0.0, 1.0]: need 0 <= low < high < 1",
+        ),
         ("search:\n  ranks: [2]\n  adalora_target_ranks: [4]\n", "adalora_target_ranks must not exceed"),
         ("trial:\n  batch_size: 0\n", "trial: batch_size: Input should be greater than or equal to 1"),
         ("trial:\n  method: lora\n", "trial: method set by the sweep itself"),
