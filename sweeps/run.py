@@ -95,7 +95,8 @@ def connect(settings: SweepSettings) -> None:
         raise ConfigError(f"address: cannot reach a Ray cluster at '{settings.address}' ({error})") from None
     if context.dashboard_url:
         print(
-            f"Ray dashboard: http://{context.dashboard_url}  (follow the trials' metrics there)", flush=True
+            f"Ray dashboard: http://{context.dashboard_url}  (each trial's actor, log with its metrics, and resources)",
+            flush=True,
         )
 
 

@@ -259,6 +259,13 @@ def _execute(values: dict, report: Report, resume_from: Path | None, recorder: R
             }
             metrics |= common_metrics()
             recorder.update(metrics["status"], metrics)
+            # One line per evaluation: the trial's log in the Ray dashboard, and the terminal.
+            print(
+                f"{config.method} step {state.step}/{plan.total_steps}: quality {metrics['quality']:.4f}, "
+                f"val_loss {metrics['val_loss']:.3f}, train_loss {metrics['train_loss']:.3f}, "
+                f"latency {metrics['latency_s']:.3f}s, ${metrics['cost_usd']:.5f}",
+                flush=True,
+            )
             report(metrics, checkpoint)
         last = metrics
 
