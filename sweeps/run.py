@@ -76,7 +76,8 @@ def experiment_dir(settings: SweepSettings) -> Path:
 
 
 def use_cluster_token(settings: SweepSettings) -> None:
-    """`ray start --head` (Ray 2.60) turns token authentication on, while clients default to off.
+    """`ray start --head` (Ray 2.60) turns token authentication on where ~/.ray/auth_token exists,
+    while clients default to off; an explicit RAY_AUTH_MODE wins.
 
     Must run before Ray is imported: it reads the mode then.
     """

@@ -18,7 +18,7 @@ from trainables.methods import METHODS
 pytestmark = pytest.mark.slow
 
 
-def _sweep(tiny_model, storage, *extra, background=False):
+def _sweep(tiny_model, storage, *extra, background=False, env=None):
     command = [
         sys.executable, "-m", "sweeps.run", "qg", "--smoke", "--model", tiny_model, "--storage", str(storage),
         "--concurrency", "2", *extra,
@@ -27,7 +27,7 @@ def _sweep(tiny_model, storage, *extra, background=False):
         return subprocess.Popen(
             command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
 
 
 def _records(sweep_dir: Path) -> dict[str, dict]:
@@ -87,13 +87,13 @@ def _free_port() -> int:
 def test_sweep_places_trials_on_both_nodes_of_a_two_node_cluster(tiny_model, tmp_path):
     port = _free_port()
     common = ["--num-cpus", "1", "--disable-usage-stats"]
+    # Ray turns token authentication on only where ~/.ray/auth_token exists: pin one mode for all.
+    env = os.environ | {"RAY_AUTH_MODE": "disabled"}
     try:
-        subprocess.run(
-            ["ray", "start", "--head", f"--port={port}", "--include-dashboard=false", *common], check=True
-        )
-        joining = os.environ | {"RAY_AUTH_MODE": "token"}  # the head turned token authentication on
-        subprocess.run(["ray", "start", f"--address=127.0.0.1:{port}", *common], check=True, env=joining)
-        done = _sweep(tiny_model, tmp_path, "--name", "cluster", "--address", f"127.0.0.1:{port}")
+        head = ["ray", "start", "--head", f"--port={port}", "--include-dashboard=false", *common]
+        subprocess.run(head, check=True, env=env)
+        subprocess.run(["ray", "start", f"--address=127.0.0.1:{port}", *common], check=True, env=env)
+        done = _sweep(tiny_model, tmp_path, "--name", "cluster", "--address", f"127.0.0.1:{port}", env=env)
         assert done.returncode == 0, done.stderr[-3000:]
         nodes = {record["node_id"] for record in _records(tmp_path / "qg" / "cluster").values()}
         assert len(nodes) == 2
