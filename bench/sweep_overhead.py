@@ -15,6 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
+from analysis import load
 from sweeps import results
 
 
@@ -28,7 +29,7 @@ def main() -> None:
     started = time.perf_counter()
     subprocess.run(command, check=True)
     wall = time.perf_counter() - started
-    trials = results.collect(storage / sweep_args[0] / "bench")
+    trials = load.trials(storage / sweep_args[0] / "bench")
     inside = trials.select(
         (pl.col("train_time_s").fill_null(0) + pl.col("eval_time_s").fill_null(0)).sum()
     ).item()

@@ -4,13 +4,7 @@ from pathlib import Path
 
 import polars as pl
 
-from analysis import load
-
 SUMMARY_COLUMNS = ["trial_id", "method", "status", "quality", "cost_usd", "latency_s", "train_time_s"]
-
-
-def collect(sweep_dir: Path, sweep_finished: bool = True) -> pl.DataFrame:
-    return load.trials(sweep_dir, sweep_finished)
 
 
 def write_tables(trials: pl.DataFrame, sweep_dir: Path) -> None:

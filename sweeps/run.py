@@ -13,7 +13,7 @@ from pathlib import Path
 
 from analysis import load, rank, report
 from sweeps import results
-from sweeps.settings import SweepSettings, resolve, trial_budget
+from sweeps.settings import SweepSettings, available_train_size, resolve, trial_budget
 from sweeps.spaces import DefineByRun, first_points
 from trainables import models, trial
 from trainables.config import BASELINE, ConfigError
@@ -111,7 +111,7 @@ def trial_resources(settings: SweepSettings) -> dict:
 
 
 def evaluations_per_trial(settings: SweepSettings) -> int:
-    config, total_steps = trial_budget(settings, settings.methods[0])
+    config, total_steps = trial_budget(settings, settings.methods[0], available_train_size(settings))
     return math.ceil(total_steps / config.eval_every)
 
 
@@ -203,7 +203,7 @@ def sweep(settings: SweepSettings, directory: Path) -> bool:
     trainable = tune.with_resources(trial.run, trial_resources(settings))
     print(f"sweep: {settings.task} on {settings.model}, results in {directory}", flush=True)
     finished = run_baselines(settings, directory, trainable) and run_search(settings, directory, trainable)
-    trials = results.collect(directory, sweep_finished=finished)
+    trials = load.trials(directory, sweep_finished=finished)
     results.write_tables(trials, directory)
     print(results.summary(trials))
     print(f"trials: {directory / 'trials.csv'}")

@@ -222,18 +222,24 @@ def _unreachable(address: str) -> str | None:
     return None
 
 
-def trial_budget(settings: SweepSettings, method: str) -> tuple[TrialConfig, int]:
+def available_train_size(settings: SweepSettings) -> int:
+    """Training examples the task offers a trial, before any train_examples cap."""
+    config = TrialConfig.parse(settings.trial_constants() | {"method": settings.methods[0]})
+    return len(get_task(settings.task).splits(config.validation_share, config.seed)["train"])
+
+
+def trial_budget(settings: SweepSettings, method: str, available: int) -> tuple[TrialConfig, int]:
     """A trial's config and its number of optimizer steps (which --epochs ties to the data size)."""
     config = TrialConfig.parse(settings.trial_constants() | {"method": method})
-    train_size = len(get_task(settings.task).splits(config.validation_share, config.seed)["train"])
-    return config, config.total_steps(min(train_size, config.train_examples or train_size))
+    return config, config.total_steps(config.usable_train_size(available))
 
 
 def method_problems(settings: SweepSettings) -> list[str]:
     """Each method's own limits (AdaLoRA's schedule), checked against the sweep's step budget."""
+    available = available_train_size(settings)
     problems = []
     for method in settings.methods:
-        config, total_steps = trial_budget(settings, method)
+        config, total_steps = trial_budget(settings, method, available)
         problems += METHODS[method].problems(config, total_steps)
     return problems
 

@@ -72,6 +72,9 @@ class TrialConfig(BaseModel):
         except ValidationError as error:
             raise ConfigError(describe(error)) from None
 
+    def usable_train_size(self, available: int) -> int:
+        return min(available, self.train_examples or available)
+
     def total_steps(self, train_size: int) -> int:
         if self.epochs is None:
             return self.max_steps

@@ -47,7 +47,7 @@ def encode(tokenizer: PreTrainedTokenizerBase, prompt: str, target: str, max_len
     """Prompt + target + EOS; the loss only sees the target. Long prompts lose their start."""
     prompt_ids = tokenizer(prompt)["input_ids"]
     target_ids = [*tokenizer(target, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
-    target_ids = target_ids[: max_length // 2] if len(target_ids) > max_length // 2 else target_ids
+    target_ids = target_ids[: max_length // 2]
     prompt_ids = prompt_ids[-(max_length - len(target_ids)) :]
     return {
         "input_ids": prompt_ids + target_ids,
@@ -95,6 +95,10 @@ def collate(features: list[dict], pad_id: int, device: torch.device) -> dict[str
     return {name: tensor.to(device) for name, tensor in batch.items()}
 
 
+def _device(model) -> torch.device:
+    return next(p.device for p in model.parameters())
+
+
 def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
@@ -119,7 +123,7 @@ def train(
     on_eval: Callable[[TrainState], None],
 ) -> TrainState:
     """Run optimizer steps from state.step to total_steps, calling on_eval every eval_every steps."""
-    device = next(p.device for p in model.parameters())
+    device = _device(model)
     lengths = [len(f["input_ids"]) for f in features]
     stream = itertools.islice(
         micro_batches(lengths, config.batch_size, config.seed), state.step * config.grad_accum, None
@@ -161,7 +165,7 @@ def validation_loss(model, features: list[dict], batch_size: int, pad_id: int) -
     Computed from the logits rather than the model's loss, which for AdaLoRA adds a training
     regulariser (and fails on an adapter loaded for inference).
     """
-    device = next(p.device for p in model.parameters())
+    device = _device(model)
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(features), batch_size):
@@ -188,7 +192,7 @@ class Generations:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> Generations:
     """Greedy, batched, left-padded; counts tokens up to and including each row's EOS."""
-    device = next(p.device for p in model.parameters())
+    device = _device(model)
     model.eval()
     texts, new_tokens, seconds = [], 0, 0.0
     for start in range(0, len(prompts), batch_size):

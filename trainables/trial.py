@@ -52,10 +52,12 @@ def prepare(values: dict) -> Plan:
     config = TrialConfig.parse(values)
     task = get_task(config.task)
     splits = task.splits(config.validation_share, config.seed)
-    if config.train_examples is not None:
-        splits["train"] = splits["train"].select(range(min(config.train_examples, len(splits["train"]))))
-    total_steps = config.total_steps(len(splits["train"])) if config.method != BASELINE else 0
-    problems = METHODS[config.method].problems(config, total_steps) if config.method != BASELINE else []
+    splits["train"] = splits["train"].select(range(config.usable_train_size(len(splits["train"]))))
+    if config.method == BASELINE:
+        total_steps, problems = 0, []
+    else:
+        total_steps = config.total_steps(len(splits["train"]))
+        problems = METHODS[config.method].problems(config, total_steps)
     if not_loadable := models.unloadable_reason(config.model):
         problems.append(f"model: {not_loadable}")
     if problems:
