@@ -18,6 +18,7 @@ from analysis import load, plots, rank
 from trainables import trial
 from trainables.config import ConfigError
 from trainables.methods import METHODS
+from trainables.tasks import get_task
 
 WINNERS_FILE = "winners.json"
 BOARD_COLUMNS = [
@@ -25,11 +26,11 @@ BOARD_COLUMNS = [
     "cost_usd", "train_time_s", "adapter_bytes", "trainable_params", "peak_memory_mb", "learning_rate", "rank",
     "alpha", "dropout", "num_virtual_tokens", "shots", "error",
 ]  # fmt: skip
-TEST_METRICS = ["quality", "format_valid_rate", "latency_s", "gen_tokens_per_s"]
 
 
 def adapter_id(task: str, method: str, trial_id: str) -> str:
-    return f"{task}-{method.replace('_', '-')}-{trial_id[:4]}"
+    """A short id for serving, e.g. qg-lora-3f2a; a task file's task is named by its `name` key."""
+    return f"{get_task(task).name}-{method.replace('_', '-')}-{trial_id[:4]}"
 
 
 def pick_winners(board: pl.DataFrame, top: int, score_on_test: bool) -> list[dict]:
@@ -57,7 +58,7 @@ def pick_winners(board: pl.DataFrame, top: int, score_on_test: bool) -> list[dic
         }
         if score_on_test:
             scores = trial.score_checkpoint(record["config"], checkpoint, split="test")
-            winner["test"] = {key: scores[key] for key in TEST_METRICS}
+            winner["test"] = {key: value for key, value in scores.items() if key != "sample_output"}
         winners.append(winner)
     return winners
 

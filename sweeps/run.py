@@ -26,7 +26,7 @@ EXPERIMENT_STATE = "experiment_state*.json"
 
 def parser() -> argparse.ArgumentParser:
     cli = argparse.ArgumentParser(prog="python -m sweeps.run", description=__doc__.split("\n\n")[0])
-    cli.add_argument("task", help=f"a registered task: {', '.join(TASKS)}")
+    cli.add_argument("task", help=f"a registered task ({', '.join(TASKS)}) or a YAML task file")
     cli.add_argument("--config", help="YAML file overriding the task's preset")
     cli.add_argument("--model", help="HF id or local path (default: the embedded model)")
     cli.add_argument(

@@ -24,7 +24,7 @@ from sweeps.presets import PRESETS
 from trainables import models
 from trainables.config import ConfigError, TrialConfig, describe, known_task
 from trainables.methods import METHODS
-from trainables.tasks import get_task
+from trainables.tasks import canonical_task, get_task, is_task_file
 
 SMOKE = {
     "max_steps": 4,
@@ -139,7 +139,7 @@ class SweepSettings(BaseModel):
 
     @property
     def task_dir(self) -> Path:
-        return Path(self.storage).expanduser().resolve() / self.task
+        return Path(self.storage).expanduser().resolve() / get_task(self.task).name
 
     def trial_constants(self) -> dict:
         """What every trial of the sweep shares."""
@@ -182,6 +182,8 @@ def read_yaml(path: str) -> dict:
 
 def resolve(task: str, yaml_path: str | None, cli: dict) -> SweepSettings:
     """Defaults < preset < YAML < command line; smoke shrinks the budget last."""
+    if is_task_file(task):
+        task = canonical_task(task)  # a bad task file fails here, naming its key
     values = _merge(PRESETS.get(task, {}), read_yaml(yaml_path) if yaml_path else {})
     values = _merge(values, {key: value for key, value in cli.items() if value is not None})
     if values.get("smoke"):

@@ -83,11 +83,12 @@ class TrialConfig(BaseModel):
 
 
 def known_task(task: str) -> str:
-    from trainables.tasks import TASKS
+    from trainables.tasks import canonical_task
 
-    if task not in TASKS:
-        raise ValueError(f"unknown task '{task}'; known: {', '.join(sorted(TASKS))}")
-    return task
+    try:
+        return canonical_task(task)
+    except KeyError as error:
+        raise ValueError(error.args[0]) from None
 
 
 def describe(error: ValidationError) -> str:

@@ -60,7 +60,7 @@ def cache_root() -> Path:
 def _train_files() -> list[Path]:
     from trainables.tasks import TASKS
 
-    return [task.data_dir / "train.jsonl" for task in TASKS.values()]
+    return [task.train_file for task in TASKS.values()]
 
 
 def pretraining_sentences() -> list[str]:

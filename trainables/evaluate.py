@@ -11,8 +11,6 @@ from trainables import trial
 from trainables.config import BASELINE, ConfigError
 from trainables.tasks.data import DataError
 
-REPORTED = ["quality", "bertscore_f1", "format_valid_rate", "mean_queries", "latency_s", "gen_tokens_per_s"]
-
 
 def main(argv: list[str] | None = None) -> int:
     cli = argparse.ArgumentParser(prog="python -m trainables.evaluate", description=__doc__.splitlines()[0])
@@ -22,13 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--split", choices=["validation", "test"], default="test")
     args = cli.parse_args(argv)
     values = {"task": args.task, "model": args.model, "method": BASELINE, "shots": args.shots}
-    values |= {"eval_split": args.split, "eval_examples": 100_000}
     try:
-        metrics = trial.execute(values, report=lambda metrics, checkpoint: None)
+        scores = trial.score_base_model(values, split=args.split)
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps({key: metrics[key] for key in REPORTED if key in metrics}, indent=2))
+    print(json.dumps({key: value for key, value in scores.items() if key != "sample_output"}, indent=2))
     return 0
 
 

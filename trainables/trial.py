@@ -121,6 +121,14 @@ def score_checkpoint(values: dict, checkpoint: Path, split: str = "test", exampl
     return evaluate(model, models.load_tokenizer(model_path), plan, "")
 
 
+def score_base_model(values: dict, split: str = "test", examples: int = 1_000_000) -> dict:
+    """Evaluate the untouched base model (k-shot when `shots` is set) on a split, all of it by default."""
+    plan = prepare(values | {"method": BASELINE, "eval_split": split, "eval_examples": examples})
+    model_path = models.resolve(plan.config.model)
+    prefix = few_shot_prefix(plan.task, plan.splits["train"], plan.config.shots, plan.config.seed)
+    return evaluate(models.load_model(model_path), models.load_tokenizer(model_path), plan, prefix)
+
+
 def save_checkpoint(directory: Path, model, optimizer, scheduler, state: loop.TrainState) -> None:
     model.save_pretrained(directory / ADAPTER_DIR)
     trainable = {

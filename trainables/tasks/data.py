@@ -24,6 +24,7 @@ class FieldError(ValueError):
 
 
 RowValidator = Callable[[dict], None]
+CARVED_TEST_SHARE = 0.25
 
 
 def require_text(row: dict, field: str) -> str:
@@ -73,13 +74,18 @@ def load_split(path: Path, validate_row: RowValidator) -> datasets.Dataset:
 
 
 def load_splits(
-    data_dir: Path, validate_row: RowValidator, validation_share: float, seed: int
+    train_file: Path, test_file: Path | None, validate_row: RowValidator, validation_share: float, seed: int
 ) -> datasets.DatasetDict:
-    """train / validation / test; validation is carved out of train, test is never touched here."""
-    train = load_split(data_dir / "train.jsonl", validate_row)
+    """train / validation / test; validation is carved out of train, test is never touched here.
+
+    Without a test file, a quarter of the train file becomes the test split, under a fixed seed so
+    that it is the same for every trial whatever the trial's own seed.
+    """
+    train = load_split(train_file, validate_row)
+    if test_file is None:
+        held_out = train.train_test_split(test_size=CARVED_TEST_SHARE, seed=0, shuffle=True)
+        train, test = held_out["train"], held_out["test"]
+    else:
+        test = load_split(test_file, validate_row)
     carved = train.train_test_split(test_size=validation_share, seed=seed, shuffle=True)
-    return datasets.DatasetDict(
-        train=carved["train"],
-        validation=carved["test"],
-        test=load_split(data_dir / "test.jsonl", validate_row),
-    )
+    return datasets.DatasetDict(train=carved["train"], validation=carved["test"], test=test)

@@ -4,7 +4,7 @@ from statistics import fmean
 
 from trainables.tasks.bertscore import bertscore
 from trainables.tasks.data import FieldError, require_text
-from trainables.tasks.spec import PACKAGED_DATA, Task
+from trainables.tasks.spec import Task, packaged_files
 
 MAX_QUERIES = 3
 QUERY_SEPARATOR = " - "
@@ -86,8 +86,9 @@ def score(generations: list[str], examples: list[dict]) -> dict[str, float]:
 
 TASK = Task(
     name="qg",
-    data_dir=PACKAGED_DATA / "qg",
+    **packaged_files("qg"),
     instruction=INSTRUCTION,
+    inputs=("history", "question"),
     validate_row=validate_row,
     format_prompt=format_prompt,
     format_target=format_target,

@@ -12,11 +12,20 @@ from trainables.tasks.data import RowValidator, load_splits
 PACKAGED_DATA = Path(__file__).resolve().parent / "data"
 
 
+def packaged_files(task: str) -> dict[str, Path]:
+    return {
+        "train_file": PACKAGED_DATA / task / "train.jsonl",
+        "test_file": PACKAGED_DATA / task / "test.jsonl",
+    }
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
-    data_dir: Path
+    train_file: Path
+    test_file: Path | None  # None: a fixed quarter of the train file is the test split
     instruction: str
+    inputs: tuple[str, ...]  # the text fields a prompt is made of (what a served task request sends)
     validate_row: RowValidator
     format_prompt: Callable[[dict], str]
     format_target: Callable[[dict], str]
@@ -24,6 +33,7 @@ class Task:
     score: Callable[[list[str], list[dict]], dict[str, float]]
     primary_metric: str
     max_new_tokens: int
+    optional_inputs: tuple[str, ...] = ()
 
     def splits(self, validation_share: float = 0.1, seed: int = 0) -> datasets.DatasetDict:
-        return load_splits(self.data_dir, self.validate_row, validation_share, seed)
+        return load_splits(self.train_file, self.test_file, self.validate_row, validation_share, seed)

@@ -1,0 +1,90 @@
+"""The adapter registry: the only adapters a server will ever load are the ones winners.json names.
+
+Request fields are looked up in this registry by id and never used as paths.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainables.config import ConfigError
+from trainables.tasks import get_task
+
+WINNERS_FILE = "winners.json"
+BASE_MODEL_ID = "base"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+@dataclass(frozen=True)
+class Adapter:
+    adapter_id: str
+    task: str  # the task's name, e.g. qg
+    task_ref: str  # what get_task resolves: a registered name or a task file's path
+    method: str
+    path: Path
+    quantize_4bit: bool
+    quality: float | None
+
+
+@dataclass(frozen=True)
+class Registry:
+    base_model: str
+    adapters: dict[str, Adapter]  # in winners.json order: best first
+
+    @property
+    def quantize_4bit(self) -> bool:
+        """4-bit base only when every adapter was trained on one (QLoRA); otherwise full precision."""
+        return bool(self.adapters) and all(a.quantize_4bit for a in self.adapters.values())
+
+    def for_task(self, task: str) -> list[Adapter]:
+        return [adapter for adapter in self.adapters.values() if adapter.task == task]
+
+
+def load_registry(experiment_dir: Path, top: int | None = None) -> Registry:
+    """The top winners of a sweep; every problem is a ConfigError naming the file and field."""
+    path = experiment_dir / WINNERS_FILE
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: no such file; run the sweep or `python -m analysis.report {experiment_dir}`"
+        )
+    try:
+        winners = json.loads(path.read_text())["winners"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ConfigError(f"{path}: not a winners file ({error})") from None
+    winners = winners[:top] if top else winners
+    if not winners:
+        raise ConfigError(f"{path}: lists no winners")
+    bases = {winner.get("base_model") for winner in winners}
+    if len(bases) != 1:
+        raise ConfigError(
+            f"{path}: winners share no base model ({', '.join(map(str, bases))}); serve one at a time"
+        )
+    adapters = {}
+    for position, winner in enumerate(winners):
+        where = f"{path}: winners[{position}]"
+        if missing := [
+            key for key in ("id", "task", "method", "adapter_path", "quantize_4bit") if key not in winner
+        ]:
+            raise ConfigError(f"{where}: missing field '{missing[0]}'")
+        try:
+            task = get_task(winner["task"]).name
+        except KeyError as error:
+            raise ConfigError(f"{where}: {error.args[0]}") from None
+        adapter = Adapter(
+            adapter_id=winner["id"],
+            task=task,
+            task_ref=winner["task"],
+            method=winner["method"],
+            path=Path(winner["adapter_path"]),
+            quantize_4bit=bool(winner["quantize_4bit"]),
+            quality=(winner.get("validation") or {}).get("quality"),
+        )
+        missing = [name for name in ADAPTER_FILES if not (adapter.path / name).is_file()]
+        if missing:
+            raise ConfigError(
+                f"{where}: adapter_path {adapter.path} lacks {', '.join(missing)} (safetensors only)"
+            )
+        if adapter.adapter_id == BASE_MODEL_ID or adapter.adapter_id in adapters:
+            raise ConfigError(f"{where}: id '{adapter.adapter_id}' is reserved or repeated")
+        adapters[adapter.adapter_id] = adapter
+    return Registry(base_model=bases.pop(), adapters=adapters)

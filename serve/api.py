@@ -1,0 +1,95 @@
+"""OpenAI-compatible request and response bodies, validated at the edge of the server."""
+
+import time
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_STOP_SEQUENCES = 4
+
+
+class _Strict(BaseModel):
+    # Clients send fields we do not use (user, logit_bias...): ignore them rather than fail.
+    model_config = ConfigDict(extra="ignore")
+
+
+class SamplingFields(_Strict):
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: Literal[1] = 1
+    stream: Literal[False] = False
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, stop):
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
+        return stops
+
+    def stop_sequences(self) -> tuple[str, ...]:
+        return tuple(self.stop or ())
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+    def prompt(self) -> str:
+        """The adapters were trained on plain prompts, so a chat is the messages' text, in order."""
+        return "\n".join(message.content for message in self.messages) + "\n"
+
+
+class TaskRequest(_Strict):
+    model_config = ConfigDict(extra="allow")  # the task's own input fields, checked against the task
+    model: str | None = None
+
+    def inputs(self) -> dict:
+        return dict(self.model_extra or {})
+
+
+def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def completion_body(model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+        "usage": usage(prompt_tokens, completion_tokens),
+    }
+
+
+def chat_body(model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+        "usage": usage(prompt_tokens, completion_tokens),
+    }

@@ -1,0 +1,266 @@
+"""The Ray Serve application: a FastAPI gateway in front of model replicas.
+
+The gateway authenticates, validates and counts tokens, so bad requests never reach a model.
+Each model replica holds the base model once; adapters are Ray Serve multiplexed models, loaded
+on first use and evicted least-recently-used, and concurrent requests are batched across adapters.
+"""
+
+import asyncio
+import hmac
+import time
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from starlette.exceptions import HTTPException
+from transformers import AutoConfig
+
+from serve import api
+from serve.adapters import BASE_MODEL_ID, Registry
+from serve.engine import AdapterEngine, Completion, LoadedAdapter, Sampling, read_adapter
+from serve.engine import Request as EngineRequest
+from trainables import models
+from trainables.tasks import get_task
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_prompt_tokens: int = 1024
+    max_tokens: int = 256
+    request_timeout_s: float = 60.0
+    max_queued_requests: int = 64
+    max_batch_size: int = 16
+    batch_wait_s: float = 0.01
+    max_adapters_per_replica: int = 8
+    replicas: int = 1
+    gpus_per_replica: float = 0.0
+
+
+class ApiError(Exception):
+    def __init__(
+        self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None
+    ):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param = status, message, kind, param
+
+
+class _Resident:
+    """What Ray Serve's multiplexer caches per adapter; eviction calls __del__, which unloads it."""
+
+    def __init__(self, engine: AdapterEngine, adapter: LoadedAdapter):
+        self.engine, self.adapter = engine, adapter
+
+    def __del__(self):
+        self.engine.remove(self.adapter)
+
+
+def model_server(limits: Limits):
+    """The model replica deployment, with the limits baked into its decorators."""
+
+    @serve.deployment(
+        num_replicas=limits.replicas,
+        max_ongoing_requests=2 * limits.max_batch_size,
+        max_queued_requests=limits.max_queued_requests,
+        ray_actor_options={"num_gpus": limits.gpus_per_replica},
+    )
+    class AdapterServer:
+        def __init__(self, registry: Registry):
+            self.registry = registry
+            self.engine = AdapterEngine(registry.base_model, registry.quantize_4bit)
+
+        @serve.multiplexed(max_num_models_per_replica=limits.max_adapters_per_replica)
+        async def load_adapter(self, adapter_id: str) -> _Resident:
+            adapter = self.registry.adapters[adapter_id]
+            loaded = await asyncio.to_thread(read_adapter, adapter_id, adapter.path)
+            self.engine.add(loaded)
+            return _Resident(self.engine, loaded)
+
+        @serve.batch(max_batch_size=limits.max_batch_size, batch_wait_timeout_s=limits.batch_wait_s)
+        async def _generate(self, requests: list[EngineRequest]) -> list[Completion]:
+            results: list[Completion | None] = [None] * len(requests)
+            # More adapters in a batch than a replica holds: load and run them a replica-full at a time.
+            while pending := [i for i, done in enumerate(results) if done is None]:
+                wanted = list(dict.fromkeys(requests[i].adapter for i in pending if requests[i].adapter))
+                for adapter_id in wanted[: limits.max_adapters_per_replica]:
+                    await self.load_adapter(adapter_id)
+                outputs = await asyncio.to_thread(self.engine.generate, [requests[i] for i in pending])
+                for index, output in zip(pending, outputs, strict=True):
+                    results[index] = output
+            return results
+
+        async def complete(self, request: EngineRequest) -> Completion:
+            return await self._generate(request)
+
+    return AdapterServer
+
+
+def gateway(limits: Limits, api_key: str | None):
+    app = FastAPI(title="peft-sweeps", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, error: ApiError):
+        return JSONResponse(api.error_body(error.message, error.kind, error.param), status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, error: RequestValidationError):
+        problems = [f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in error.errors()]
+        return JSONResponse(api.error_body("; ".join(problems), "invalid_request_error"), status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, error: HTTPException):
+        return JSONResponse(
+            api.error_body(str(error.detail), "invalid_request_error"), status_code=error.status_code
+        )
+
+    @app.middleware("http")
+    async def _authenticate(request: Request, call_next):
+        if api_key and request.url.path != "/healthz":
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(given.encode(), api_key.encode()):
+                body = api.error_body("missing or wrong API key", "authentication_error")
+                return JSONResponse(body, status_code=401)
+        return await call_next(request)
+
+    @serve.deployment(num_replicas=1, max_ongoing_requests=max(256, limits.max_queued_requests * 2))
+    @serve.ingress(app)
+    class Gateway:
+        def __init__(self, server, registry: Registry):
+            self.server, self.registry = server, registry
+            path = models.resolve(registry.base_model)
+            self.tokenizer = models.load_tokenizer(path)
+            self.context_length = AutoConfig.from_pretrained(path).max_position_embeddings
+            self.created = int(time.time())
+
+        def _check_model(self, model: str) -> str | None:
+            if model == BASE_MODEL_ID:
+                return None
+            if model not in self.registry.adapters:
+                raise ApiError(404, f"unknown model '{model}'; GET /v1/models lists them", param="model")
+            return model
+
+        async def _run(self, request: EngineRequest) -> Completion:
+            prompt_tokens = len(self.tokenizer(request.prompt)["input_ids"])
+            if prompt_tokens > limits.max_prompt_tokens:
+                raise ApiError(
+                    413, f"prompt is {prompt_tokens} tokens; the limit is {limits.max_prompt_tokens}"
+                )
+            if prompt_tokens + request.max_tokens > self.context_length:
+                message = f"prompt ({prompt_tokens}) plus max_tokens exceeds the model's {self.context_length} tokens"
+                raise ApiError(400, message, param="max_tokens")
+            handle = self.server.options(multiplexed_model_id=request.adapter or "")
+            response = handle.complete.remote(request)
+            try:
+                return await asyncio.wait_for(response, timeout=limits.request_timeout_s)
+            except BackPressureError:
+                raise ApiError(503, "the server is at capacity; retry later", "server_busy") from None
+            except TimeoutError:
+                response.cancel()
+                raise ApiError(504, f"no answer within {limits.request_timeout_s:g} s", "timeout") from None
+
+        def _engine_request(self, body: api.SamplingFields, prompt: str) -> EngineRequest:
+            max_tokens = body.max_tokens or 16
+            if max_tokens > limits.max_tokens:
+                raise ApiError(
+                    400,
+                    f"max_tokens {max_tokens} is above the cap of {limits.max_tokens}",
+                    param="max_tokens",
+                )
+            sampling = Sampling(body.temperature, body.top_p, body.seed)
+            return EngineRequest(
+                prompt, self._check_model(body.model), max_tokens, sampling, body.stop_sequences()
+            )
+
+        @app.get("/healthz")
+        async def healthz(self) -> dict:
+            return {"status": "ok", "adapters": len(self.registry.adapters)}
+
+        @app.get("/v1/models")
+        async def list_models(self) -> dict:
+            base = {
+                "id": BASE_MODEL_ID,
+                "object": "model",
+                "created": self.created,
+                "owned_by": "peft-sweeps",
+            }
+            entries = [base | {"base_model": self.registry.base_model}]
+            for adapter in self.registry.adapters.values():
+                details = {
+                    "task": adapter.task,
+                    "method": adapter.method,
+                    "validation_quality": adapter.quality,
+                }
+                entries.append(base | {"id": adapter.adapter_id} | details)
+            return {"object": "list", "data": entries}
+
+        @app.post("/v1/completions")
+        async def completions(self, body: api.CompletionRequest) -> dict:
+            done = await self._run(self._engine_request(body, body.prompt))
+            return api.completion_body(
+                body.model, done.text, done.finish_reason, done.prompt_tokens, done.completion_tokens
+            )
+
+        @app.post("/v1/chat/completions")
+        async def chat(self, body: api.ChatRequest) -> dict:
+            done = await self._run(self._engine_request(body, body.prompt()))
+            return api.chat_body(
+                body.model, done.text, done.finish_reason, done.prompt_tokens, done.completion_tokens
+            )
+
+        @app.post("/v1/tasks/{task}")
+        async def run_task(self, task: str, body: api.TaskRequest) -> dict:
+            adapters = self.registry.for_task(task)
+            if not adapters:
+                raise ApiError(404, f"no served adapter for task '{task}'", param="task")
+            spec = get_task(adapters[0].task_ref)
+            model = body.model or adapters[0].adapter_id
+            if (
+                model != BASE_MODEL_ID
+                and model in self.registry.adapters
+                and model not in {a.adapter_id for a in adapters}
+            ):
+                raise ApiError(400, f"model '{model}' was not trained for task '{task}'", param="model")
+            inputs = _task_inputs(spec, body.inputs())
+            started = time.perf_counter()
+            request = EngineRequest(spec.format_prompt(inputs), self._check_model(model), spec.max_new_tokens)
+            done = await self._run(request)
+            return {
+                "task": task,
+                "model": model,
+                "result": spec.parse(done.text),
+                "output": done.text,
+                "latency_s": time.perf_counter() - started,
+                "usage": api.usage(done.prompt_tokens, done.completion_tokens),
+            }
+
+    return Gateway
+
+
+def _task_inputs(spec, given: dict) -> dict:
+    """The task's input fields: required ones non-empty text, optional ones text or a list of text."""
+    if unknown := sorted(set(given) - set(spec.inputs) - set(spec.optional_inputs)):
+        raise ApiError(
+            422,
+            f"unknown field '{unknown[0]}'; task '{spec.name}' takes {', '.join(spec.inputs)}",
+            param=unknown[0],
+        )
+    for field in spec.inputs:
+        if not isinstance(given.get(field), str) or not given[field].strip():
+            raise ApiError(422, f"field '{field}' must be non-empty text", param=field)
+    for field in spec.optional_inputs:
+        value = given.get(field)
+        if (
+            value is not None
+            and not isinstance(value, str)
+            and not (isinstance(value, list) and all(isinstance(item, str) for item in value))
+        ):
+            raise ApiError(422, f"field '{field}' must be text or a list of text", param=field)
+    return {field: given.get(field) for field in (*spec.inputs, *spec.optional_inputs)}
+
+
+def build(registry: Registry, limits: Limits, api_key: str | None):
+    """The bound application, ready for serve.run."""
+    server = model_server(limits).bind(registry)
+    return gateway(limits, api_key).bind(server, registry)

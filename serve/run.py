@@ -1,0 +1,99 @@
+"""python -m serve.run DIR [options]: serve a sweep's winning adapters behind an OpenAI-compatible API.
+
+DIR is an experiment directory with winners.json (written at the end of every sweep, or by
+`python -m analysis.report DIR`). The server keeps running until Ctrl-C.
+"""
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from serve.adapters import load_registry
+from serve.app import Limits
+from trainables.config import ConfigError
+
+API_KEY_VARIABLE = "PEFT_SWEEPS_API_KEY"
+DEFAULTS = Limits()
+
+
+def parser() -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(prog="python -m serve.run", description=__doc__.split("\n\n")[0])
+    cli.add_argument("experiment_dir", type=Path, help="a sweep directory with winners.json")
+    cli.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes it beyond this machine")
+    cli.add_argument("--port", type=int, default=8000)
+    cli.add_argument("--top", type=int, help="serve only the K best winners")
+    cli.add_argument("--replicas", type=int, default=DEFAULTS.replicas)
+    cli.add_argument("--max-adapters-per-replica", type=int, default=DEFAULTS.max_adapters_per_replica)
+    cli.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE})")
+    cli.add_argument("--max-prompt-tokens", type=int, default=DEFAULTS.max_prompt_tokens)
+    cli.add_argument(
+        "--max-tokens", type=int, default=DEFAULTS.max_tokens, help="cap on a request's max_tokens"
+    )
+    cli.add_argument("--request-timeout-s", type=float, default=DEFAULTS.request_timeout_s)
+    cli.add_argument("--max-queued-requests", type=int, default=DEFAULTS.max_queued_requests)
+    cli.add_argument("--max-batch-size", type=int, default=DEFAULTS.max_batch_size)
+    cli.add_argument("--batch-wait-s", type=float, default=DEFAULTS.batch_wait_s)
+    return cli
+
+
+def limits_from(args: argparse.Namespace, gpus: int) -> Limits:
+    numbers = {
+        "replicas": args.replicas,
+        "max_adapters_per_replica": args.max_adapters_per_replica,
+        "max_prompt_tokens": args.max_prompt_tokens,
+        "max_tokens": args.max_tokens,
+        "request_timeout_s": args.request_timeout_s,
+        "max_queued_requests": args.max_queued_requests,
+        "max_batch_size": args.max_batch_size,
+    }
+    if bad := [f"--{name.replace('_', '-')}" for name, value in numbers.items() if value <= 0]:
+        raise ConfigError(f"{', '.join(bad)}: must be positive")
+    if args.batch_wait_s < 0:
+        raise ConfigError("--batch-wait-s: must not be negative")
+    return Limits(**numbers, batch_wait_s=args.batch_wait_s, gpus_per_replica=1.0 if gpus else 0.0)
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        registry = load_registry(args.experiment_dir, args.top)
+        import torch
+
+        limits = limits_from(args, torch.cuda.device_count())
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    api_key = args.api_key or os.environ.get(API_KEY_VARIABLE) or None
+
+    import ray
+    from ray import serve
+
+    from serve.app import build
+
+    ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+    serve.start(http_options={"host": args.host, "port": args.port})
+    try:
+        serve.run(build(registry, limits, api_key), name="peft-sweeps", route_prefix="/")
+        url = f"http://{args.host}:{args.port}"
+        print(f"serving {len(registry.adapters)} adapters on {registry.base_model} at {url}/v1", flush=True)
+        print(f"models: base, {', '.join(registry.adapters)}; Ctrl-C stops", flush=True)
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("shutting down", flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

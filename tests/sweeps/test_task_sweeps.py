@@ -1,0 +1,51 @@
+"""Smoke sweeps for the NER and QA tasks and for a user's YAML task file, end to end on real Ray."""
+
+import json
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+
+pytestmark = pytest.mark.slow
+METHODS = ["lora", "ia3"]
+
+TASK_FILE = """\
+name: capitals
+train: capitals.jsonl
+input_fields: [country]
+output_field: capital
+prompt: |
+  Name the capital city.
+  ### Country: {country}
+  ### Capital:
+metric: jaccard
+max_new_tokens: 6
+"""
+CAPITALS = {"France": "Paris", "Spain": "Madrid", "Italy": "Rome", "Austria": "Vienna", "Peru": "Lima"}
+
+
+def _capitals_task(directory) -> str:
+    rows = [{"country": country, "capital": capital} for country, capital in CAPITALS.items()] * 8
+    (directory / "capitals.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (directory / "capitals.yaml").write_text(TASK_FILE)
+    return str(directory / "capitals.yaml")
+
+
+@pytest.mark.parametrize("task", ["ner", "qa", "capitals.yaml"])
+def test_smoke_sweep_of_a_task(task, tiny_model, tmp_path):
+    name = task.removesuffix(".yaml")
+    argument = _capitals_task(tmp_path) if task.endswith(".yaml") else task
+    command = [
+        sys.executable, "-m", "sweeps.run", argument, "--smoke", "--model", tiny_model, "--methods", ",".join(METHODS),
+        "--storage", str(tmp_path / "results"), "--name", "smoke", "--concurrency", "2",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sweep_dir = tmp_path / "results" / name / "smoke"
+    trials = pl.read_csv(sweep_dir / "trials.csv")
+    assert set(trials["method"]) == {*METHODS, "base"}
+    assert trials["quality"].is_not_null().all()
+    winners = json.loads((sweep_dir / "winners.json").read_text())["winners"]
+    assert winners and all(winner["id"].startswith(f"{name}-") for winner in winners)
+    assert all("quality" in winner["test"] for winner in winners)

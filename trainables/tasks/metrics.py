@@ -1,0 +1,68 @@
+"""The metric registry: shipped tasks score with these, and user-defined tasks name one of them."""
+
+import re
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+from statistics import fmean
+
+from trainables.tasks.bertscore import bertscore
+from trainables.tasks.entities import entity_scores, parse_entities
+
+ARTICLES = re.compile(r"\b(a|an|the)\b")
+PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def normalise_answer(text: str) -> str:
+    """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
+    return " ".join(ARTICLES.sub(" ", text.casefold().translate(PUNCTUATION)).split())
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(normalise_answer(prediction) == normalise_answer(reference))
+
+
+def jaccard(prediction: str, reference: str) -> float:
+    """The QA study's Jaccard similarity: common tokens over the token count of the longer answer."""
+    predicted, expected = set(normalise_answer(prediction).split()), set(normalise_answer(reference).split())
+    if not predicted and not expected:
+        return 1.0
+    return len(predicted & expected) / max(len(predicted), len(expected))
+
+
+def answer_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
+    pairs = list(zip(predictions, references, strict=True))
+    return {
+        "exact_match": fmean(exact_match(p, r) for p, r in pairs) if pairs else 0.0,
+        "jaccard": fmean(jaccard(p, r) for p, r in pairs) if pairs else 0.0,
+    }
+
+
+def bertscore_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
+    precision, recall, f1 = bertscore(predictions, references)
+    return {
+        "bertscore_precision": fmean(precision),
+        "bertscore_recall": fmean(recall),
+        "bertscore_f1": fmean(f1),
+    }
+
+
+def entity_f1_scores(predictions: list[str], references: list[dict]) -> dict[str, float]:
+    """Slot metrics over every entity name that any reference carries."""
+    entities = sorted({name for reference in references for name in reference})
+    return entity_scores([parse_entities(text) for text in predictions], references, entities)
+
+
+@dataclass(frozen=True)
+class Metric:
+    score: Callable[[list[str], list], dict[str, float]]
+    primary: str
+    structured_reference: bool = False  # the reference is a JSON object, not text
+
+
+METRICS: dict[str, Metric] = {
+    "exact_match": Metric(answer_scores, "exact_match"),
+    "jaccard": Metric(answer_scores, "jaccard"),
+    "bertscore": Metric(bertscore_scores, "bertscore_f1"),
+    "entity_f1": Metric(entity_f1_scores, "f1", structured_reference=True),
+}
