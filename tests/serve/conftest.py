@@ -1,16 +1,12 @@
 """A winners.json with one adapter per method on the tiny model, and real servers on loopback."""
 
 import json
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 import torch
 from peft import get_peft_model
 
+from serve.launch import start_server, stop_server
 from trainables import models
 from trainables.config import TrialConfig
 from trainables.methods import METHODS, BuildContext
@@ -47,39 +43,6 @@ def winners_dir(tiny_model, tmp_path_factory):
         })  # fmt: skip
     (directory / "winners.json").write_text(json.dumps({"winners": winners}))
     return directory
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(directory, *options: str):
-    port = _free_port()
-    command = [sys.executable, "-m", "serve.run", str(directory), "--port", str(port), *options]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited: {process.stdout.read()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
-                if response.status == 200:
-                    return process, url
-        except OSError:
-            time.sleep(1)
-    process.kill()
-    raise RuntimeError("server did not come up within 180 s")
-
-
-def stop_server(process) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from tests.serve.conftest import API_KEY, start_server, stop_server
+from serve.launch import start_server, stop_server
+from tests.serve.conftest import API_KEY
 
 pytestmark = pytest.mark.slow
 ADAPTERS = ["qg-lora-test", "qg-ia3-test", "qg-prompt-tuning-test"]

@@ -1,0 +1,102 @@
+"""Serving throughput: the base model alone against 1, 3 and 8 LoRA adapters in rotation, same server.
+
+python bench/serve_throughput.py [--requests 192] [--clients 16] [--max-tokens 16]
+
+Builds 8 LoRA adapters (random weights, rank 8 on every linear layer) on the embedded model,
+starts `python -m serve.run` on loopback and sends the same prompts with 16 concurrent clients
+per scenario. Prints requests/s, generated tokens/s, p50/p99 latency, the tokens/s ratio to the
+base model (answers stop at EOS, so request rates alone compare unequal work), and the cold
+load time of an adapter (its first request against a warm one).
+"""
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from peft import LoraConfig, get_peft_model
+
+from serve.launch import start_server, stop_server
+from trainables import embedded, models
+from trainables.tasks import get_task
+
+ADAPTERS = 8
+
+
+def make_winners(directory: Path) -> None:
+    base = str(embedded.ensure_built())
+    winners = []
+    for index in range(ADAPTERS):
+        config = LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
+        get_peft_model(models.load_model(base), config).save_pretrained(directory / f"lora-{index}")
+        winners.append({
+            "id": f"qg-lora-{index:04d}", "task": "qg", "method": "lora", "base_model": base,
+            "quantize_4bit": False, "adapter_path": str(directory / f"lora-{index}"),
+        })  # fmt: skip
+    (directory / "winners.json").write_text(json.dumps({"winners": winners}))
+
+
+def timed_completion(url: str, model: str, prompt: str, max_tokens: int) -> tuple[float, int]:
+    """Seconds and completion tokens of one request."""
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens}).encode()
+    request = urllib.request.Request(f"{url}/v1/completions", body, {"content-type": "application/json"})
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=300) as response:
+        tokens = json.loads(response.read())["usage"]["completion_tokens"]
+    return time.perf_counter() - started, tokens
+
+
+def scenario(url: str, models_in_rotation: list[str], requests: int, clients: int, max_tokens: int) -> dict:
+    # QG test prompts: the embedded model answers them at length, where made-up prompts end at once.
+    examples = get_task("qg").splits()["test"]
+    prompts = [get_task("qg").format_prompt(examples[n % len(examples)]) for n in range(requests)]
+    work = [(models_in_rotation[n % len(models_in_rotation)], prompts[n]) for n in range(requests)]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        answers = list(pool.map(lambda item: timed_completion(url, *item, max_tokens), work))
+    elapsed = time.perf_counter() - started
+    latencies = sorted(seconds for seconds, _ in answers)
+    return {
+        "rps": requests / elapsed,
+        "tokens_per_s": sum(tokens for _, tokens in answers) / elapsed,
+        "p50_s": statistics.median(latencies),
+        "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+    }
+
+
+def main() -> None:
+    cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cli.add_argument("--requests", type=int, default=192)
+    cli.add_argument("--clients", type=int, default=16)
+    cli.add_argument("--max-tokens", type=int, default=16)
+    args = cli.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = Path(scratch)
+        make_winners(directory)
+        process, url = start_server(directory, "--max-adapters-per-replica", str(ADAPTERS))
+        try:
+            adapter_ids = [f"qg-lora-{index:04d}" for index in range(ADAPTERS)]
+            cold = [timed_completion(url, adapter, "Hello", 1)[0] for adapter in adapter_ids]
+            warm = [timed_completion(url, adapter, "Hello", 1)[0] for adapter in adapter_ids]
+            print(f"cold adapter load: first request {statistics.median(cold) * 1000:.0f} ms median, "
+                  f"warm {statistics.median(warm) * 1000:.0f} ms", flush=True)  # fmt: skip
+            scenario(url, ["base"], args.clients, args.clients, args.max_tokens)  # warm-up
+            results = {}
+            for label, rotation in [("base", ["base"]), ("1 adapter", adapter_ids[:1]),
+                                    ("3 adapters", adapter_ids[:3]), ("8 adapters", adapter_ids)]:  # fmt: skip
+                results[label] = scenario(url, rotation, args.requests, args.clients, args.max_tokens)
+                result = results[label]
+                ratio = result["tokens_per_s"] / results["base"]["tokens_per_s"]
+                print(f"{label:>10}: {result['rps']:6.1f} req/s, {result['tokens_per_s']:6.0f} tokens/s, "
+                      f"p50 {result['p50_s'] * 1000:5.0f} ms, p99 {result['p99_s'] * 1000:5.0f} ms, "
+                      f"tokens/s vs base {ratio:.2f}", flush=True)  # fmt: skip
+        finally:
+            stop_server(process)
+
+
+if __name__ == "__main__":
+    main()
