@@ -7,10 +7,11 @@ files against this script's defaults).
 """
 
 import argparse
-import json
 from pathlib import Path
 
 from ner_documents import generate
+
+from trainables.tasks.data import write_splits as write_jsonl_splits
 
 SEED = 20261123
 COUNT = 480
@@ -21,10 +22,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent.parent / "trainables" / "tasks" / 
 def write_splits(out_dir: Path, count: int = COUNT, seed: int = SEED) -> None:
     documents = generate(count, seed)
     test_size = round(count * TEST_SHARE)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for split, rows in (("train", documents[test_size:]), ("test", documents[:test_size])):
-        lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]
-        (out_dir / f"{split}.jsonl").write_text("".join(lines), encoding="utf-8")
+    write_jsonl_splits(out_dir, {"train": documents[test_size:], "test": documents[:test_size]})
 
 
 if __name__ == "__main__":

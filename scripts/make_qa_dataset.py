@@ -17,9 +17,10 @@ files against this script's defaults).
 """
 
 import argparse
-import json
 import random
 from pathlib import Path
+
+from trainables.tasks.data import write_splits as write_jsonl_splits
 
 SEED = 20261123
 RECORDS_PER_DOMAIN = 30
@@ -281,10 +282,7 @@ def build_splits(seed: int = SEED) -> dict[str, list[dict]]:
 
 
 def write_splits(out_dir: Path, seed: int = SEED) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for split, rows in build_splits(seed).items():
-        lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]
-        (out_dir / f"{split}.jsonl").write_text("".join(lines), encoding="utf-8")
+    write_jsonl_splits(out_dir, build_splits(seed))
 
 
 if __name__ == "__main__":

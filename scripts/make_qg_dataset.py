@@ -9,12 +9,13 @@ entities (one query per entity). Questions lean on the history through pronouns.
 """
 
 import itertools
-import json
 import random
 import sys
 from pathlib import Path
 
 from qg_topics import TOPICS
+
+from trainables.tasks.data import write_splits as write_jsonl_splits
 
 SEED = 20261123
 TEST_SHARE = 0.25
@@ -94,10 +95,7 @@ def write_splits(out_dir: Path, seed: int = SEED) -> None:
     examples = build_examples(seed)
     n_test = round(len(examples) * TEST_SHARE)
     splits = {"test": examples[:n_test], "train": examples[n_test:]}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for split, rows in splits.items():
-        lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]
-        (out_dir / f"{split}.jsonl").write_text("".join(lines), encoding="utf-8")
+    write_jsonl_splits(out_dir, splits)
 
 
 if __name__ == "__main__":

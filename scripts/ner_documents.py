@@ -22,17 +22,7 @@ import datetime
 import random
 import unicodedata
 
-ENTITIES = (
-    "GIVEN_NAME",
-    "LAST_NAME",
-    "NATIONALITY",
-    "BIRTH_DATE",
-    "BIRTH_PLACE",
-    "EXPIRY_DATE",
-    "DOCUMENT_TYPE",
-    "DOCUMENT_NUMBER",
-    "ISSUING_COUNTRY",
-)
+from trainables.tasks.ner import ENTITIES
 
 LABELS = {
     "de": {

@@ -68,6 +68,14 @@ def read_jsonl(path: Path, validate_row: RowValidator) -> list[dict]:
     return rows
 
 
+def write_splits(out_dir: Path, splits: dict[str, list[dict]]) -> None:
+    """One `<split>.jsonl` per split, UTF-8, one object per line: what the data set generators ship."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split, rows in splits.items():
+        lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]
+        (out_dir / f"{split}.jsonl").write_text("".join(lines), encoding="utf-8")
+
+
 def load_split(path: Path, validate_row: RowValidator) -> datasets.Dataset:
     read_jsonl(path, validate_row)
     return datasets.load_dataset("json", data_files=str(path), split="train")
