@@ -98,6 +98,11 @@ def train_tokenizer(sentences: list[str], vocab_size: int) -> PreTrainedTokenize
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD)
 
 
+def build_tokenizer(spec: EmbeddedSpec) -> PreTrainedTokenizerFast:
+    """The tokenizer the build of spec makes (deterministic; seconds, no model training)."""
+    return train_tokenizer(pretraining_sentences(), spec.vocab_size)
+
+
 def _model_config(spec: EmbeddedSpec, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=len(tokenizer),
