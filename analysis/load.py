@@ -2,7 +2,8 @@
 
 trials: one row per trial, from each trial's self-describing record (works on a running sweep and
 on failed trials). curves: one row per evaluation, from Ray Tune's result.json files. The best
-evaluation of each trial whose checkpoint is still on disk gives best_quality and best_checkpoint.
+evaluation of each trial whose checkpoint is still on disk gives best_checkpoint; that checkpoint's
+quality on the whole validation split is best_quality, the figure that ranks.
 """
 
 import io
@@ -12,17 +13,29 @@ from pathlib import Path
 
 import polars as pl
 
-from trainables.trial import ADAPTER_DIR, RECORD_FILE
+from sweeps.spaces import hyperparameter_names
+from trainables.config import BASELINE
+from trainables.trial import ADAPTER_DIR, FULL_VALIDATION_QUALITY, RECORD_FILE
 
-HYPERPARAMETERS = ["shots", "learning_rate", "dropout", "rank", "alpha", "target_rank", "num_virtual_tokens"]
+# Each method's searched hyperparameters under their own names (lora.learning_rate), as trials carry them.
+HYPERPARAMETERS = ["shots", *hyperparameter_names()]
+# What analysis.rescore measured of a kept checkpoint the trial itself did not measure.
+MEASURED_FILE = "kept_checkpoint.json"
+# Where a sweep re-trains its finalists with more seeds (--finalist-seeds).
+FINALISTS_DIR = "finalists"
 METRICS = {
     "quality": "quality",
+    FULL_VALIDATION_QUALITY: FULL_VALIDATION_QUALITY,
+    "full_validation_examples": "full_validation_examples",
     "cost_usd": "cost_usd",
     "train_time_s": "train_time_s",
     "wall_time_s": "wall_time_s",
     "eval_time_s": "eval_time_s",
     "latency_s": "latency_s",
+    "latency_per_token_s": "latency_per_token_s",
     "tokens_per_s": "gen_tokens_per_s",
+    "truncated_rate": "truncated_rate",
+    "max_new_tokens": "max_new_tokens",
     "train_tokens_per_s": "train_tokens_per_s",
     "trainable_params": "trainable_params",
     "adapter_bytes": "adapter_bytes",
@@ -41,7 +54,19 @@ TRIALS_SCHEMA = {
     **dict.fromkeys(HYPERPARAMETERS, pl.Float64),
     "task": pl.String,
     "model": pl.String,
+    "seed": pl.Int64,
+    # A finalist's re-runs share it with the finalist: the same trial but for its seed.
+    "config_without_seed": pl.String,
+    "finalist_rerun": pl.Boolean,
     "trial_dir": pl.String,
+}
+# Taken once per trial, on its kept checkpoint: column in the ranked frame <- column in trials.
+FINAL_MEASUREMENTS = {
+    "best_quality": FULL_VALIDATION_QUALITY,
+    "full_validation_examples": "full_validation_examples",
+    "latency_s": "latency_s",
+    "latency_per_token_s": "latency_per_token_s",
+    "tokens_per_s": "tokens_per_s",
 }
 CURVES_SCHEMA = {
     "trial_id": pl.String,
@@ -76,6 +101,9 @@ def _trial_row(path: Path, sweep_finished: bool) -> dict:
         **{name: config.get(name) for name in HYPERPARAMETERS},
         "task": config.get("task"),
         "model": config.get("model"),
+        "seed": config.get("seed"),
+        "config_without_seed": json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True),
+        "finalist_rerun": path.parent.parent.name == FINALISTS_DIR,
         "trial_dir": str(path.parent),
     }
 
@@ -111,8 +139,29 @@ def _kept_checkpoints(experiment_dir: Path) -> pl.DataFrame:
     return pl.DataFrame(kept, schema={"trial_dir": pl.String, "checkpoint_dir_name": pl.String})
 
 
+def _measured_checkpoints(experiment_dir: Path) -> pl.DataFrame:
+    """What analysis.rescore measured, by trial directory and checkpoint."""
+    rows = []
+    for path in experiment_dir.glob(f"**/{MEASURED_FILE}"):
+        measured = json.loads(path.read_text())
+        metrics = {
+            column: measured["metrics"].get(METRICS[raw]) for column, raw in FINAL_MEASUREMENTS.items()
+        }
+        rows.append({"trial_dir": str(path.parent), "checkpoint_dir_name": measured["checkpoint"]} | metrics)
+    schema = {"trial_dir": pl.String, "checkpoint_dir_name": pl.String} | dict.fromkeys(
+        FINAL_MEASUREMENTS, pl.Float64
+    )
+    return pl.DataFrame(rows, schema=schema).rename(
+        {column: f"measured_{column}" for column in FINAL_MEASUREMENTS}
+    )
+
+
 def load(experiment_dir: Path, sweep_finished: bool = True) -> pl.DataFrame:
-    """trials + best_quality and best_checkpoint (the best evaluation whose checkpoint is kept)."""
+    """trials + best_checkpoint (the best evaluation whose checkpoint is kept), subset_quality (its
+    figure on the eval_examples rows) and FINAL_MEASUREMENTS of that checkpoint: measured by the
+    trial when it was its last evaluation (a baseline's only one), else by analysis.rescore; null
+    until then, and a trial without them is not a candidate.
+    """
     if not experiment_dir.is_dir():
         raise NotAnExperiment(f"{experiment_dir}: no such directory")
     frame = trials(experiment_dir, sweep_finished)
@@ -126,11 +175,19 @@ def load(experiment_dir: Path, sweep_finished: bool = True) -> pl.DataFrame:
         .first()
         .select(
             "trial_dir",
-            best_quality=pl.col("quality"),
+            "checkpoint_dir_name",
+            subset_quality=pl.col("quality"),
             best_step=pl.col("step"),
             best_checkpoint=pl.concat_str(pl.col("trial_dir"), pl.lit("/"), pl.col("checkpoint_dir_name")),
         )
     )
-    return frame.join(best, on="trial_dir", how="left").with_columns(
-        best_quality=pl.coalesce("best_quality", "quality")  # baselines keep no checkpoint
+    measured_by_trial = (pl.col("method") == BASELINE) | (pl.col("best_step") == pl.col("steps"))
+    return (
+        frame.join(best, on="trial_dir", how="left")
+        .join(_measured_checkpoints(experiment_dir), on=["trial_dir", "checkpoint_dir_name"], how="left")
+        .with_columns(
+            pl.coalesce(f"measured_{column}", pl.when(measured_by_trial).then(pl.col(raw))).alias(column)
+            for column, raw in FINAL_MEASUREMENTS.items()
+        )
+        .drop("checkpoint_dir_name", *(f"measured_{column}" for column in FINAL_MEASUREMENTS))
     )

@@ -82,6 +82,31 @@ def utility(weights: dict[str, float]) -> pl.Expr:
     return pl.when(is_candidate()).then(pl.sum_horizontal(terms) / total).otherwise(None).alias("utility")
 
 
+def across_seeds(frame: pl.DataFrame) -> pl.DataFrame:
+    """A finalist re-trained with more seeds ranks on the mean of its seeds' best_quality (its own
+    figure kept as seed_quality, the spread as quality_std); the re-runs then leave the frame."""
+    seeds = (
+        frame.filter(pl.col("best_quality").is_not_null())
+        .group_by("config_without_seed")
+        .agg(
+            seeds=pl.len(),
+            quality_mean=pl.col("best_quality").mean(),
+            quality_std=pl.col("best_quality").std(),
+        )
+    )
+    return (
+        frame.filter(~pl.col("finalist_rerun"))
+        .join(seeds, on="config_without_seed", how="left")
+        .with_columns(
+            seed_quality=pl.col("best_quality"),
+            best_quality=pl.when(pl.col("seeds") > 1)
+            .then(pl.col("quality_mean"))
+            .otherwise(pl.col("best_quality")),
+        )
+        .drop("quality_mean")
+    )
+
+
 def leaderboard(frame: pl.DataFrame, weights: dict[str, float]) -> pl.DataFrame:
     """Pareto trials first, by utility; then the other candidates; baselines and failures last."""
     return (
@@ -101,6 +126,7 @@ def method_summary(frame: pl.DataFrame) -> pl.DataFrame:
             failures=(pl.col("status") == "failed").sum(),
             best_quality=pl.col("best_quality").filter(ok).max(),
             median_quality=pl.col("best_quality").filter(ok).median(),
+            truncated_rate=pl.col("truncated_rate").filter(ok).median(),
             tokens_per_s=pl.col("tokens_per_s").filter(ok).median(),
             latency_s=pl.col("latency_s").filter(ok).median(),
             perplexity=pl.col("perplexity").filter(ok).median(),

@@ -1,7 +1,10 @@
 """python -m analysis.report DIR: leaderboard, HTML report with plots, and winners.json for serving.
 
-Also runs at the end of every sweep. The winners (top K of the Pareto front by utility) are
-re-scored on the task's test split, which no earlier step used.
+Also runs at the end of every sweep. Kept checkpoints that their trial did not measure (ASHA
+stopped it) are first scored on the whole validation split, the figure that ranks. The winners (top
+K of the Pareto front by utility), the base model and each other method's best are then scored per
+example on the task's test split, which no earlier step used, for the verdict: every test quality
+and every comparison with a 95% paired bootstrap interval (analysis.verdict).
 """
 
 import argparse
@@ -10,21 +13,28 @@ import datetime
 import html
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 
-from analysis import load, plots, rank
+from analysis import load, plots, rank, rescore, verdict
 from trainables import trial
 from trainables.config import ConfigError
 from trainables.methods import METHODS
 from trainables.tasks import get_task
 
 WINNERS_FILE = "winners.json"
+NO_VERDICT = "No verdict: the winners were not scored on the test split (--no-test), or there are none."
+VERDICT_NOTE = (
+    "Intervals: 95% paired bootstrap over the test examples (2,000 resamples); a difference whose "
+    "interval contains 0 is not distinguishable on this data. Validation figures choose; test figures judge."
+)
 BOARD_COLUMNS = [
-    "position", "trial_id", "method", "status", "pareto", "utility", "best_quality", "latency_s", "tokens_per_s",
-    "cost_usd", "train_time_s", "adapter_bytes", "trainable_params", "peak_memory_mb", "learning_rate", "rank",
-    "alpha", "dropout", "num_virtual_tokens", "shots", "error",
+    "position", "trial_id", "method", "status", "pareto", "utility", "best_quality", "quality_std", "seeds",
+    "seed_quality", "subset_quality", "truncated_rate", "latency_s", "latency_per_token_s", "tokens_per_s",
+    "cost_usd", "train_time_s", "adapter_bytes", "trainable_params", "peak_memory_mb", *load.HYPERPARAMETERS,
+    "error",
 ]  # fmt: skip
 
 
@@ -33,34 +43,120 @@ def adapter_id(task: str, method: str, trial_id: str) -> str:
     return f"{get_task(task).name}-{method.replace('_', '-')}-{trial_id[:4]}"
 
 
-def pick_winners(board: pl.DataFrame, top: int, score_on_test: bool) -> list[dict]:
-    chosen = board.filter(pl.col("pareto") & pl.col("best_checkpoint").is_not_null()).head(top)
-    winners = []
-    for row in chosen.iter_rows(named=True):  # a handful of winners, each loading a model
-        record = json.loads((Path(row["trial_dir"]) / trial.RECORD_FILE).read_text())
-        checkpoint = Path(row["best_checkpoint"])
-        winner = {
-            "id": adapter_id(row["task"], row["method"], row["trial_id"]),
-            "trial_id": row["trial_id"],
-            "task": row["task"],
-            "method": row["method"],
-            "base_model": row["model"],
-            "quantize_4bit": METHODS[row["method"]].quantize_4bit,
-            "checkpoint_path": str(checkpoint),
-            "adapter_path": str(checkpoint / trial.ADAPTER_DIR),
-            "config": record["config"],
-            "validation": {
-                "quality": row["best_quality"],
-                "step": row["best_step"],
-                "latency_s": row["latency_s"],
-            },
-            "utility": row["utility"],
+def chosen_winners(board: pl.DataFrame, top: int) -> pl.DataFrame:
+    return board.filter(pl.col("pareto") & pl.col("best_checkpoint").is_not_null()).head(top)
+
+
+def trial_name(row: dict) -> str:
+    return adapter_id(row["task"], row["method"], row["trial_id"])
+
+
+def winner_entry(row: dict) -> dict:
+    """What winners.json says of a winner (a leaderboard row); judge() adds its test block."""
+    record = json.loads((Path(row["trial_dir"]) / trial.RECORD_FILE).read_text())
+    checkpoint = Path(row["best_checkpoint"])
+    return {
+        "id": trial_name(row),
+        "trial_id": row["trial_id"],
+        "task": row["task"],
+        "method": row["method"],
+        "base_model": row["model"],
+        "quantize_4bit": METHODS[row["method"]].quantize_4bit,
+        "checkpoint_path": str(checkpoint),
+        "adapter_path": str(checkpoint / trial.ADAPTER_DIR),
+        "config": record["config"],
+        "validation": {
+            "quality": row["best_quality"],  # the mean over its seeds when re-trained with more
+            "quality_std": row["quality_std"],
+            "seeds": row["seeds"],
+            "examples": int(row["full_validation_examples"]),
+            "step": row["best_step"],
+            "latency_s": row["latency_s"],
+            "latency_per_token_s": row["latency_per_token_s"],
+        },
+        "utility": row["utility"],
+    }
+
+
+def base_name(row: dict) -> str:
+    return f"the base model ({int(row['shots'])}-shot)"
+
+
+def best_of_other_methods(board: pl.DataFrame, method: str) -> pl.DataFrame:
+    """The best candidate (by the ranking figure) of every method but `method`."""
+    others = rank.is_candidate() & pl.col("best_checkpoint").is_not_null() & (pl.col("method") != method)
+    return (
+        board.filter(others)
+        .sort("best_quality", descending=True)
+        .group_by("method", maintain_order=True)
+        .first()
+    )
+
+
+def _named_rows(frame: pl.DataFrame, name: Callable[[dict], str]) -> dict[str, dict]:
+    return {name(row): row for row in frame.iter_rows(named=True)}
+
+
+def _common_length(per_example: dict[str, list[float]]) -> int:
+    lengths = {len(scores) for scores in per_example.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"candidates were scored on different numbers of test examples: {sorted(lengths)}")
+    return lengths.pop()
+
+
+def judge(board: pl.DataFrame, chosen: pl.DataFrame, winners: list[dict]) -> list[str]:
+    """Scores the winners, the baselines and the best trial of each other method on the whole test
+    split; gives each winner's test block its quality_ci95 and comparisons; returns the verdict.
+
+    Every winner is compared with the base model (at each baseline's shots); the top winner also
+    with the runner-up and with the best trial of each other method.
+    """
+    baselines = board.filter((pl.col("method") == rank.BASELINE) & (pl.col("status") == "completed"))
+    bases = _named_rows(baselines.sort("shots"), base_name)
+    winner_rows = _named_rows(chosen, trial_name)
+    others = _named_rows(best_of_other_methods(board, winners[0]["method"]), trial_name)
+    scored = {name: rescore.scores_on_test(row) for name, row in (bases | winner_rows | others).items()}
+    per_example = {name: result["per_example"] for name, result in scored.items()}
+    examples = _common_length(per_example)
+    indices = verdict.resample_indices(examples)
+    against_base = {name: per_example[name] for name in bases}
+    runner_up = list(winner_rows)[1:2]
+    against_rivals = {name: per_example[name] for name in [*runner_up, *others]}  # one entry per name
+    lines = []
+    for position, winner in enumerate(winners):
+        name = winner["id"]
+        against = against_base | (against_rivals if position == 0 else {})
+        quality = verdict.mean_interval(per_example[name], indices)
+        comparisons = verdict.compare(name, per_example[name], against, indices)
+        winner["test"] = scored[name]["metrics"] | {
+            "examples": examples,
+            "quality_ci95": quality.ci95,
+            "comparisons": [comparison.as_json() for comparison in comparisons],
         }
-        if score_on_test:
-            scores = trial.score_checkpoint(record["config"], checkpoint, split="test")
-            winner["test"] = {key: value for key, value in scores.items() if key != "sample_output"}
-        winners.append(winner)
-    return winners
+        lines += verdict_lines(winner, position, quality, comparisons, examples)
+    return lines
+
+
+def verdict_lines(
+    winner: dict,
+    position: int,
+    quality: verdict.Estimate,
+    comparisons: list[verdict.Comparison],
+    examples: int,
+) -> list[str]:
+    described = f"{winner['id']} ({winner['method']})"
+    validation = winner["validation"]
+    if validation["seeds"] > 1:  # a finalist, re-trained with more seeds
+        spread = f"{validation['quality']:.3f} ± {validation['quality_std']:.3f}"
+        described += f", validation {spread} over {validation['seeds']} seeds"
+    if position == 0:
+        lead = (
+            f"Verdict: {described} is the best trade-off on the Pareto front; its test quality is "
+            f"{verdict.interval_words(quality)} on {examples} test examples."
+        )
+    else:
+        lead = f"Winner {position + 1}, {described}: test quality {verdict.interval_words(quality)}."
+    return [lead, *(comparison.words() + "." for comparison in comparisons)]
 
 
 def _table_html(frame: pl.DataFrame) -> str:
@@ -73,29 +169,48 @@ def _image_html(path: Path) -> str:
     return f'<figure><img alt="{path.stem}" src="data:image/png;base64,{encoded}"></figure>'
 
 
+def _verdict_html(lines: list[str]) -> str:
+    if not lines:
+        return f"<p>{NO_VERDICT}</p>"
+    lead, *details = lines
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in details)
+    return f"<p><strong>{html.escape(lead)}</strong></p><ul>{items}</ul><p>{VERDICT_NOTE}</p>"
+
+
 def write_html(
-    directory: Path, board: pl.DataFrame, summary: pl.DataFrame, winners: list[dict], images: list[Path]
+    directory: Path,
+    board: pl.DataFrame,
+    summary: pl.DataFrame,
+    winners: list[dict],
+    verdict_text: list[str],
+    images: list[Path],
 ) -> Path:
     task = board["task"].drop_nulls().first()
     model = board["model"].drop_nulls().first()
     winner_rows = pl.DataFrame(
         [
             {"id": w["id"], "method": w["method"], "validation": w["validation"]["quality"],
-             "test": w.get("test", {}).get("quality"), "adapter": w["adapter_path"]}
+             "validation_std": w["validation"]["quality_std"], "seeds": w["validation"]["seeds"],
+             "test": w.get("test", {}).get("quality"), "test_ci95": w.get("test", {}).get("quality_ci95"),
+             "adapter": w["adapter_path"]}
             for w in winners
         ],
-        schema={"id": pl.String, "method": pl.String, "validation": pl.Float64, "test": pl.Float64, "adapter": pl.String},
+        schema={"id": pl.String, "method": pl.String, "validation": pl.Float64, "validation_std": pl.Float64,
+                "seeds": pl.Int64, "test": pl.Float64,
+                "test_ci95": pl.List(pl.Float64), "adapter": pl.String},
     )  # fmt: skip
     failures = board.filter(pl.col("status") == "failed").select("trial_id", "method", "error")
     sections = [
         f"<h1>Sweep report: {html.escape(str(task))} on {html.escape(str(model))}</h1>",
         f"<p>{board.height} trials, {failures.height} failed. Generated {datetime.datetime.now():%Y-%m-%d %H:%M}.</p>",
-        "<h2>Per method</h2>", _table_html(summary),
+        "<h2>Verdict</h2>", _verdict_html(verdict_text),
+        "<h2>Per method</h2><p>best_quality: on the whole validation split, the kept checkpoint of each trial.</p>",
+        _table_html(summary),
         "<h2>Winners</h2><p>Top of the Pareto front by utility; test scores are on the untouched test split.</p>",
         _table_html(winner_rows),
         "<h2>Plots</h2>", *(_image_html(image) for image in images),
         "<h2>Leaderboard</h2><p>Pareto-optimal trials first, by weighted utility; baselines for comparison.</p>",
-        _table_html(board.select(column for column in BOARD_COLUMNS if column in board.columns)),
+        _table_html(board.select(column for column in BOARD_COLUMNS if board[column].is_not_null().any())),
         "<h2>Failures</h2>", _table_html(failures) if failures.height else "<p>None.</p>",
     ]  # fmt: skip
     style = "body{font-family:sans-serif;margin:2em;max-width:1400px}img{max-width:100%}table{font-size:12px}"
@@ -105,23 +220,26 @@ def write_html(
     return path
 
 
-def markdown_summary(summary: pl.DataFrame, winners: list[dict]) -> str:
+def markdown_summary(summary: pl.DataFrame, winners: list[dict], verdict_text: list[str]) -> str:
     with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True,
                    float_precision=4, tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200):  # fmt: skip
         methods = str(summary.select("method", "trials", "failures", "best_quality", "median_quality",
-                                     "latency_s", "train_time_s", "cost_usd"))  # fmt: skip
+                                     "truncated_rate", "latency_s", "train_time_s", "cost_usd"))  # fmt: skip
     lines = ["## Per method", methods, "", "## Winners"]
     lines += [
         f"- {w['id']} ({w['method']}): validation {w['validation']['quality']:.4f}"
         + (f", test {w['test']['quality']:.4f}" if "test" in w else "")
         for w in winners
     ] or ["- none: no trained trial finished with a checkpoint"]
+    lines += ["", "## Verdict", *(f"- {line}" for line in verdict_text or [NO_VERDICT])]
     return "\n".join(lines)
 
 
 def build(directory: Path, weights: dict[str, float], top: int = 3, score_on_test: bool = True) -> list[dict]:
     """Write every report file into directory; returns the winners. Raises NotAnExperiment."""
-    frame = load.load(directory)
+    if measured := rescore.measure_kept_checkpoints(load.load(directory)):
+        print(f"measured {measured} kept checkpoints on the whole validation split", flush=True)
+    frame = rank.across_seeds(load.load(directory))
     board = rank.leaderboard(frame, weights)
     board.drop("trial_dir").write_csv(directory / "leaderboard.csv")
     board.write_parquet(directory / "leaderboard.parquet")
@@ -133,12 +251,14 @@ def build(directory: Path, weights: dict[str, float], top: int = 3, score_on_tes
         plots.learning_curves(curves, directory / "learning_curves.png"),
         plots.quality_by_method(board, directory / "quality_by_method.png"),
     ]
-    winners = pick_winners(board, top, score_on_test)
+    chosen = chosen_winners(board, top)
+    winners = [winner_entry(row) for row in chosen.iter_rows(named=True)]
+    verdict_text = judge(board, chosen, winners) if score_on_test and winners else []
     (directory / WINNERS_FILE).write_text(
         json.dumps({"weights": weights, "winners": winners}, indent=2, default=str)
     )
-    write_html(directory, board, summary, winners, images)
-    print(markdown_summary(summary, winners))
+    write_html(directory, board, summary, winners, verdict_text, images)
+    print(markdown_summary(summary, winners, verdict_text))
     if board.filter(rank.is_candidate()).is_empty():
         raise load.NotAnExperiment(
             f"{directory}: every trained trial failed; see report.html for the reasons"

@@ -20,7 +20,7 @@ from trainables.methods import METHODS
 
 def _fresh_peft_model(plan, model_path):
     torch.manual_seed(0)
-    return trial.load_peft_model(plan, model_path)
+    return trial.load_trainable_model(plan, model_path)
 
 
 def ours(plan, model_path, features, pad_id) -> float:

@@ -5,7 +5,8 @@ python scripts/make_qg_dataset.py [OUT_DIR]
 Deterministic: the same topics and seed give byte-identical files (a test checks the shipped
 files against this script). Each topic yields single-aspect questions (one query), questions
 about two or three aspects at once (split into two or three queries) and comparisons of two
-entities (one query per entity). Questions lean on the history through pronouns.
+entities (one query per entity). Questions lean on the history through pronouns. A quarter of
+the topics go to test whole, so test topics and entities never appear in train.
 """
 
 import itertools
@@ -91,11 +92,18 @@ def build_examples(seed: int = SEED) -> list[dict]:
     return examples
 
 
+def split_by_topic(examples: list[dict], seed: int = SEED) -> dict[str, list[dict]]:
+    """A quarter of the topics, and so their entities, appear only in test."""
+    names = [topic["name"] for topic in TOPICS]
+    test_topics = set(random.Random(seed).sample(names, round(len(names) * TEST_SHARE)))
+    return {
+        "test": [example for example in examples if example["topic"] in test_topics],
+        "train": [example for example in examples if example["topic"] not in test_topics],
+    }
+
+
 def write_splits(out_dir: Path, seed: int = SEED) -> None:
-    examples = build_examples(seed)
-    n_test = round(len(examples) * TEST_SHARE)
-    splits = {"test": examples[:n_test], "train": examples[n_test:]}
-    write_jsonl_splits(out_dir, splits)
+    write_jsonl_splits(out_dir, split_by_topic(build_examples(seed), seed))
 
 
 if __name__ == "__main__":

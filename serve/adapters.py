@@ -1,6 +1,7 @@
 """The adapter registry: the only adapters a server will ever load are the ones winners.json names.
 
-Request fields are looked up in this registry by id and never used as paths.
+Request fields are looked up in this registry by id and never used as paths. A winner whose
+method saves a whole model (full fine-tuning) is served as a model of its own, beside the base.
 """
 
 import json
@@ -8,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainables.config import ConfigError
+from trainables.methods import METHODS
 from trainables.tasks import get_task
 
 WINNERS_FILE = "winners.json"
 BASE_MODEL_ID = "base"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Adapter:
     path: Path
     quantize_4bit: bool
     quality: float | None
+    standalone: bool = False  # a whole model (its own weights), not an adapter on the base
 
 
 @dataclass(frozen=True)
@@ -33,8 +35,12 @@ class Registry:
 
     @property
     def quantize_4bit(self) -> bool:
-        """4-bit base only when every adapter was trained on one (QLoRA); otherwise full precision."""
-        return bool(self.adapters) and all(a.quantize_4bit for a in self.adapters.values())
+        """4-bit base only when every adapter was trained on one (QLoRA); otherwise full precision.
+
+        Standalone models bring their own weights and do not count.
+        """
+        on_base = [a for a in self.adapters.values() if not a.standalone]
+        return bool(on_base) and all(a.quantize_4bit for a in on_base)
 
     def for_task(self, task: str) -> list[Adapter]:
         return [adapter for adapter in self.adapters.values() if adapter.task == task]
@@ -70,6 +76,9 @@ def load_registry(experiment_dir: Path, top: int | None = None) -> Registry:
             task = get_task(winner["task"]).name
         except KeyError as error:
             raise ConfigError(f"{where}: {error.args[0]}") from None
+        method = METHODS.get(winner["method"])
+        if method is None:
+            raise ConfigError(f"{where}: unknown method '{winner['method']}'; known: {', '.join(METHODS)}")
         adapter = Adapter(
             adapter_id=winner["id"],
             task=task,
@@ -78,8 +87,9 @@ def load_registry(experiment_dir: Path, top: int | None = None) -> Registry:
             path=Path(winner["adapter_path"]),
             quantize_4bit=bool(winner["quantize_4bit"]),
             quality=(winner.get("validation") or {}).get("quality"),
+            standalone=method.standalone,
         )
-        missing = [name for name in ADAPTER_FILES if not (adapter.path / name).is_file()]
+        missing = [name for name in method.saved_files if not (adapter.path / name).is_file()]
         if missing:
             raise ConfigError(
                 f"{where}: adapter_path {adapter.path} lacks {', '.join(missing)} (safetensors only)"

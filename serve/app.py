@@ -3,6 +3,7 @@
 The gateway authenticates, validates and counts tokens, so bad requests never reach a model.
 Each model replica holds the base model once; adapters are Ray Serve multiplexed models, loaded
 on first use and evicted least-recently-used, and concurrent requests are batched across adapters.
+A fully fine-tuned winner is multiplexed the same way, as a whole model of its own.
 """
 
 import asyncio
@@ -20,10 +21,18 @@ from transformers import AutoConfig
 
 from serve import api
 from serve.adapters import BASE_MODEL_ID, Registry
-from serve.engine import AdapterEngine, Completion, LoadedAdapter, Sampling, read_adapter
+from serve.engine import (
+    AdapterEngine,
+    Completion,
+    LoadedAdapter,
+    LoadedModel,
+    Sampling,
+    read_adapter,
+    read_model,
+)
 from serve.engine import Request as EngineRequest
 from trainables import models
-from trainables.tasks import get_task
+from trainables.tasks import generation_budget, get_task
 
 
 @dataclass(frozen=True)
@@ -50,7 +59,7 @@ class ApiError(Exception):
 class _Resident:
     """What Ray Serve's multiplexer caches per adapter; eviction calls __del__, which unloads it."""
 
-    def __init__(self, engine: AdapterEngine, adapter: LoadedAdapter):
+    def __init__(self, engine: AdapterEngine, adapter: LoadedAdapter | LoadedModel):
         self.engine, self.adapter = engine, adapter
 
     def __del__(self):
@@ -74,7 +83,8 @@ def model_server(limits: Limits):
         @serve.multiplexed(max_num_models_per_replica=limits.max_adapters_per_replica)
         async def load_adapter(self, adapter_id: str) -> _Resident:
             adapter = self.registry.adapters[adapter_id]
-            loaded = await asyncio.to_thread(read_adapter, adapter_id, adapter.path)
+            read = read_model if adapter.standalone else read_adapter
+            loaded = await asyncio.to_thread(read, adapter_id, adapter.path)
             self.engine.add(loaded)
             return _Resident(self.engine, loaded)
 
@@ -133,6 +143,12 @@ def gateway(limits: Limits, api_key: str | None):
             self.tokenizer = models.load_tokenizer(path)
             self.context_length = AutoConfig.from_pretrained(path).max_position_embeddings
             self.created = int(time.time())
+            # Each task's answers get the budget its adapters were evaluated with: the trials'
+            # computation, on the same base model's tokenizer. The server's cap still applies.
+            self.task_max_tokens = {
+                task_ref: min(generation_budget(task_ref, self.tokenizer), limits.max_tokens)
+                for task_ref in {adapter.task_ref for adapter in registry.adapters.values()}
+            }
 
         def _check_model(self, model: str) -> str | None:
             if model == BASE_MODEL_ID:
@@ -224,7 +240,8 @@ def gateway(limits: Limits, api_key: str | None):
                 raise ApiError(400, f"model '{model}' was not trained for task '{task}'", param="model")
             inputs = _task_inputs(spec, body.inputs())
             started = time.perf_counter()
-            request = EngineRequest(spec.format_prompt(inputs), self._check_model(model), spec.max_new_tokens)
+            max_tokens = self.task_max_tokens[adapters[0].task_ref]
+            request = EngineRequest(spec.format_prompt(inputs), self._check_model(model), max_tokens)
             done = await self._run(request)
             return {
                 "task": task,

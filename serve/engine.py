@@ -5,6 +5,9 @@ and QLoRA winners) can even share a batch (`adapter_names`). Adapters of differe
 be injected into the same modules at once, so the engine keeps one type active: a batch is
 grouped by type, and switching type unloads the injected layers (the base weights are never
 touched or copied) and injects the other type's adapters from memory.
+
+A fully fine-tuned winner has weights of its own: it is held as a separate model beside the base,
+and its requests are a batch of their own.
 """
 
 import threading
@@ -62,6 +65,21 @@ class LoadedAdapter:
         return self.config.peft_type
 
 
+@dataclass
+class LoadedModel:
+    """A whole fine-tuned model (full fine-tuning), served beside the base, read from safetensors only."""
+
+    adapter_id: str
+    model: torch.nn.Module
+    load_seconds: float
+
+
+def read_model(adapter_id: str, directory: Path) -> LoadedModel:
+    started = time.perf_counter()
+    model = models.load_model(str(directory), safetensors_only=True).eval()
+    return LoadedModel(adapter_id, model, time.perf_counter() - started)
+
+
 def read_adapter(adapter_id: str, directory: Path) -> LoadedAdapter:
     started = time.perf_counter()
     weights = directory / ADAPTER_WEIGHTS
@@ -84,19 +102,28 @@ class AdapterEngine:
         self.base = models.load_model(path, quantize_4bit=quantize_4bit).eval()
         self.device = self.base.device
         self.adapters: dict[str, LoadedAdapter] = {}
+        self.models: dict[str, LoadedModel] = {}  # standalone models, by id
         self._peft: PeftModelForCausalLM | None = None
         self._active_type: PeftType | None = None
         self._injected: set[str] = set()
         self._lock = threading.Lock()  # one generate at a time: the injected layers are shared state
 
-    def add(self, adapter: LoadedAdapter) -> None:
+    def add(self, adapter: LoadedAdapter | LoadedModel) -> None:
         with self._lock:
-            self.adapters[adapter.adapter_id] = adapter
+            held = self.models if isinstance(adapter, LoadedModel) else self.adapters
+            held[adapter.adapter_id] = adapter
 
-    def remove(self, adapter: LoadedAdapter) -> None:
+    def has(self, adapter_id: str) -> bool:
+        return adapter_id in self.adapters or adapter_id in self.models
+
+    def remove(self, adapter: LoadedAdapter | LoadedModel) -> None:
         """Drops this very load of an adapter (a later reload of the same id stays)."""
         adapter_id = adapter.adapter_id
         with self._lock:
+            if isinstance(adapter, LoadedModel):
+                if self.models.get(adapter_id) is adapter:
+                    del self.models[adapter_id]
+                return
             if self.adapters.get(adapter_id) is not adapter:
                 return
             del self.adapters[adapter_id]
@@ -137,7 +164,9 @@ class AdapterEngine:
     def _group_key(self, request: Request) -> tuple:
         """Requests that can share one generate call."""
         adapter = self.adapters.get(request.adapter) if request.adapter else None
-        if adapter is None:
+        if request.adapter in self.models:
+            kind = ("model", request.adapter)  # its own weights: a batch of its own
+        elif adapter is None:
             kind = ("base",)
         elif adapter.peft_type == PeftType.LORA:
             kind = ("lora",)  # mixed LoRA adapters share a batch
@@ -149,7 +178,7 @@ class AdapterEngine:
         """Completions in request order; None where the adapter is not (or no longer) added."""
         results: list[Completion | None] = [None] * len(requests)
         with self._lock:
-            ready = [i for i, r in enumerate(requests) if r.adapter is None or r.adapter in self.adapters]
+            ready = [i for i, r in enumerate(requests) if r.adapter is None or self.has(r.adapter)]
             order = sorted(ready, key=lambda i: repr(self._group_key(requests[i])))
             for _, members in groupby(order, key=lambda i: repr(self._group_key(requests[i]))):
                 indices = list(members)
@@ -162,7 +191,9 @@ class AdapterEngine:
     def _generate_group(self, requests: list[Request]) -> list[Completion]:
         adapter_ids = sorted({r.adapter for r in requests if r.adapter})
         kwargs = {}
-        if not adapter_ids:
+        if adapter_ids and adapter_ids[0] in self.models:
+            model = self.models[adapter_ids[0]].model
+        elif not adapter_ids:
             model = self._peft if self._peft is not None else self.base
         else:
             model = self._activate(adapter_ids)

@@ -4,7 +4,12 @@ from pathlib import Path
 
 import polars as pl
 
-SUMMARY_COLUMNS = ["trial_id", "method", "status", "quality", "cost_usd", "latency_s", "train_time_s"]
+# quality: on the first eval_examples validation rows (what ASHA compares); quality_full_validation:
+# on the whole split, measured by a trial that ran to the end (the report measures the others).
+SUMMARY_COLUMNS = [
+    "trial_id", "method", "status", "quality", "quality_full_validation", "truncated_rate", "cost_usd",
+    "latency_s", "train_time_s",
+]  # fmt: skip
 
 
 def write_tables(trials: pl.DataFrame, sweep_dir: Path) -> None:
@@ -13,7 +18,9 @@ def write_tables(trials: pl.DataFrame, sweep_dir: Path) -> None:
 
 
 def summary(trials: pl.DataFrame) -> str:
-    table = trials.select(SUMMARY_COLUMNS).sort("quality", descending=True, nulls_last=True)
+    table = trials.select(SUMMARY_COLUMNS).sort(
+        ["quality_full_validation", "quality"], descending=True, nulls_last=True
+    )
     with pl.Config(
         tbl_rows=-1, tbl_cols=-1, tbl_width_chars=140, float_precision=4, tbl_hide_dataframe_shape=True
     ):

@@ -1,25 +1,35 @@
 """python -m sweeps.run TASK [options]: search PEFT methods and hyperparameters for a task.
 
 Baseline trials (the untouched base model, zero- and k-shot) run first, then Optuna's TPE
-searches the methods' spaces on Ray Tune while ASHA stops poor trials early. Results land in
-<storage>/<task>/<name>/ with trials.csv and trials.parquet; --resume continues an interrupted sweep.
+searches the methods' spaces on Ray Tune while ASHA stops poor trials early; with
+--finalist-seeds K, the top of the Pareto front is then re-trained with K-1 more seeds. Results
+land in <storage>/<task>/<name>/ with trials.csv and trials.parquet; --resume continues an
+interrupted sweep.
 """
 
 import argparse
+import json
 import math
 import os
 import sys
 from pathlib import Path
 
-from analysis import load, rank, report
+from analysis import load, rank, report, rescore
 from sweeps import results
-from sweeps.settings import SweepSettings, available_train_size, resolve, trial_budget
-from sweeps.spaces import DefineByRun, first_points
-from trainables import models, trial
+from sweeps.settings import (
+    SweepSettings,
+    available_train_size,
+    check_generation_budget,
+    resolve,
+    trial_budget,
+)
+from sweeps.spaces import DefineByRun, first_points, sampler
+from trainables import trial
 from trainables.config import BASELINE, ConfigError
 from trainables.tasks import TASKS
 
 BASELINES_DIR = "baselines"
+FINALIST = "finalist"  # the grid key under which a finalist's whole config travels
 RAY_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 EXPERIMENT_STATE = "experiment_state*.json"
 
@@ -48,6 +58,11 @@ def parser() -> argparse.ArgumentParser:
     )
     cli.add_argument("--seed", type=int)
     cli.add_argument("--max-failures", type=int, help="retries of a trial that failed for a transient reason")
+    cli.add_argument(
+        "--finalist-seeds",
+        type=int,
+        help="seeds per finalist (the top of the front re-trained), ranked on their mean",
+    )
     cli.add_argument(
         "--smoke", action="store_true", default=None, help="a tiny budget, for tests and a first look"
     )
@@ -116,7 +131,17 @@ def evaluations_per_trial(settings: SweepSettings) -> int:
 
 
 def trial_dirname(trial) -> str:
-    return f"{trial.trial_id}-{trial.config.get('method')}"
+    config = trial.config.get(FINALIST, trial.config)
+    return f"{trial.trial_id}-{config.get('method')}"
+
+
+def kept_checkpoint():
+    """Each trial keeps its best checkpoint by the quality its periodic evaluations report."""
+    from ray import tune
+
+    return tune.CheckpointConfig(
+        num_to_keep=1, checkpoint_score_attribute="quality", checkpoint_score_order="max"
+    )
 
 
 def fit_or_resume(directory: Path, build_tuner, trainable) -> bool:
@@ -163,7 +188,7 @@ def run_search(settings: SweepSettings, directory: Path, trainable) -> bool:
             metric="quality",
             mode="max",
             points_to_evaluate=first_points(settings.methods)[: settings.samples],
-            seed=settings.seed,
+            sampler=sampler(settings.seed),
         )
         return tune.Tuner(
             trainable,
@@ -182,9 +207,7 @@ def run_search(settings: SweepSettings, directory: Path, trainable) -> bool:
                 name=directory.name,
                 storage_path=str(directory.parent),
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=1, checkpoint_score_attribute="quality", checkpoint_score_order="max"
-                ),
+                checkpoint_config=kept_checkpoint(),
                 verbose=1,
             ),
         )
@@ -192,17 +215,61 @@ def run_search(settings: SweepSettings, directory: Path, trainable) -> bool:
     return fit_or_resume(directory, build, trainable)
 
 
+def finalist_configs(settings: SweepSettings, directory: Path) -> list[dict]:
+    """The top of the Pareto front (up to --winners, default weights), each with the seeds after
+    the sweep's own: same hyperparameters, another initialisation and data order."""
+    rescore.measure_kept_checkpoints(load.load(directory))
+    board = rank.leaderboard(rank.across_seeds(load.load(directory)), rank.parse_weights(""))
+    chosen = report.chosen_winners(board, settings.winners)
+    configs = [json.loads((Path(d) / trial.RECORD_FILE).read_text())["config"] for d in chosen["trial_dir"]]
+    extra_seeds = range(settings.seed + 1, settings.seed + settings.finalist_seeds)
+    return [config | {"seed": seed} for config in configs for seed in extra_seeds]
+
+
+def run_finalist(config: dict) -> None:
+    """A finalist's re-run; its whole config is one grid value, as Tune grids one key at a time."""
+    trial.run(config[FINALIST])
+
+
+def run_finalists(settings: SweepSettings, directory: Path) -> bool:
+    from ray import tune
+
+    trainable = tune.with_resources(run_finalist, trial_resources(settings))
+
+    def build():
+        return tune.Tuner(
+            trainable,
+            param_space={FINALIST: tune.grid_search(finalist_configs(settings, directory))},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=settings.concurrency, trial_dirname_creator=trial_dirname
+            ),
+            run_config=tune.RunConfig(
+                name=load.FINALISTS_DIR,
+                storage_path=str(directory),
+                failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                checkpoint_config=kept_checkpoint(),
+                verbose=1,
+            ),
+        )
+
+    return fit_or_resume(directory / load.FINALISTS_DIR, build, trainable)
+
+
 def sweep(settings: SweepSettings, directory: Path) -> bool:
     """Run (or continue) the sweep; False when it was interrupted before the end."""
     use_cluster_token(settings)
+    # Not in resolve(): the check needs the model's tokenizer, which for the embedded model comes
+    # with its build (minutes, once). Here that build happens once, not in every trial at the same
+    # time, and a bad budget is refused before Ray starts or any trial trains.
+    check_generation_budget(settings)
     from ray import tune
 
     connect(settings)
-    if settings.model == models.EMBEDDED:
-        models.resolve(settings.model)  # build it once here, not in every trial at the same time
     trainable = tune.with_resources(trial.run, trial_resources(settings))
     print(f"sweep: {settings.task} on {settings.model}, results in {directory}", flush=True)
     finished = run_baselines(settings, directory, trainable) and run_search(settings, directory, trainable)
+    if finished and settings.finalist_seeds > 1:
+        finished = run_finalists(settings, directory)
     trials = load.trials(directory, sweep_finished=finished)
     results.write_tables(trials, directory)
     print(results.summary(trials))

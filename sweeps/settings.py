@@ -24,13 +24,19 @@ from sweeps.presets import PRESETS
 from trainables import models
 from trainables.config import ConfigError, TrialConfig, describe, known_task
 from trainables.methods import METHODS
-from trainables.tasks import canonical_task, get_task, is_task_file
+from trainables.tasks import canonical_task, generation_budget, get_task, is_task_file
 
 SMOKE = {
     "max_steps": 4,
     "epochs": None,
     "baseline_shots": [0],
-    "trial": {"eval_every": 2, "eval_examples": 4, "train_examples": 32, "batch_size": 4},
+    "trial": {
+        "eval_every": 2,
+        "eval_examples": 4,
+        "full_eval_examples": 16,
+        "train_examples": 32,
+        "batch_size": 4,
+    },
 }
 # Options the sweep sets on every trial itself; a `trial:` block may not override them.
 SWEEP_OWNED = {"task", "model", "method", "max_steps", "epochs", "seed"}
@@ -43,13 +49,14 @@ class SearchRanges(BaseModel):
 
     learning_rate: tuple[float, float] = (1e-4, 1e-2)
     prompt_tuning_learning_rate: tuple[float, float] = (1e-3, 1e-1)
+    full_learning_rate: tuple[float, float] = (1e-5, 1e-3)  # every weight moves: far smaller steps
     dropout: tuple[float, float] = (0.0, 0.2)
     ranks: list[int] = [4, 8, 16]
     alphas: list[float] = [8, 16, 32]
     adalora_target_ranks: list[int] = [2, 4]
     virtual_tokens: list[int] = [8, 16, 32]
 
-    @field_validator("learning_rate", "prompt_tuning_learning_rate", "dropout")
+    @field_validator("learning_rate", "prompt_tuning_learning_rate", "full_learning_rate", "dropout")
     @classmethod
     def _ordered(cls, bounds: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
         low, high = bounds
@@ -80,7 +87,8 @@ class SweepSettings(BaseModel):
 
     task: str
     model: str = models.EMBEDDED
-    methods: list[str] = list(METHODS)
+    # Every method but those opt-in for a model this large (full fine-tuning from 1B parameters up).
+    methods: list[str] = Field(default_factory=lambda values: default_methods(values.get("model")))
     samples: int = Field(10, ge=1, description="PEFT trials; baselines come on top")
     max_steps: int = Field(160, ge=1)
     epochs: float | None = Field(None, gt=0)
@@ -98,6 +106,8 @@ class SweepSettings(BaseModel):
     max_failures: int = Field(1, ge=0, description="retries of a trial that failed for a transient reason")
     grace_evals: int = Field(1, ge=1, description="evaluations before ASHA may stop a trial")
     winners: int = Field(3, ge=1, description="adapters picked from the Pareto front for serving")
+    # Off by default: each seed beyond the first re-trains up to `winners` trials to their end.
+    finalist_seeds: int = Field(1, ge=1, description="seeds per finalist, which rank on their mean")
     search: SearchRanges = SearchRanges()
     trial: dict[str, Any] = {}
 
@@ -153,6 +163,17 @@ class SweepSettings(BaseModel):
         }
 
 
+def default_methods(model: str | None) -> list[str]:
+    """The methods a sweep tries when --methods does not name them."""
+    model = model or models.EMBEDDED
+    return [
+        name
+        for name, method in METHODS.items()
+        if method.default_below_params is None
+        or models.has_fewer_parameters(model, method.default_below_params)
+    ]
+
+
 def _merge(base: dict, override: dict) -> dict:
     merged = dict(base)
     for key, value in override.items():
@@ -188,7 +209,7 @@ def resolve(task: str, yaml_path: str | None, cli: dict) -> SweepSettings:
     values = _merge(values, {key: value for key, value in cli.items() if value is not None})
     if values.get("smoke"):
         values = _merge(values, SMOKE)
-        values.setdefault("samples", len(values.get("methods", METHODS)))
+        values.setdefault("samples", len(values.get("methods") or default_methods(values.get("model"))))
     source = f"{yaml_path}: " if yaml_path else ""
     try:
         settings = SweepSettings.model_validate({**values, "task": task})
@@ -226,8 +247,7 @@ def _unreachable(address: str) -> str | None:
 
 def available_train_size(settings: SweepSettings) -> int:
     """Training examples the task offers a trial, before any train_examples cap."""
-    config = TrialConfig.parse(settings.trial_constants() | {"method": settings.methods[0]})
-    return len(get_task(settings.task).splits(config.validation_share, config.seed)["train"])
+    return len(get_task(settings.task).splits()["train"])
 
 
 def trial_budget(settings: SweepSettings, method: str, available: int) -> tuple[TrialConfig, int]:
@@ -244,6 +264,14 @@ def method_problems(settings: SweepSettings) -> list[str]:
         config, total_steps = trial_budget(settings, method, available)
         problems += METHODS[method].problems(config, total_steps)
     return problems
+
+
+def check_generation_budget(settings: SweepSettings) -> None:
+    """Refuses a task whose stated generation budget cannot hold its longest training target.
+
+    The trials' own computation, with the sweep model's tokenizer (tokenizers differ by model).
+    """
+    generation_budget(settings.task, models.load_tokenizer(settings.model))
 
 
 def check_environment(settings: SweepSettings) -> None:

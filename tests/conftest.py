@@ -27,9 +27,20 @@ def tiny_model(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def smoke_sweep(tiny_model, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
-    """One real `python -m sweeps.run qg --smoke` on the tiny model, shared by the tests that read it."""
+    """One real `python -m sweeps.run qg --smoke` on the tiny model, its finalists re-trained with a
+    second seed, shared by the tests that read it."""
     storage = tmp_path_factory.mktemp("results")
-    command = [sys.executable, "-m", "sweeps.run", "qg", "--smoke", "--model", tiny_model]
+    command = [
+        sys.executable,
+        "-m",
+        "sweeps.run",
+        "qg",
+        "--smoke",
+        "--model",
+        tiny_model,
+        "--finalist-seeds",
+        "2",
+    ]
     done = subprocess.run(
         [*command, "--storage", str(storage), "--name", "smoke", "--concurrency", "2"],
         capture_output=True,

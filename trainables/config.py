@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 BASELINE = "base"  # the untouched base model, evaluated zero- or k-shot; trains nothing
+METHOD_SCOPE = "."  # lora.learning_rate: the learning rate of LoRA trials, a dimension of its own
 
 
 class ConfigError(ValueError):
@@ -44,10 +45,12 @@ class TrialConfig(BaseModel):
     train_examples: int | None = Field(None, ge=1, description="use only the first N training examples")
     eval_every: int = Field(20, ge=1)
     eval_examples: int = Field(32, ge=1)
+    # The evaluations that decide (the ranking figure on validation, the verdict on test) use the
+    # whole split; a cap only makes sense for smoke runs, whose verdicts mean nothing anyway.
+    full_eval_examples: int | None = Field(None, ge=1, description="cap the whole-split evaluations")
     eval_batch_size: int = Field(16, ge=1)
     # Sweeps select on validation; only a final, explicit evaluation may look at the test split.
     eval_split: Literal["validation", "test"] = "validation"
-    validation_share: float = Field(0.1, gt=0, lt=1)
     seed: int = 0
     price_per_hour: float | None = Field(None, ge=0, description="overrides the hardware price table")
 
@@ -68,7 +71,7 @@ class TrialConfig(BaseModel):
     @classmethod
     def parse(cls, values: dict) -> "TrialConfig":
         try:
-            return cls.model_validate(values)
+            return cls.model_validate(unscoped(values))
         except ValidationError as error:
             raise ConfigError(describe(error)) from None
 
@@ -80,6 +83,14 @@ class TrialConfig(BaseModel):
             return self.max_steps
         batches_per_epoch = math.ceil(train_size / self.batch_size)
         return max(1, math.ceil(self.epochs * batches_per_epoch / self.grad_accum))
+
+
+def unscoped(values: dict) -> dict:
+    """Tune's dict names a method's searched hyperparameters `<method>.<field>` (so that the
+    sampler models each method's own dimensions apart); the config names the field alone. Another
+    method's scoped name stays as it is, and is refused as an unknown option."""
+    prefix = f"{values.get('method')}{METHOD_SCOPE}"
+    return {key.removeprefix(prefix): value for key, value in values.items()}
 
 
 def known_task(task: str) -> str:

@@ -1,17 +1,26 @@
 """The embedded default base model: a small Llama-architecture LM the project builds itself.
 
 No hub is reachable on a fresh machine, so `--model embedded` (the default) trains its own BPE
-tokenizer and pretrains a few-million-parameter Llama on the *train* splits of the shipped tasks,
-as plain shuffled sentences (no prompt format, so fine-tuning has something left to teach).
+tokenizer and pretrains a few-million-parameter Llama on the *train* splits of the shipped tasks
+(never validation or test). Each train row is one document, its input fields and answer kept
+together in order but without the prompt format, so fine-tuning still has the format to teach.
+Copies of those documents with their rare recurring words replaced by invented ones teach the
+model to look back and copy (a name it has never seen can only be predicted from its first
+mention), which is what the tasks ask: carry the conversation's entity into the query, the
+document's values into the JSON, the paragraph's span into the answer.
 The build is deterministic for a seed and cached under a version key in the user's cache.
 """
 
+import argparse
 import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -20,11 +29,15 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from trainables.tasks.data import read_jsonl
+from trainables.tasks.spec import Task
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
+SPEC_FILE = "embedded_spec.json"
+VERSION_FILE = "version_key.txt"
+# DEFAULT_SPEC pretrained once with `python -m trainables.embedded trainables/embedded_model`:
+# about 45 minutes on one core, more than a first run should wait (see the README).
+SHIPPED_DIR = Path(__file__).resolve().parent / "embedded_model"
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
-NOT_PRETRAINED_ON = {"id", "topic"}
 
 
 @dataclass(frozen=True)
@@ -35,10 +48,11 @@ class EmbeddedSpec:
     num_layers: int = 4
     num_heads: int = 4
     max_positions: int = 1024
-    block_size: int = 128
-    batch_size: int = 16
-    steps: int = 400
-    learning_rate: float = 3e-3
+    block_size: int = 512  # holds a whole NER document (at most about 420 tokens)
+    batch_size: int = 8
+    steps: int = 1600
+    learning_rate: float = 2e-3
+    renamed_copies: int = 4
     seed: int = 0
 
 
@@ -63,17 +77,94 @@ def _train_files() -> list[Path]:
     return [task.train_file for task in TASKS.values()]
 
 
-def pretraining_sentences() -> list[str]:
-    """Every text value of every train split; test splits are never read."""
-    sentences = []
-    for path in _train_files():
-        for row in read_jsonl(path, validate_row=lambda row: None):
-            for key, value in row.items():
-                if key in NOT_PRETRAINED_ON:
-                    continue
-                values = value if isinstance(value, list) else [value]
-                sentences.extend(str(v) for v in values if isinstance(v, str | int | float))
-    return sentences
+def _field_text(value) -> str:
+    return "\n".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def row_document(task: "Task", row: dict) -> str:
+    """A row's input fields and answer, kept together in order, without the prompt format.
+
+    What comes later in such a document depends on what came earlier, which is what the tasks ask.
+    """
+    fields = [row[name] for name in (*task.inputs, *task.optional_inputs) if row.get(name)]
+    return "\n".join([*map(_field_text, fields), task.format_target(row)])
+
+
+def row_documents() -> list[str]:
+    """Every shipped task's train rows as documents: validation and test rows are never read."""
+    from trainables.tasks import TASKS
+
+    return [row_document(task, row) for task in TASKS.values() for row in task.splits()["train"]]
+
+
+class NameInventor:
+    """Fresh words for recurring ones, so a document's later mentions can only be predicted by copying.
+
+    A model cannot memorise a name it has never seen: it must look back to the first mention.
+    """
+
+    ONSETS = (
+        "b",
+        "d",
+        "f",
+        "g",
+        "k",
+        "l",
+        "m",
+        "n",
+        "p",
+        "r",
+        "s",
+        "t",
+        "v",
+        "z",
+        "br",
+        "dr",
+        "gl",
+        "st",
+        "tr",
+    )
+    VOWELS = ("a", "e", "i", "o", "u", "ai", "ou")
+    CODAS = ("", "", "n", "r", "l", "s", "m", "k", "nd", "st")
+    WORD = re.compile(r"[^\W\d_]{3,}|\d{3,}")
+
+    def __init__(self, documents: list[str], common_share: float = 0.02):
+        # Words in many documents are the language itself (the, user, passport): keep those.
+        document_frequency = Counter(w.lower() for d in documents for w in set(self.WORD.findall(d)))
+        self.common = {w for w, n in document_frequency.items() if n > common_share * len(documents)}
+
+    def _invent(self, word: str, rng: random.Random) -> str:
+        if word.isdigit():
+            return "".join(rng.choice("0123456789") for _ in word)
+        syllables = max(1, min(4, round(len(word) / 3)))
+        fresh = "".join(
+            rng.choice(self.ONSETS) + rng.choice(self.VOWELS) + rng.choice(self.CODAS)
+            for _ in range(syllables)
+        )
+        if word.isupper():
+            return fresh.upper()
+        return fresh.capitalize() if word[0].isupper() else fresh
+
+    def rename(self, document: str, rng: random.Random) -> str:
+        """The document with every rare word that occurs at least twice replaced, consistently."""
+        counts = Counter(self.WORD.findall(document))
+        recurring = sorted(w for w, n in counts.items() if n >= 2 and w.lower() not in self.common)
+        if not recurring:
+            return document
+        fresh = {word: self._invent(word, rng) for word in recurring}
+        pattern = re.compile(
+            r"\b(" + "|".join(map(re.escape, sorted(recurring, key=len, reverse=True))) + r")\b"
+        )
+        return pattern.sub(lambda match: fresh[match.group(0)], document)
+
+
+def pretraining_documents(spec: "EmbeddedSpec") -> list[str]:
+    """The train rows as documents, plus `renamed_copies` copies of each with invented names."""
+    documents = row_documents()
+    inventor = NameInventor(documents)
+    rng = random.Random(spec.seed)
+    renamed = [inventor.rename(d, rng) for _ in range(spec.renamed_copies) for d in documents]
+    return documents + renamed
 
 
 def version_key(spec: EmbeddedSpec) -> str:
@@ -84,7 +175,7 @@ def version_key(spec: EmbeddedSpec) -> str:
     return digest.hexdigest()[:12]
 
 
-def train_tokenizer(sentences: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -94,13 +185,13 @@ def train_tokenizer(sentences: list[str], vocab_size: int) -> PreTrainedTokenize
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(sentences, trainer)
+    tokenizer.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD)
 
 
 def build_tokenizer(spec: EmbeddedSpec) -> PreTrainedTokenizerFast:
     """The tokenizer the build of spec makes (deterministic; seconds, no model training)."""
-    return train_tokenizer(pretraining_sentences(), spec.vocab_size)
+    return train_tokenizer(row_documents(), spec.vocab_size)
 
 
 def _model_config(spec: EmbeddedSpec, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
@@ -120,26 +211,38 @@ def _model_config(spec: EmbeddedSpec, tokenizer: PreTrainedTokenizerFast) -> Lla
 
 
 def _token_blocks(
-    sentences: list[str], tokenizer: PreTrainedTokenizerFast, spec: EmbeddedSpec
+    documents: list[str], tokenizer: PreTrainedTokenizerFast, spec: EmbeddedSpec
 ) -> torch.Tensor:
-    """The shuffled sentences as one token stream cut into fixed-length blocks."""
-    random.Random(spec.seed).shuffle(sentences)
+    """The shuffled documents as one token stream cut into fixed-length blocks."""
+    random.Random(spec.seed).shuffle(documents)
     stream: list[int] = []
-    for ids in tokenizer(sentences, add_special_tokens=False)["input_ids"]:
+    for ids in tokenizer(documents, add_special_tokens=False)["input_ids"]:
         stream.extend([tokenizer.bos_token_id, *ids, tokenizer.eos_token_id])
     usable = len(stream) // spec.block_size * spec.block_size
     return torch.tensor(stream[:usable]).view(-1, spec.block_size)
 
 
-def _pretrain(model: LlamaForCausalLM, blocks: torch.Tensor, spec: EmbeddedSpec) -> None:
+def _save(
+    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, spec: EmbeddedSpec, out_dir: Path
+) -> None:
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / SPEC_FILE).write_text(json.dumps(asdict(spec), indent=2))
+    (out_dir / VERSION_FILE).write_text(version_key(spec) + "\n")
+
+
+def _pretrain(
+    model: LlamaForCausalLM, blocks: torch.Tensor, spec: EmbeddedSpec, snapshot: Callable[[int], None]
+) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=spec.learning_rate, total_steps=spec.steps, pct_start=0.05
     )
     order = torch.Generator().manual_seed(spec.seed)
     model.train()
-    progress = tqdm(range(spec.steps), desc="pretraining the embedded model", unit="step")
-    for _ in progress:
+    progress = tqdm(range(1, spec.steps + 1), desc="pretraining the embedded model", unit="step")
+    for step in progress:
         batch = blocks[torch.randint(len(blocks), (spec.batch_size,), generator=order)]
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
@@ -148,32 +251,49 @@ def _pretrain(model: LlamaForCausalLM, blocks: torch.Tensor, spec: EmbeddedSpec)
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         progress.set_postfix(loss=f"{loss.item():.3f}")
+        snapshot(step)
     model.eval()
 
 
-def build(spec: EmbeddedSpec, out_dir: Path) -> Path:
-    """Build tokenizer + model into out_dir (deterministic for spec.seed)."""
+def build(spec: EmbeddedSpec, out_dir: Path, snapshot_every: int | None = None) -> Path:
+    """Build tokenizer + model into out_dir (deterministic for spec.seed).
+
+    snapshot_every: also save the model every that many steps under out_dir/snapshots/step-N,
+    to measure the learning curve of a pretraining choice.
+    """
     torch.manual_seed(spec.seed)
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        sentences = pretraining_sentences()
-        tokenizer = train_tokenizer(sentences, spec.vocab_size)
+        tokenizer = build_tokenizer(spec)
         model = LlamaForCausalLM(_model_config(spec, tokenizer))
+
+        def snapshot(step: int) -> None:
+            if snapshot_every and step % snapshot_every == 0 and step < spec.steps:
+                _save(model, tokenizer, spec, out_dir / "snapshots" / f"step-{step}")
+
         if spec.steps:
-            _pretrain(model, _token_blocks(sentences, tokenizer, spec), spec)
+            _pretrain(model, _token_blocks(pretraining_documents(spec), tokenizer, spec), spec, snapshot)
     finally:
         torch.use_deterministic_algorithms(deterministic)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    (out_dir / "embedded_spec.json").write_text(json.dumps(asdict(spec), indent=2))
+    _save(model, tokenizer, spec, out_dir)
     return out_dir
 
 
+def shipped_version() -> str | None:
+    """The version key of the weights shipped in the package, if any."""
+    stamp = SHIPPED_DIR / VERSION_FILE
+    return stamp.read_text().strip() if stamp.is_file() else None
+
+
 def ensure_built(spec: EmbeddedSpec = DEFAULT_SPEC) -> Path:
-    """The cached model directory for spec, built first if absent (atomically, so a crash leaves none)."""
-    target = cache_root() / "models" / f"embedded-{version_key(spec)}"
+    """The model directory for spec: the shipped weights when they are spec's build of today's data,
+    else the cached build, built first if absent (atomically, so a crash leaves none).
+    """
+    key = version_key(spec)
+    if shipped_version() == key:
+        return SHIPPED_DIR
+    target = cache_root() / "models" / f"embedded-{key}"
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -191,3 +311,20 @@ def ensure_built(spec: EmbeddedSpec = DEFAULT_SPEC) -> Path:
 
 def tiny_spec(**overrides) -> EmbeddedSpec:
     return replace(TINY_SPEC, **overrides)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli = argparse.ArgumentParser(
+        prog="python -m trainables.embedded", description="Build the embedded model into a directory."
+    )
+    cli.add_argument("out_dir", type=Path)
+    cli.add_argument("--steps", type=int, help=f"pretraining steps (default {DEFAULT_SPEC.steps})")
+    cli.add_argument("--snapshot-every", type=int, help="also save the model every N steps (learning curves)")
+    args = cli.parse_args(argv)
+    spec = DEFAULT_SPEC if args.steps is None else replace(DEFAULT_SPEC, steps=args.steps)
+    build(spec, args.out_dir, args.snapshot_every)
+    print(f"built {args.out_dir} (version key {version_key(spec)})")
+
+
+if __name__ == "__main__":
+    main()

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = cli.parse_args(argv)
     values = {"task": args.task, "model": args.model, "method": BASELINE, "shots": args.shots}
     try:
-        scores = trial.score_base_model(values, split=args.split)
+        scores = trial.score_base_model(values, split=args.split).metrics
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

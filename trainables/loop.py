@@ -187,14 +187,29 @@ class Generations:
     texts: list[str]
     new_tokens: int
     seconds: float
+    truncated: int  # rows the budget cut: max_new_tokens tokens and no EOS
+
+
+def is_truncated(row: list[int], max_new_tokens: int, eos_token_id: int) -> bool:
+    """Whether a generated row ran into the budget before it ended its answer.
+
+    A row that ended early is padded to the batch's width, after its EOS, so it never counts.
+    """
+    return len(row) == max_new_tokens and eos_token_id not in row
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> Generations:
-    """Greedy, batched, left-padded; counts tokens up to and including each row's EOS."""
+def generate(
+    model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, fixed_length: bool = False
+) -> Generations:
+    """Greedy, batched, left-padded; counts tokens up to and including each row's EOS, and cut rows.
+
+    fixed_length: every row generates exactly max_new_tokens (EOS is held back until then), so
+    timings compare models whatever the length of their answers.
+    """
     device = _device(model)
     model.eval()
-    texts, new_tokens, seconds = [], 0, 0.0
+    texts, new_tokens, seconds, truncated = [], 0, 0.0, 0
     for start in range(0, len(prompts), batch_size):
         inputs = tokenizer(
             prompts[start : start + batch_size], return_tensors="pt", padding=True, padding_side="left"
@@ -204,6 +219,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
             output = model.generate(
                 **inputs,
                 max_new_tokens=max_new_tokens,
+                min_new_tokens=max_new_tokens if fixed_length else None,
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
@@ -213,5 +229,6 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
         for row in generated.tolist():
             length = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
             new_tokens += length
+            truncated += is_truncated(row, max_new_tokens, tokenizer.eos_token_id)
             texts.append(tokenizer.decode(row[:length], skip_special_tokens=True))
-    return Generations(texts, new_tokens, seconds)
+    return Generations(texts, new_tokens, seconds, truncated)

@@ -1,23 +1,34 @@
-"""METHODS registry: name -> how to build its PEFT config, whether the base is 4-bit, per-step hooks.
+"""METHODS registry: name -> how it wraps the base model, whether the base is 4-bit, per-step hooks,
+how it saves and reloads what it trained.
 
-Adding a PEFT method is one entry here and one row in tests/trainables/test_methods.py.
+Adding a method is one entry here and one row in tests/trainables/test_methods.py.
 Method quirks live in their spec, never as `if method == ...` in the loop.
 """
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import torch
 from peft import (
     AdaLoraConfig,
     IA3Config,
     LoraConfig,
     PeftConfig,
+    PeftModel,
     PromptTuningConfig,
     PromptTuningInit,
     TaskType,
+    get_peft_model,
 )
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from trainables import models
 from trainables.config import TrialConfig
+
+# What a PEFT method saves, and what full fine-tuning saves: safetensors only, never pickles.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+MODEL_FILES = ("config.json", "model.safetensors")
 
 
 @dataclass(frozen=True)
@@ -27,15 +38,43 @@ class BuildContext:
     instruction: str
 
 
+def _save_adapter(model, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
+    model.save_pretrained(directory)
+
+
+def _load_adapter(model_path: str, saved: Path, quantize_4bit: bool) -> PeftModel:
+    return PeftModel.from_pretrained(models.load_model(model_path, quantize_4bit=quantize_4bit), saved)
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
-    peft_config: Callable[[TrialConfig, BuildContext], PeftConfig]
+    # The base model -> the model that trains: a PeftModel, or the base itself.
+    wrap: Callable[[PreTrainedModel, TrialConfig, BuildContext], torch.nn.Module]
     quantize_4bit: bool = False
     # Called after each optimizer step, while gradients are still there (AdaLoRA needs them).
     after_optimizer_step: Callable[[object, int], None] | None = None
     # Problems with the config that only this method has, given the run's length.
     problems: Callable[[TrialConfig, int], list[str]] = lambda config, total_steps: []
+    # Writes what the trial keeps into a directory; saved_files are what that directory holds.
+    save: Callable[[torch.nn.Module, PreTrainedTokenizerBase, Path], None] = _save_adapter
+    saved_files: tuple[str, ...] = ADAPTER_FILES
+    # (base model path, saved directory, 4-bit base) -> the trained model again, for scoring.
+    load_trained: Callable[[str, Path, bool], torch.nn.Module] = _load_adapter
+    # The saved directory is a whole model: served as a model of its own, not as an adapter on the base.
+    standalone: bool = False
+    # In the default sweep only for base models with fewer parameters than this (None: always);
+    # above it, the method is opt-in through --methods.
+    default_below_params: int | None = None
+
+
+def with_peft(peft_config: Callable[[TrialConfig, BuildContext], PeftConfig]):
+    """A PEFT method's wrap: the base with the adapter that peft_config describes."""
+
+    def wrap(base: PreTrainedModel, config: TrialConfig, context: BuildContext) -> PeftModel:
+        return get_peft_model(base, peft_config(config, context))
+
+    return wrap
 
 
 def _lora(config: TrialConfig, context: BuildContext) -> LoraConfig:
@@ -102,13 +141,42 @@ def _prompt_tuning(config: TrialConfig, context: BuildContext) -> PromptTuningCo
     )
 
 
+def _train_every_weight(base: PreTrainedModel, config: TrialConfig, context: BuildContext) -> PreTrainedModel:
+    return base.requires_grad_(True)
+
+
+def _save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
+    """A standalone model directory: AutoModelForCausalLM and AutoTokenizer load it as they are."""
+    model.save_pretrained(directory, max_shard_size="1000GB")  # one file, as MODEL_FILES names
+    tokenizer.save_pretrained(directory)
+
+
+def _load_model(model_path: str, saved: Path, quantize_4bit: bool) -> PreTrainedModel:
+    return models.load_model(str(saved), safetensors_only=True)
+
+
 METHODS: dict[str, Method] = {
     method.name: method
     for method in (
-        Method("qlora", _lora, quantize_4bit=True),
-        Method("lora", _lora),
-        Method("adalora", _adalora, after_optimizer_step=_adalora_budget_update, problems=_adalora_problems),
-        Method("ia3", _ia3),
-        Method("prompt_tuning", _prompt_tuning),
+        Method("qlora", with_peft(_lora), quantize_4bit=True),
+        Method("lora", with_peft(_lora)),
+        Method(
+            "adalora",
+            with_peft(_adalora),
+            after_optimizer_step=_adalora_budget_update,
+            problems=_adalora_problems,
+        ),
+        Method("ia3", with_peft(_ia3)),
+        Method("prompt_tuning", with_peft(_prompt_tuning)),
+        # The reference the others are measured against: every weight trains, nothing is frozen.
+        Method(
+            "full",
+            _train_every_weight,
+            save=_save_model,
+            saved_files=MODEL_FILES,
+            load_trained=_load_model,
+            standalone=True,
+            default_below_params=1_000_000_000,
+        ),
     )
 }

@@ -1,10 +1,17 @@
 """Loading the tokenizer and causal LM from an HF id, a local directory, or the embedded default."""
 
+import functools
 import importlib.util
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedTokenizerBase,
+)
 
 from trainables import embedded
 
@@ -59,12 +66,40 @@ def nf4_config() -> BitsAndBytesConfig:
     )
 
 
-def load_model(model: str, *, quantize_4bit: bool = False):
-    """bf16 on GPU (FlashAttention 2 needs it), fp32 on CPU; optionally 4-bit NF4 base weights."""
+def load_model(model: str, *, quantize_4bit: bool = False, safetensors_only: bool = False):
+    """bf16 on GPU (FlashAttention 2 needs it), fp32 on CPU; optionally 4-bit NF4 base weights.
+
+    safetensors_only refuses pickled weights: for directories a sweep wrote, which get served.
+    """
     target = device()
     dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
     extra = {"quantization_config": nf4_config(), "device_map": {"": str(target)}} if quantize_4bit else {}
+    if safetensors_only:
+        extra["use_safetensors"] = True
     loaded = AutoModelForCausalLM.from_pretrained(
         resolve(model), dtype=dtype, attn_implementation=attention_implementation(), **extra
     )
     return loaded if quantize_4bit else loaded.to(target)
+
+
+@functools.cache
+def parameter_count(model: str) -> int | None:
+    """The model's parameters, from its config alone (built on the meta device: no weights are read).
+
+    None where the config cannot be read; the checks that own that problem report it.
+    """
+    try:
+        config = AutoConfig.from_pretrained(resolve(model))
+    except (OSError, ValueError):
+        return None
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    return sum(parameter.numel() for parameter in skeleton.parameters())
+
+
+def has_fewer_parameters(model: str, limit: int) -> bool:
+    """Whether the model is known to be under `limit` parameters (an unknown size is not)."""
+    if model == EMBEDDED:
+        return True  # a few million parameters; counting them exactly would mean building it first
+    count = parameter_count(model)
+    return count is not None and count < limit

@@ -9,28 +9,33 @@ import importlib.metadata
 import json
 import math
 import random
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
 import torch
-from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft import PeftModel, prepare_model_for_kbit_training
 from safetensors.torch import load_file, save_file
 
 from trainables import loop, measure, models
 from trainables.config import BASELINE, ConfigError, TrialConfig
-from trainables.methods import METHODS, BuildContext
+from trainables.methods import METHODS, BuildContext, Method
 from trainables.tasks import get_task
 from trainables.tasks.data import DataError
-from trainables.tasks.spec import Task
+from trainables.tasks.spec import PER_EXAMPLE, Task
 
 RECORD_FILE = "trial_record.json"
 ADAPTER_DIR = "adapter"
 TRAINABLE_STATE = "trainable_state.safetensors"
 OPTIMIZER_STATE = "training_state.pt"
-LATENCY_EXAMPLES = 4
+# Latency is timed on this many fixed prompts (the validation split's first), after one warm-up.
+SPEED_PROMPTS = 4
+# The figure that ranks a trial: its primary metric on the whole validation split.
+FULL_VALIDATION_QUALITY = "quality_full_validation"
 VERSIONED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "ray", "datasets")
 # Failures that would fail again if retried; anything else is re-raised so Tune can retry it.
 DETERMINISTIC_FAILURES = (ConfigError, DataError, loop.NonFiniteLoss, torch.OutOfMemoryError)
@@ -46,13 +51,17 @@ class Plan:
     task: Task
     splits: dict
     total_steps: int
+    # Every train row, before train_examples caps them: what the generation budget is measured on,
+    # so all trials of a task and the sweep's up-front check agree on it.
+    uncapped_train: datasets.Dataset
 
 
 def prepare(values: dict) -> Plan:
     config = TrialConfig.parse(values)
     task = get_task(config.task)
-    splits = task.splits(config.validation_share, config.seed)
-    splits["train"] = splits["train"].select(range(config.usable_train_size(len(splits["train"]))))
+    splits = task.splits()
+    uncapped_train = splits["train"]
+    splits["train"] = uncapped_train.select(range(config.usable_train_size(len(uncapped_train))))
     if config.method == BASELINE:
         total_steps, problems = 0, []
     else:
@@ -62,7 +71,7 @@ def prepare(values: dict) -> Plan:
         problems.append(f"model: {not_loadable}")
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
-    return Plan(config, task, splits, total_steps)
+    return Plan(config, task, splits, total_steps, uncapped_train)
 
 
 def versions() -> dict[str, str]:
@@ -76,32 +85,81 @@ def few_shot_prefix(task: Task, train, shots: int, seed: int) -> str:
     return "".join(task.format_prompt(train[i]) + task.format_target(train[i]) + "\n\n" for i in picked)
 
 
-def evaluate(model, tokenizer, plan: Plan, prefix: str) -> dict:
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict
+    # The primary metric of each example, in split order: what test verdicts bootstrap. Kept out of
+    # the metrics, which Tune reports and records.
+    per_example: list[float]
+
+
+def evaluation_rows(plan: Plan, whole_split: bool) -> list[dict]:
+    """The whole split (up to full_eval_examples), or its fixed first eval_examples rows (every
+    periodic evaluation, so ASHA compares trials on the same rows)."""
+    config, split = plan.config, plan.splits[plan.config.eval_split]
+    count = (config.full_eval_examples or len(split)) if whole_split else config.eval_examples
+    return list(split.select(range(min(count, len(split)))))
+
+
+def evaluate(model, tokenizer, plan: Plan, prefix: str, whole_split: bool = False) -> Evaluation:
     config, task = plan.config, plan.task
-    split = plan.splits[config.eval_split]
-    examples = list(split.select(range(min(config.eval_examples, len(split)))))
+    examples = evaluation_rows(plan, whole_split)
     features = loop.encode_examples(task, tokenizer, examples, config.max_length, prefix)
     val_loss = loop.validation_loss(model, features, config.eval_batch_size, tokenizer.pad_token_id)
     prompts = [prefix + task.format_prompt(example) for example in examples]
-    generations = loop.generate(model, tokenizer, prompts, task.max_new_tokens, config.eval_batch_size)
+    max_new_tokens = task.generation_budget(tokenizer, plan.uncapped_train)
+    generations = loop.generate(model, tokenizer, prompts, max_new_tokens, config.eval_batch_size)
     scores = task.score(generations.texts, examples)
+    per_example = scores.pop(PER_EXAMPLE)[task.primary_metric]
     metrics = {
         "val_loss": val_loss,
         "perplexity": math.exp(min(val_loss, 50.0)),
         **scores,
         "quality": scores[task.primary_metric],
-        "gen_tokens_per_s": generations.new_tokens / max(generations.seconds, 1e-9),
         "sample_output": generations.texts[0],
+        # Answers cut by the budget score badly whatever the method; a high rate flags the budget.
+        "truncated_rate": generations.truncated / len(examples),
+        "max_new_tokens": max_new_tokens,
     }
-    # Latency: one request at a time, as a user waiting on a single answer sees it.
-    single = [
-        loop.generate(model, tokenizer, [p], task.max_new_tokens, 1) for p in prompts[:LATENCY_EXAMPLES]
-    ]
-    metrics["latency_s"] = sum(g.seconds for g in single) / len(single)
-    return metrics
+    return Evaluation(metrics, per_example)
 
 
-def load_peft_model(plan: Plan, model_path: str):
+def measure_speed(model, tokenizer, plan: Plan, prefix: str) -> dict:
+    """Latency per request and per generated token, and generation speed, as one user waiting on
+    one answer sees them: one request at a time, on fixed prompts, each generating exactly the
+    task's budget of tokens so that the figure does not depend on how long the model's answers are.
+    The median of SPEED_PROMPTS requests, after a warm-up request that pays for first-call setup.
+    """
+    validation = plan.splits["validation"]
+    rows = validation.select(range(min(SPEED_PROMPTS, len(validation))))
+    prompts = [prefix + plan.task.format_prompt(row) for row in rows]
+    max_new_tokens = plan.task.generation_budget(tokenizer, plan.uncapped_train)
+
+    def seconds(prompt: str) -> float:
+        return loop.generate(model, tokenizer, [prompt], max_new_tokens, 1, fixed_length=True).seconds
+
+    seconds(prompts[0])
+    latency = statistics.median(seconds(prompt) for prompt in prompts)
+    return {
+        "latency_s": latency,
+        "latency_per_token_s": latency / max_new_tokens,
+        "gen_tokens_per_s": max_new_tokens / max(latency, 1e-9),
+    }
+
+
+def final_measurements(model, tokenizer, plan: Plan, prefix: str) -> dict:
+    """Taken once per trial, on the model it ends with: what ranks it (quality on the whole
+    validation split) and its speed."""
+    whole = evaluate(model, tokenizer, plan, prefix, whole_split=True)
+    return {
+        FULL_VALIDATION_QUALITY: whole.metrics["quality"],
+        "full_validation_examples": len(whole.per_example),
+        **measure_speed(model, tokenizer, plan, prefix),
+    }
+
+
+def load_trainable_model(plan: Plan, model_path: str):
+    """The base model wrapped by the trial's method, ready to train."""
     config = plan.config
     method = METHODS[config.method]
     base = models.load_model(model_path, quantize_4bit=method.quantize_4bit)
@@ -109,28 +167,52 @@ def load_peft_model(plan: Plan, model_path: str):
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=torch.cuda.is_available())
     torch.manual_seed(config.seed)
     context = BuildContext(plan.total_steps, model_path, plan.task.instruction)
-    return get_peft_model(base, method.peft_config(config, context))
+    return method.wrap(base, config, context)
 
 
-def score_checkpoint(values: dict, checkpoint: Path, split: str = "test", examples: int = 1_000_000) -> dict:
-    """Evaluate a trained adapter on a split, all of it by default (test: only for final winners)."""
-    plan = prepare(values | {"eval_split": split, "eval_examples": examples})
+def parameter_counts(model) -> tuple[int, int]:
+    """(trainable, total); PEFT counts its own models (it knows 4-bit packing and prompt encoders)."""
+    if isinstance(model, PeftModel):
+        return model.get_nb_trainable_parameters()
+    parameters = list(model.parameters())
+    return sum(p.numel() for p in parameters if p.requires_grad), sum(p.numel() for p in parameters)
+
+
+def load_checkpoint(values: dict, checkpoint: Path, split: str) -> tuple[Plan, object, object]:
+    """(plan, trained model, tokenizer) of a trial's checkpoint, to be evaluated on a split."""
+    plan = prepare(values | {"eval_split": split})
     model_path = models.resolve(plan.config.model)
-    base = models.load_model(model_path, quantize_4bit=METHODS[plan.config.method].quantize_4bit)
-    model = PeftModel.from_pretrained(base, checkpoint / ADAPTER_DIR)
-    return evaluate(model, models.load_tokenizer(model_path), plan, "")
+    method = METHODS[plan.config.method]
+    model = method.load_trained(model_path, checkpoint / ADAPTER_DIR, method.quantize_4bit)
+    return plan, model, models.load_tokenizer(model_path)
 
 
-def score_base_model(values: dict, split: str = "test", examples: int = 1_000_000) -> dict:
-    """Evaluate the untouched base model (k-shot when `shots` is set) on a split, all of it by default."""
-    plan = prepare(values | {"method": BASELINE, "eval_split": split, "eval_examples": examples})
+def score_checkpoint(values: dict, checkpoint: Path, split: str = "test") -> Evaluation:
+    """Evaluate a trained adapter (or model) on the whole of a split (test: only for the verdict)."""
+    plan, model, tokenizer = load_checkpoint(values, checkpoint, split)
+    return evaluate(model, tokenizer, plan, "", whole_split=True)
+
+
+def measure_checkpoint(values: dict, checkpoint: Path) -> dict:
+    """final_measurements of a kept checkpoint the trial itself did not measure (ASHA stopped the
+    trial, or its best evaluation came before its last)."""
+    plan, model, tokenizer = load_checkpoint(values, checkpoint, "validation")
+    return final_measurements(model, tokenizer, plan, "")
+
+
+def score_base_model(values: dict, split: str = "test") -> Evaluation:
+    """Evaluate the untouched base model (k-shot when `shots` is set) on the whole of a split."""
+    plan = prepare(values | {"method": BASELINE, "eval_split": split})
     model_path = models.resolve(plan.config.model)
     prefix = few_shot_prefix(plan.task, plan.splits["train"], plan.config.shots, plan.config.seed)
-    return evaluate(models.load_model(model_path), models.load_tokenizer(model_path), plan, prefix)
+    model, tokenizer = models.load_model(model_path), models.load_tokenizer(model_path)
+    return evaluate(model, tokenizer, plan, prefix, whole_split=True)
 
 
-def save_checkpoint(directory: Path, model, optimizer, scheduler, state: loop.TrainState) -> None:
-    model.save_pretrained(directory / ADAPTER_DIR)
+def save_checkpoint(
+    directory: Path, method: Method, model, tokenizer, optimizer, scheduler, state: loop.TrainState
+) -> None:
+    method.save(model, tokenizer, directory / ADAPTER_DIR)
     trainable = {
         name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad
     }
@@ -229,7 +311,8 @@ def _execute(values: dict, report: Report, resume_from: Path | None, recorder: R
         model = models.load_model(model_path)
         prefix = few_shot_prefix(plan.task, plan.splits["train"], config.shots, config.seed)
         with stopwatch.phase("eval"):
-            metrics = evaluate(model, tokenizer, plan, prefix)
+            metrics = evaluate(model, tokenizer, plan, prefix).metrics
+            metrics |= final_measurements(model, tokenizer, plan, prefix)
         metrics |= {
             "step": 0,
             "train_time_s": 0.0,
@@ -242,8 +325,8 @@ def _execute(values: dict, report: Report, resume_from: Path | None, recorder: R
         report(metrics, None)
         return metrics
 
-    model = load_peft_model(plan, model_path)
-    trainable, total = model.get_nb_trainable_parameters()
+    model = load_trainable_model(plan, model_path)
+    trainable, total = parameter_counts(model)
     features = loop.encode_examples(plan.task, tokenizer, plan.splits["train"], config.max_length)
     optimizer, scheduler = loop.make_optimizer(model, config, plan.total_steps)
     state = restore_checkpoint(resume_from, model, optimizer, scheduler) if resume_from else loop.TrainState()
@@ -253,10 +336,12 @@ def _execute(values: dict, report: Report, resume_from: Path | None, recorder: R
         nonlocal last
         final = state.step == plan.total_steps
         with stopwatch.phase("eval"):
-            metrics = evaluate(model, tokenizer, plan, "")
+            metrics = evaluate(model, tokenizer, plan, "").metrics
+            if final:
+                metrics |= final_measurements(model, tokenizer, plan, "")
         with tempfile.TemporaryDirectory() as scratch:
             checkpoint = Path(scratch)
-            save_checkpoint(checkpoint, model, optimizer, scheduler, state)
+            save_checkpoint(checkpoint, METHODS[config.method], model, tokenizer, optimizer, scheduler, state)
             metrics |= {
                 "step": state.step,
                 "train_loss": state.window_loss(),
@@ -269,13 +354,7 @@ def _execute(values: dict, report: Report, resume_from: Path | None, recorder: R
             }
             metrics |= common_metrics()
             recorder.update(metrics["status"], metrics)
-            # One line per evaluation: the trial's log in the Ray dashboard, and the terminal.
-            print(
-                f"{config.method} step {state.step}/{plan.total_steps}: quality {metrics['quality']:.4f}, "
-                f"val_loss {metrics['val_loss']:.3f}, train_loss {metrics['train_loss']:.3f}, "
-                f"latency {metrics['latency_s']:.3f}s, ${metrics['cost_usd']:.5f}",
-                flush=True,
-            )
+            print(progress_line(config.method, plan.total_steps, metrics), flush=True)
             report(metrics, checkpoint)
         last = metrics
 
@@ -286,6 +365,20 @@ def _execute(values: dict, report: Report, resume_from: Path | None, recorder: R
         optimizer, scheduler, state, tokenizer.pad_token_id, on_eval,
     )  # fmt: skip
     return last
+
+
+def progress_line(method: str, total_steps: int, metrics: dict) -> str:
+    """One line per evaluation: the trial's log in the Ray dashboard, and the terminal."""
+    line = (
+        f"{method} step {metrics['step']}/{total_steps}: quality {metrics['quality']:.4f}, "
+        f"truncated {metrics['truncated_rate']:.0%}, val_loss {metrics['val_loss']:.3f}, "
+        f"train_loss {metrics['train_loss']:.3f}, ${metrics['cost_usd']:.5f}"
+    )
+    if FULL_VALIDATION_QUALITY in metrics:
+        line += (
+            f"; whole validation {metrics[FULL_VALIDATION_QUALITY]:.4f}, latency {metrics['latency_s']:.3f}s"
+        )
+    return line
 
 
 def describe_failure(error: BaseException) -> str:

@@ -48,12 +48,19 @@ def test_leaderboard_puts_the_front_first_by_utility():
 def test_method_summary_counts_trials_and_failures():
     summary = rank.method_summary(
         HAND_BUILT.with_columns(
-            tokens_per_s=pl.lit(1.0), perplexity=pl.lit(2.0), train_loss=pl.lit(1.0), train_time_s=pl.lit(3.0)
+            tokens_per_s=pl.lit(1.0),
+            perplexity=pl.lit(2.0),
+            train_loss=pl.lit(1.0),
+            train_time_s=pl.lit(3.0),
+            truncated_rate=pl.when(pl.col("trial_id") == "a").then(1.0).otherwise(0.0),
         )
     )
     lora = summary.filter(pl.col("method") == "lora")
     assert lora["trials"].item() == 2 and lora["best_quality"].item() == 0.90
     assert lora["median_quality"].item() == pytest.approx(0.80)
+    assert lora["truncated_rate"].item() == pytest.approx(
+        0.5
+    )  # median of a cut trial (a) and an uncut one (c)
     assert summary.filter(pl.col("method") == "adalora")["failures"].item() == 1
 
 
@@ -72,3 +79,20 @@ def test_bad_weights_are_named(text, message):
 
 def test_weights_override_only_what_they_name():
     assert rank.parse_weights("cost=0.2") == rank.DEFAULT_WEIGHTS | {"cost": 0.2}
+
+
+def test_a_finalist_ranks_on_the_mean_of_its_seeds_and_its_reruns_leave_the_frame():
+    frame = pl.DataFrame(
+        {
+            "trial_id": ["a", "a-seed1", "a-seed2", "b", "c"],
+            "config_without_seed": ["A", "A", "A", "B", "C"],
+            "finalist_rerun": [False, True, True, False, False],
+            "best_quality": [0.30, 0.20, 0.25, 0.28, None],  # c failed
+        }
+    )
+    ranked = rank.across_seeds(frame).sort("trial_id")
+    assert ranked["trial_id"].to_list() == ["a", "b", "c"]
+    assert ranked["best_quality"].to_list() == pytest.approx([0.25, 0.28, None], nan_ok=True)
+    assert ranked["seed_quality"].to_list()[:2] == [0.30, 0.28]
+    assert ranked["seeds"].to_list() == [3, 1, None]
+    assert ranked["quality_std"][0] == pytest.approx(0.05) and ranked["quality_std"][1] is None

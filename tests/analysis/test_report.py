@@ -1,11 +1,12 @@
 import json
+from pathlib import Path
 
 import polars as pl
 import pytest
 from peft import PeftModel
 
 from analysis import load, report
-from trainables import models
+from trainables import trial
 from trainables.methods import METHODS
 
 pytestmark = pytest.mark.slow
@@ -21,19 +22,77 @@ def test_sweep_ends_with_a_report_that_embeds_its_plots_and_names_every_method(s
         assert (sweep_dir / f"{name}.png").stat().st_size > 1000
     board = pl.read_parquet(sweep_dir / "leaderboard.parquet")
     assert board["pareto"].any() and board["position"].to_list() == list(range(1, board.height + 1))
+    # Full fine-tuning is ranked like the others; its size is the whole model it saves.
+    full = board.filter(pl.col("method") == "full")
+    assert full.height >= 1 and full["utility"].is_not_null().all()
+    lightest_full = full["adapter_bytes"].min()
+    assert lightest_full > board.filter(pl.col("method").is_in(["lora", "ia3"]))["adapter_bytes"].max()
     assert "## Per method" in done.stdout
 
 
-def test_winners_load_with_peft_and_carry_test_scores(smoke_sweep):
+def test_winners_reload_and_carry_test_scores(smoke_sweep):
     _, sweep_dir = smoke_sweep
     winners = json.loads((sweep_dir / report.WINNERS_FILE).read_text())["winners"]
     assert 1 <= len(winners) <= 3
     for winner in winners:
         assert winner["id"].startswith(f"qg-{winner['method'].replace('_', '-')}-")
         assert 0.0 <= winner["test"]["format_valid_rate"] <= 1.0 and "quality" in winner["test"]
-        base = models.load_model(winner["base_model"], quantize_4bit=winner["quantize_4bit"])
-        loaded = PeftModel.from_pretrained(base, winner["adapter_path"])
-        assert loaded.active_adapter == "default"
+        method = METHODS[winner["method"]]
+        loaded = method.load_trained(
+            winner["base_model"], Path(winner["adapter_path"]), winner["quantize_4bit"]
+        )
+        assert isinstance(loaded, PeftModel) != method.standalone  # full: a whole model of its own
+
+
+def test_finalists_rank_on_the_mean_of_their_seeds(smoke_sweep):
+    _, sweep_dir = smoke_sweep
+    every_run = load.load(sweep_dir)
+    board = pl.read_parquet(sweep_dir / "leaderboard.parquet")
+    finalists = board.filter(pl.col("seeds") == 2)
+    assert finalists.height == every_run["finalist_rerun"].sum() and not board["finalist_rerun"].any()
+    for row in finalists.iter_rows(named=True):
+        runs = every_run.filter(pl.col("config_without_seed") == row["config_without_seed"])
+        assert sorted(runs["seed"]) == [0, 1]
+        assert row["best_quality"] == pytest.approx(runs["best_quality"].mean())
+        assert row["quality_std"] == pytest.approx(runs["best_quality"].std(), nan_ok=True)
+
+
+def test_winners_carry_intervals_and_comparisons_and_the_report_opens_with_the_verdict(smoke_sweep):
+    _, sweep_dir = smoke_sweep
+    winners = json.loads((sweep_dir / report.WINNERS_FILE).read_text())["winners"]
+    methods = set(pl.read_parquet(sweep_dir / "leaderboard.parquet")["method"]) - {"base"}
+    for position, winner in enumerate(winners):
+        test = winner["test"]
+        low, high = test["quality_ci95"]
+        assert low <= test["quality"] <= high and test["examples"] == 16  # the smoke cap on whole splits
+        against = [comparison["against"] for comparison in test["comparisons"]]
+        assert against[0] == "the base model (0-shot)"
+        for comparison in test["comparisons"]:
+            low, high = comparison["ci95"]
+            assert low <= comparison["difference"] <= high
+            assert comparison["distinguishable"] == (not low <= 0 <= high)
+        if position == 0:  # the top winner: also the runner-up and every other method's best
+            others = methods - {winner["method"]}
+            assert len(against) >= 1 + len(others) and len(set(against)) == len(against)
+            assert {name.split("-")[1] for name in against[1:]} >= {m.split("_")[0] for m in others}
+    page = (sweep_dir / "report.html").read_text()
+    assert page.index("<h2>Verdict</h2>") < page.index("<h2>Per method</h2>")
+    assert f"Verdict: {winners[0]['id']}" in page and "95% CI" in page
+
+
+def test_a_full_fine_tuning_trial_is_scored_from_its_saved_model(smoke_sweep):
+    _, sweep_dir = smoke_sweep
+    runs = load.load(sweep_dir).filter((pl.col("method") == "full") & pl.col("best_checkpoint").is_not_null())
+    row = runs.row(0, named=True)
+    config = json.loads((Path(row["trial_dir"]) / trial.RECORD_FILE).read_text())["config"]
+    plan, model, tokenizer = trial.load_checkpoint(config, Path(row["best_checkpoint"]), "validation")
+    assert not isinstance(model, PeftModel)
+    # On the rows the trial itself evaluated, the reloaded model scores what the trained one did.
+    again = trial.evaluate(model, tokenizer, plan, "").metrics
+    curves = load.curves(sweep_dir)
+    then = curves.filter((pl.col("trial_dir") == row["trial_dir"]) & (pl.col("step") == row["best_step"]))
+    assert again["val_loss"] == pytest.approx(then["val_loss"].item(), rel=1e-5)
+    assert again["quality"] == pytest.approx(row["best_quality"], abs=1e-6)
 
 
 def test_report_cli_rebuilds_with_other_weights(smoke_sweep, capsys):

@@ -1,10 +1,10 @@
-"""A winners.json with one adapter per method on the tiny model, and real servers on loopback."""
+"""A winners.json with one adapter per method on the tiny model (a whole model for full
+fine-tuning), and real servers on loopback."""
 
 import json
 
 import pytest
 import torch
-from peft import get_peft_model
 
 from serve.launch import start_server, stop_server
 from trainables import models
@@ -15,19 +15,26 @@ API_KEY = "test-key"
 
 
 def _adapter(base: str, method: str, directory) -> None:
-    """A saved adapter whose weights are random, so each adapter answers differently."""
+    """What the method saves, with random trained weights, so each winner answers differently."""
+    spec = METHODS[method]
     config = TrialConfig.parse({"task": "qg", "method": method, "model": base})
-    model = get_peft_model(
-        models.load_model(base, quantize_4bit=METHODS[method].quantize_4bit),
-        METHODS[method].peft_config(config, BuildContext(100, base, "Turn the question into queries")),
+    model = spec.wrap(
+        models.load_model(base, quantize_4bit=spec.quantize_4bit),
+        config,
+        BuildContext(100, base, "Turn the question into queries"),
     )
     generator = torch.Generator().manual_seed(len(method))
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if parameter.requires_grad:
+            if not parameter.requires_grad:
+                continue
+            noise = torch.randn(parameter.shape, generator=generator)
+            if spec.standalone:  # every weight trained: moved, not replaced
+                parameter.add_(noise * 0.05)
+            else:
                 offset = 1.0 if "ia3" in name else 0.0  # IA3 scales: around 1
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5 + offset)
-    model.save_pretrained(directory)
+                parameter.copy_(noise * 0.5 + offset)
+    spec.save(model, models.load_tokenizer(base), directory)
 
 
 @pytest.fixture(scope="session")

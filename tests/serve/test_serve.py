@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from serve.launch import start_server, stop_server
 from tests.serve.conftest import API_KEY
@@ -45,6 +46,7 @@ def test_openai_client_lists_models_and_completes(server):
         "qg-adalora-test",
         "qg-ia3-test",
         "qg-prompt-tuning-test",
+        "qg-full-test",
     }
     completion = client.completions.create(model="qg-lora-test", prompt="Hello", max_tokens=5)
     assert (
@@ -60,7 +62,7 @@ def test_every_method_serves_and_adapters_differ_from_the_base(server):
     client = _client(server)
     answers = {
         model: _complete(client, model, PROMPTS[0])
-        for model in ["base", *ADAPTERS, "qg-qlora-test", "qg-adalora-test"]
+        for model in ["base", *ADAPTERS, "qg-qlora-test", "qg-adalora-test", "qg-full-test"]
     }
     assert len(set(answers.values())) > 1
 
@@ -85,8 +87,35 @@ def test_task_endpoint_returns_queries_deterministically(server):
     _, again = _post(server, "/v1/tasks/qg", body)
     assert first_status == 200 and first["model"] == "qg-qlora-test"  # the first (best) winner by default
     assert isinstance(first["result"], list) and first["result"] == again["result"] and first["latency_s"] > 0
+    assert first["usage"]["completion_tokens"] <= 64  # the server's --max-tokens caps qg's longer budget
     status, other = _post(server, "/v1/tasks/qg", body | {"model": "qg-ia3-test"})
     assert status == 200 and other["model"] == "qg-ia3-test"
+
+
+def test_full_winner_is_served_as_its_own_model(server, winners_dir):
+    """The whole fine-tuned model answers, as plain from_pretrained greedy decoding would."""
+    directory = winners_dir / "full"
+    model = AutoModelForCausalLM.from_pretrained(directory, use_safetensors=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    inputs = tokenizer(PROMPTS[2], return_tensors="pt")
+    output = model.generate(
+        **inputs, max_new_tokens=12, do_sample=False,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )[0, inputs["input_ids"].shape[1] :].tolist()  # fmt: skip
+    if tokenizer.eos_token_id in output:
+        output = output[: output.index(tokenizer.eos_token_id)]
+    expected = tokenizer.decode(output, skip_special_tokens=True)
+    client = _client(server)
+    assert _complete(client, "qg-full-test", PROMPTS[2]) == expected
+    assert _complete(client, "base", PROMPTS[2]) != expected  # its own weights, not the base's
+    listed = {entry.id: entry for entry in client.models.list()}
+    assert listed["qg-full-test"].model_extra["method"] == "full"
+    status, answer = _post(
+        server,
+        "/v1/tasks/qg",
+        {"history": "A trip to Oslo.", "question": "Is it cold?", "model": "qg-full-test"},
+    )
+    assert status == 200 and answer["model"] == "qg-full-test" and answer["output"] is not None
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,12 @@ from pathlib import Path
 
 import optuna
 import pytest
+from transformers import LlamaConfig
 
 from sweeps import run
 from sweeps.settings import SearchRanges, resolve
 from sweeps.spaces import DIMENSIONS, DefineByRun
+from trainables import models
 from trainables.methods import METHODS
 
 
@@ -105,14 +107,19 @@ def test_define_by_run_space_samples_each_methods_own_dimensions():
         study.tell(trial, 0.0)
     assert set(seen) == set(METHODS)
     for params in seen["ia3"]:
-        assert set(params) == {"method", "learning_rate", "dropout"}
+        assert set(params) == {"method", "ia3.learning_rate", "ia3.dropout"}
+    for params in seen["full"]:
+        assert set(params) == {"method", "full.learning_rate"}
+        assert ranges.full_learning_rate[0] <= params["full.learning_rate"] <= ranges.full_learning_rate[1]
     for params in seen["adalora"]:
-        assert {"rank", "alpha", "target_rank"} <= set(params)
+        assert {"adalora.rank", "adalora.alpha", "adalora.target_rank"} <= set(params)
     for params in seen["prompt_tuning"]:
-        assert "rank" not in params and params["num_virtual_tokens"] in ranges.virtual_tokens
+        assert set(params) == {"method", "prompt_tuning.learning_rate", "prompt_tuning.dropout",
+                               "prompt_tuning.num_virtual_tokens"}  # fmt: skip
+        assert params["prompt_tuning.num_virtual_tokens"] in ranges.virtual_tokens
         assert (
             ranges.prompt_tuning_learning_rate[0]
-            <= params["learning_rate"]
+            <= params["prompt_tuning.learning_rate"]
             <= ranges.prompt_tuning_learning_rate[1]
         )
     assert pickle.loads(pickle.dumps(space)) == space  # Tune pickles the searcher for --resume
@@ -122,3 +129,30 @@ def test_unknown_option_is_rejected_by_the_parser(capsys):
     with pytest.raises(SystemExit) as exit_info:
         run.parser().parse_args(["qg", "--learning-rate", "0.1"])
     assert exit_info.value.code == 2
+
+
+def test_full_fine_tuning_is_in_the_default_sweep_only_below_1b_parameters(tmp_path, tiny_model):
+    small = resolve("qg", None, {"model": tiny_model, "storage": str(tmp_path)})
+    assert small.methods == list(METHODS) and "full" in small.methods
+    assert "full" in resolve("qg", None, {"storage": str(tmp_path)}).methods  # embedded, not built for it
+    # A 1.7B-parameter Llama, config only: counted on the meta device, no weights needed.
+    big = tmp_path / "big-model"
+    LlamaConfig(
+        vocab_size=32000,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+    ).save_pretrained(big)
+    assert 1_000_000_000 < models.parameter_count(str(big)) < 2_000_000_000
+    assert resolve("qg", None, {"model": str(big), "storage": str(tmp_path)}).methods == [
+        m for m in METHODS if m != "full"
+    ]
+    assert resolve("qg", None, {"model": str(big), "smoke": True, "storage": str(tmp_path)}).samples == 5
+    chosen = resolve("qg", None, {"model": str(big), "methods": ["full", "lora"], "storage": str(tmp_path)})
+    assert chosen.methods == ["full", "lora"]  # named explicitly: allowed on a big model
+
+
+def test_parameter_count_matches_the_loaded_model(tiny_model):
+    loaded = models.load_model(tiny_model)
+    assert models.parameter_count(tiny_model) == sum(p.numel() for p in loaded.parameters())

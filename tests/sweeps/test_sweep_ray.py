@@ -41,12 +41,19 @@ def test_smoke_sweep_end_to_end(smoke_sweep):
     assert "Ray dashboard: http://127.0.0.1:" in done.stdout
     trials = pl.read_csv(sweep_dir / "trials.csv")
     required = ["trial_id", "method", "status", "quality", "cost_usd", "train_time_s", "latency_s",
-                "tokens_per_s", "trainable_params", "error", "learning_rate", "rank"]  # fmt: skip
+                "tokens_per_s", "trainable_params", "error", "lora.learning_rate", "lora.rank",
+                "prompt_tuning.learning_rate", "truncated_rate", "quality_full_validation"]  # fmt: skip
     assert set(required) <= set(trials.columns)
     assert set(METHODS) <= set(trials["method"]) and "base" in trials["method"]
-    assert trials.filter(pl.col("method") != "base").height == len(METHODS)
+    searched = trials.filter((pl.col("method") != "base") & ~pl.col("finalist_rerun"))
+    assert searched.height == len(METHODS)
+    # --finalist-seeds 2: the top of the front (up to 3) again, same hyperparameters, the next seed.
+    reruns = trials.filter(pl.col("finalist_rerun"))
+    assert 1 <= reruns.height <= 3 and (reruns["seed"] == 1).all() and (searched["seed"] == 0).all()
+    assert set(reruns["config_without_seed"]) <= set(searched["config_without_seed"])
     assert trials["status"].is_in(["completed", "stopped_early"]).all()
     assert trials["quality"].is_not_null().all() and (trials["cost_usd"] > 0).all()
+    assert trials["truncated_rate"].is_between(0.0, 1.0).all()
     assert pl.read_parquet(sweep_dir / "trials.parquet").height == trials.height
     assert "quality" in done.stdout and "trials.csv" in done.stdout  # the closing summary
 

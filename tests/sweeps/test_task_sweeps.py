@@ -20,7 +20,6 @@ prompt: |
   ### Country: {country}
   ### Capital:
 metric: jaccard
-max_new_tokens: 6
 """
 CAPITALS = {"France": "Paris", "Spain": "Madrid", "Italy": "Rome", "Austria": "Vienna", "Peru": "Lima"}
 

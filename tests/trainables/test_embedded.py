@@ -1,8 +1,13 @@
+import dataclasses
+import json
+import random
+import subprocess
+import sys
+
 import torch
 from safetensors.torch import load_file
 
 from trainables import embedded, models
-from trainables.tasks import get_task
 
 
 def _weights(directory):
@@ -21,10 +26,26 @@ def test_build_is_deterministic_for_a_seed(tmp_path):
     assert not all(torch.equal(a[name], untrained[name]) for name in a), "pretraining changed nothing"
 
 
-def test_pretraining_text_never_includes_a_test_split():
-    sentences = set(embedded.pretraining_sentences())
-    test = get_task("qg").splits()["test"]
-    assert sentences.isdisjoint(test["question"])
+def test_renamed_copies_replace_rare_recurring_words_consistently():
+    documents = [
+        "The user is planning a holiday in Lisbon.\nDo I need a visa?\nWhat are the visa rules for Lisbon?",
+        *[f"The user asked about item {i}." for i in range(60)],
+    ]
+    inventor = embedded.NameInventor(documents)
+    renamed = inventor.rename(documents[0], random.Random(0)).splitlines()
+    fresh_name = renamed[0].removeprefix("The user is planning a holiday in ").removesuffix(".")
+    assert fresh_name != "Lisbon" and fresh_name[0].isupper()
+    assert renamed[2] == f"What are the {renamed[2].split()[3]} rules for {fresh_name}?"
+    assert "visa" not in renamed[1] and renamed[1].startswith("Do I need a ")
+    assert inventor.rename(documents[1], random.Random(0)) == documents[1]  # common words stay
+
+
+def test_pretraining_documents_are_deterministic_for_a_seed():
+    spec = embedded.tiny_spec(renamed_copies=1)
+    first = embedded.pretraining_documents(spec)
+    assert first == embedded.pretraining_documents(spec)
+    assert first != embedded.pretraining_documents(embedded.tiny_spec(renamed_copies=1, seed=1))
+    assert len(first) == 2 * len(embedded.row_documents())
 
 
 def test_cached_build_is_reused_and_keyed_by_spec(isolated_cache):
@@ -51,3 +72,24 @@ def test_tiny_model_loads_through_from_pretrained_and_generates(tiny_model):
 def test_missing_local_model_path_is_reported(tmp_path):
     assert "has no config.json" in models.unloadable_reason(str(tmp_path / "missing"))
     assert models.unloadable_reason("embedded") is None
+
+
+def test_shipped_weights_are_the_default_build_of_todays_data():
+    assert embedded.shipped_version() == embedded.version_key(embedded.DEFAULT_SPEC)
+    assert embedded.ensure_built() == embedded.SHIPPED_DIR
+    shipped = json.loads((embedded.SHIPPED_DIR / embedded.SPEC_FILE).read_text())
+    assert shipped == dataclasses.asdict(embedded.DEFAULT_SPEC)
+    files = {path.name: path.stat().st_size for path in embedded.SHIPPED_DIR.iterdir()}
+    assert "model.safetensors" in files and not [name for name in files if name.endswith((".bin", ".pt"))]
+    assert sum(files.values()) < 50 * 2**20
+
+
+def test_the_shipping_script_rebuilds_a_short_run_bit_for_bit(tmp_path):
+    """The shipped weights come from `python -m trainables.embedded`; a 2-step run of it is reproducible."""
+    subprocess.run(
+        [sys.executable, "-m", "trainables.embedded", str(tmp_path / "script"), "--steps", "2"], check=True
+    )
+    in_process = embedded.build(dataclasses.replace(embedded.DEFAULT_SPEC, steps=2), tmp_path / "here")
+    a, b = _weights(tmp_path / "script"), _weights(in_process)
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+    assert (tmp_path / "script" / "tokenizer.json").read_text() == (in_process / "tokenizer.json").read_text()

@@ -4,12 +4,22 @@ import shutil
 
 import bitsandbytes as bnb
 import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from trainables import trial
+from trainables import loop, models, trial
 from trainables.methods import METHODS
 
 # One row per method: the learning rate that moves it within a few steps on random weights.
-LEARNING_RATES = {"qlora": 1e-2, "lora": 1e-2, "adalora": 2e-2, "ia3": 1e-1, "prompt_tuning": 1e-1}
+LEARNING_RATES = {
+    "qlora": 1e-2,
+    "lora": 1e-2,
+    "adalora": 2e-2,
+    "ia3": 1e-1,
+    "prompt_tuning": 1e-1,
+    "full": 1e-3,
+}
 
 
 def test_every_method_has_a_row():
@@ -35,14 +45,15 @@ def test_method_trains_and_loss_goes_down(tiny_model, method):
     assert [r["step"] for r in reports] == [4, 8]
     assert reports[1]["train_loss"] < reports[0]["train_loss"]
     assert final["status"] == "completed"
-    assert final["trainable_params"] > 0 and 0 < final["trainable_share"] < 1
+    assert final["trainable_params"] > 0 and 0 < final["trainable_share"] <= 1
+    assert (final["trainable_share"] == 1) == METHODS[method].standalone  # only full trains every weight
     assert final["adapter_bytes"] > 0 and final["latency_s"] > 0 and final["train_tokens_per_s"] > 0
     assert {"quality", "val_loss", "perplexity", "format_valid_rate", "cost_usd"} <= final.keys()
 
 
 def test_qlora_really_runs_bitsandbytes_4bit_layers(tiny_model):
     plan = trial.prepare({"task": "qg", "method": "qlora", "model": tiny_model})
-    model = trial.load_peft_model(plan, tiny_model)
+    model = trial.load_trainable_model(plan, tiny_model)
     quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert quantized, "no 4-bit layers"
     assert all(m.weight.quant_state.quant_type == "nf4" for m in quantized)
@@ -51,14 +62,14 @@ def test_qlora_really_runs_bitsandbytes_4bit_layers(tiny_model):
 
 def test_adalora_gets_the_real_step_count(tiny_model):
     plan = trial.prepare({"task": "qg", "method": "adalora", "model": tiny_model, "max_steps": 50})
-    config = trial.load_peft_model(plan, tiny_model).peft_config["default"]
+    config = trial.load_trainable_model(plan, tiny_model).peft_config["default"]
     assert config.total_step == 50
     assert config.tinit + config.tfinal < 50
 
 
 def test_prompt_tuning_starts_from_the_task_instruction(tiny_model):
     plan = trial.prepare({"task": "qg", "method": "prompt_tuning", "model": tiny_model})
-    config = trial.load_peft_model(plan, tiny_model).peft_config["default"]
+    config = trial.load_trainable_model(plan, tiny_model).peft_config["default"]
     assert config.prompt_tuning_init_text == plan.task.instruction
 
 
@@ -71,8 +82,71 @@ def test_saved_adapter_reloads_for_scoring(tiny_model, tmp_path, method):
     values = {"task": "qg", "method": method, "model": tiny_model, "max_steps": 2, "eval_every": 2,
               "eval_examples": 4, "batch_size": 4}  # fmt: skip
     trained = trial.execute(values, keep)
+    # The whole split, capped at the 4 rows the trial's own evaluation scored.
     scores = trial.score_checkpoint(
-        values | {"eval_examples": 4}, tmp_path / "checkpoint", split="validation"
-    )
+        values | {"full_eval_examples": 4}, tmp_path / "checkpoint", split="validation"
+    ).metrics
     assert scores["val_loss"] == pytest.approx(trained["val_loss"], rel=1e-4) or len(scores) > 0
     assert 0.0 <= scores["format_valid_rate"] <= 1.0
+
+
+FULL = {"task": "qg", "method": "full", "learning_rate": 1e-3, "eval_examples": 4, "batch_size": 4}
+
+
+def test_full_fine_tuning_trains_every_weight_and_saves_a_model_from_pretrained_loads(tiny_model, tmp_path):
+    plan = trial.prepare(FULL | {"model": tiny_model, "max_steps": 4, "warmup_ratio": 0.0})
+    tokenizer = models.load_tokenizer(tiny_model)
+    model = trial.load_trainable_model(plan, tiny_model)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    assert all(p.requires_grad for p in model.parameters())
+    features = loop.encode_examples(plan.task, tokenizer, plan.splits["train"].select(range(16)), 128)
+    optimizer, scheduler = loop.make_optimizer(model, plan.config, plan.total_steps)
+    loop.train(
+        model, features, plan.config, METHODS["full"], plan.total_steps,
+        optimizer, scheduler, loop.TrainState(), tokenizer.pad_token_id, lambda state: None,
+    )  # fmt: skip
+    moved = [name for name, p in model.named_parameters() if not torch.equal(p, before[name])]
+    assert moved == list(before), "some weights did not train"
+
+    METHODS["full"].save(model, tokenizer, tmp_path / "saved")
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
+        f.name for f in (tmp_path / "saved").iterdir()
+    }
+    assert not (tmp_path / "saved" / "adapter_config.json").exists()
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved", use_safetensors=True)
+    reloaded_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "saved")  # a standalone directory
+    assert reloaded_tokenizer.get_vocab() == tokenizer.get_vocab()
+    prompts = [plan.task.format_prompt(example) for example in plan.splits["validation"].select(range(3))]
+    in_memory = loop.generate(model, tokenizer, prompts, 12, 3).texts
+    assert loop.generate(reloaded, tokenizer, prompts, 12, 3).texts == in_memory
+    inputs = tokenizer(prompts[0], return_tensors="pt")
+    with torch.no_grad():
+        trained_logits = model(**inputs).logits
+        assert torch.allclose(reloaded(**inputs).logits, trained_logits, atol=1e-5)
+        base_logits = models.load_model(tiny_model)(**inputs).logits
+    assert not torch.allclose(base_logits, trained_logits, atol=1e-3)  # it is the trained model, not the base
+
+
+def test_full_fine_tuning_resumes_exactly_from_its_checkpoint(tiny_model, tmp_path):
+    def run(directory, resume_from=None):
+        kept = {}
+
+        def keep(metrics, checkpoint):
+            kept[metrics["step"]] = metrics
+            if checkpoint is not None:
+                shutil.copytree(checkpoint, directory / f"step-{metrics['step']}", dirs_exist_ok=True)
+
+        values = FULL | {"model": tiny_model, "max_steps": 4, "eval_every": 2}
+        trial.execute(values, keep, resume_from)
+        return kept
+
+    straight = run(tmp_path / "straight")
+    checkpoint = tmp_path / "straight" / "step-2"
+    # The trainable state of full fine-tuning is the whole model.
+    state = load_file(checkpoint / trial.TRAINABLE_STATE)
+    assert sum(t.numel() for t in state.values()) == straight[4]["trainable_params"]
+    assert straight[4]["adapter_bytes"] >= 4 * straight[4]["trainable_params"]  # fp32 weights on CPU
+    resumed = run(tmp_path / "resumed", resume_from=checkpoint)
+    assert list(resumed) == [4]
+    for metric in ("train_loss", "val_loss"):
+        assert resumed[4][metric] == pytest.approx(straight[4][metric], rel=1e-5)

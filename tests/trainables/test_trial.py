@@ -9,7 +9,10 @@ from trainables import loop, models, trial
 from trainables.config import ConfigError
 from trainables.methods import METHODS
 
-BASE = {"task": "qg", "method": "lora", "max_steps": 6, "eval_every": 3, "eval_examples": 4, "batch_size": 4}
+BASE = {
+    "task": "qg", "method": "lora", "max_steps": 6, "eval_every": 3, "eval_examples": 4, "full_eval_examples": 8,
+    "batch_size": 4,
+}  # fmt: skip
 
 
 def _run(tiny_model, tmp_path, resume_from=None, **changes):
@@ -80,7 +83,7 @@ def test_missing_model_path_is_a_config_error(tmp_path):
 
 def test_non_finite_loss_ends_training_with_that_reason(tiny_model):
     plan = trial.prepare({**BASE, "model": tiny_model})
-    model = trial.load_peft_model(plan, tiny_model)
+    model = trial.load_trainable_model(plan, tiny_model)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
@@ -118,3 +121,69 @@ def test_length_grouped_batches_cover_every_example_once_and_pad_little():
     assert padded / sum(lengths) < 1.1
     assert batches == loop.length_grouped_batches(lengths, batch_size=4, seed=1, epoch=0)
     assert batches != loop.length_grouped_batches(lengths, batch_size=4, seed=1, epoch=1)
+
+
+def _eos_biased(model, tokenizer, bias: float):
+    """The tiny model with a fixed bias on EOS: +large always ends at once, -large never ends."""
+    head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
+    head.weight = model.lm_head.weight
+    with torch.no_grad():
+        head.bias.zero_()
+        head.bias[tokenizer.eos_token_id] = bias
+    model.lm_head = head
+    return model
+
+
+@pytest.mark.parametrize(("bias", "truncated", "new_tokens"), [(-1e4, 3, 9), (1e4, 0, 3)])
+def test_generate_counts_the_rows_the_budget_cut(tiny_model, bias, truncated, new_tokens):
+    tokenizer = models.load_tokenizer(tiny_model)
+    model = _eos_biased(models.load_model(tiny_model), tokenizer, bias)
+    prompts = ["Where is", "A much longer prompt than the others, padded on the left", "Hi"]
+    generations = loop.generate(model, tokenizer, prompts, max_new_tokens=3, batch_size=2)
+    assert generations.truncated == truncated and generations.new_tokens == new_tokens
+
+
+def test_a_row_that_ended_is_not_truncated_even_when_padded():
+    eos, pad = 2, 0
+    assert loop.is_truncated([5, 6, 7], max_new_tokens=3, eos_token_id=eos)
+    assert not loop.is_truncated([5, 6, eos], max_new_tokens=3, eos_token_id=eos)
+    assert not loop.is_truncated([5, eos, pad], max_new_tokens=3, eos_token_id=eos)
+    assert not loop.is_truncated([5, eos, eos], max_new_tokens=3, eos_token_id=eos)  # pad is EOS
+    assert not loop.is_truncated([5, eos], max_new_tokens=3, eos_token_id=eos)  # the batch ended early
+
+
+def test_evaluate_reports_the_share_of_answers_cut_by_the_budget(tiny_model):
+    plan = trial.prepare({**BASE, "model": tiny_model, "method": "base", "eval_examples": 2})
+    tokenizer = models.load_tokenizer(tiny_model)
+    model = _eos_biased(models.load_model(tiny_model), tokenizer, -1e4)
+    metrics = trial.evaluate(model, tokenizer, plan, "").metrics
+    assert metrics["truncated_rate"] == 1.0
+    assert metrics["max_new_tokens"] == plan.task.generation_budget(tokenizer, plan.uncapped_train)
+
+
+def test_only_the_final_evaluation_scores_the_whole_validation_split_and_times_generation(
+    tiny_model, tmp_path
+):
+    kept = _run(tiny_model, tmp_path)
+    periodic, final = kept[3], kept[6]
+    assert trial.FULL_VALIDATION_QUALITY not in periodic and "latency_s" not in periodic
+    assert final["full_validation_examples"] == BASE["full_eval_examples"]  # the cap; else the whole split
+    assert 0.0 <= final[trial.FULL_VALIDATION_QUALITY] <= 1.0
+    assert final["latency_per_token_s"] * final["max_new_tokens"] == pytest.approx(final["latency_s"])
+    assert final["gen_tokens_per_s"] == pytest.approx(1 / final["latency_per_token_s"])
+
+
+def test_evaluation_rows_are_the_fixed_head_or_the_whole_split(tiny_model):
+    plan = trial.prepare({**BASE, "model": tiny_model, "full_eval_examples": None})
+    validation = list(plan.splits["validation"])
+    assert trial.evaluation_rows(plan, whole_split=False) == validation[: BASE["eval_examples"]]
+    assert trial.evaluation_rows(plan, whole_split=True) == validation
+
+
+def test_fixed_length_generation_runs_past_eos(tiny_model):
+    tokenizer = models.load_tokenizer(tiny_model)
+    model = _eos_biased(models.load_model(tiny_model), tokenizer, 1e4)  # would end at once
+    prompts = ["Where is", "Hi"]
+    assert loop.generate(model, tokenizer, prompts, max_new_tokens=5, batch_size=1).new_tokens == 2
+    timed = loop.generate(model, tokenizer, prompts, max_new_tokens=5, batch_size=1, fixed_length=True)
+    assert timed.new_tokens == 10

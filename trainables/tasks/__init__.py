@@ -26,3 +26,9 @@ def canonical_task(task: str) -> str:
 def get_task(task: str) -> Task:
     canonical = canonical_task(task)
     return load_task_file(Path(canonical)) if is_task_file(canonical) else TASKS[canonical]
+
+
+def generation_budget(task: str, tokenizer) -> int:
+    """A task's generation budget with this tokenizer, measured on its whole train split as trials do."""
+    spec = get_task(task)
+    return spec.generation_budget(tokenizer, spec.splits()["train"])

@@ -11,9 +11,10 @@
       {message}
       ### Intent:
     metric: exact_match            # exact_match, jaccard, bertscore, entity_f1
-    max_new_tokens: 16             # optional
+    max_new_tokens: 16             # optional: checked against the data; default derived from it
     single_line: true              # optional: the answer is the generation's first line
     instruction: ...               # optional: prompt tuning's init text; default the prompt's first line
+    group_field: doc_id            # optional: rows sharing it stay in one split (default: each row alone)
 
 With `entity_f1` the output field is a JSON object of entity name -> value, the model is trained
 to answer with it as JSON, and answers are parsed as the NER task parses them.
@@ -51,9 +52,10 @@ class TaskFile(BaseModel):
     output_field: str
     prompt: str = Field(min_length=1)
     metric: str
-    max_new_tokens: int = Field(64, ge=1, le=4096)
+    max_new_tokens: int | None = Field(None, ge=1, le=4096)
     single_line: bool = True
     instruction: str | None = None
+    group_field: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
     @field_validator("metric")
     @classmethod
@@ -140,6 +142,8 @@ def load_task_file(path: Path) -> Task:
                 )
         else:
             require_text(row, spec.output_field)
+        if spec.group_field is not None and spec.group_field not in row:
+            raise FieldError(spec.group_field, "missing (named by group_field)")
 
     def format_target(example: dict) -> str:
         value = example[spec.output_field]
@@ -174,5 +178,7 @@ def load_task_file(path: Path) -> Task:
         parse=parse,
         score=score,
         primary_metric=metric.primary,
+        group_field=spec.group_field,
         max_new_tokens=spec.max_new_tokens,
+        task_file=path,
     )

@@ -4,6 +4,7 @@ Validation happens before `datasets` sees the file so that an error names the fi
 and the field, which the JSON builder of `datasets` cannot do.
 """
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ class FieldError(ValueError):
 
 RowValidator = Callable[[dict], None]
 CARVED_TEST_SHARE = 0.25
+VALIDATION_SHARE = 0.1
 
 
 def require_text(row: dict, field: str) -> str:
@@ -81,19 +83,45 @@ def load_split(path: Path, validate_row: RowValidator) -> datasets.Dataset:
     return datasets.load_dataset("json", data_files=str(path), split="train")
 
 
-def load_splits(
-    train_file: Path, test_file: Path | None, validate_row: RowValidator, validation_share: float, seed: int
-) -> datasets.DatasetDict:
-    """train / validation / test; validation is carved out of train, test is never touched here.
+def group_key(row: dict, group_field: str | None) -> str:
+    """What must not straddle two splits: the row's group field, or the whole row when there is none."""
+    if group_field is None:
+        return json.dumps(row, sort_keys=True, ensure_ascii=False)
+    return str(row[group_field])
 
-    Without a test file, a quarter of the train file becomes the test split, under a fixed seed so
-    that it is the same for every trial whatever the trial's own seed.
+
+def held_out_groups(keys: list[str], share: float, salt: str) -> set[str]:
+    """A fixed share of the groups, chosen by a hash of each key: the same whatever the seed or row order."""
+    groups = sorted(set(keys), key=lambda key: hashlib.sha256(f"{salt}:{key}".encode()).hexdigest())
+    return set(groups[: max(1, round(share * len(groups)))])
+
+
+def _carve(split: datasets.Dataset, group_field: str | None, share: float, salt: str):
+    keys = [group_key(row, group_field) for row in split]
+    held_out = held_out_groups(keys, share, salt)
+    kept = [i for i, key in enumerate(keys) if key not in held_out]
+    carved = [i for i, key in enumerate(keys) if key in held_out]
+    return split.select(kept), split.select(carved)
+
+
+def load_splits(
+    train_file: Path, test_file: Path | None, validate_row: RowValidator, group_field: str | None
+) -> datasets.DatasetDict:
+    """train / validation / test, with no group (a QG topic, a QA paragraph) in two of them.
+
+    Validation is a fixed share of the train file's groups, chosen by hash, so it is the same rows
+    for every trial and seed; test is the test file, never touched here. Without a test file, a
+    fixed share of the groups becomes the test split the same way.
     """
     train = load_split(train_file, validate_row)
     if test_file is None:
-        held_out = train.train_test_split(test_size=CARVED_TEST_SHARE, seed=0, shuffle=True)
-        train, test = held_out["train"], held_out["test"]
+        train, test = _carve(train, group_field, CARVED_TEST_SHARE, salt="test")
     else:
         test = load_split(test_file, validate_row)
-    carved = train.train_test_split(test_size=validation_share, seed=seed, shuffle=True)
-    return datasets.DatasetDict(train=carved["train"], validation=carved["test"], test=test)
+    train, validation = _carve(train, group_field, VALIDATION_SHARE, salt="validation")
+    if not len(train):
+        raise DataError(
+            f"{train_file}: too few distinct {group_field or 'rows'} to hold out validation"
+            f"{'' if test_file else ' and test'} and still train; add examples"
+        )
+    return datasets.DatasetDict(train=train, validation=validation, test=test)

@@ -8,6 +8,8 @@ import json
 from collections.abc import Sequence
 from statistics import fmean
 
+from trainables.tasks.spec import PER_EXAMPLE
+
 
 def parse_entities(generated: str) -> dict[str, str] | None:
     """The first JSON object or Python-style dict in a generation; None when there is none.
@@ -43,35 +45,59 @@ def _normalised(value: str | None) -> str:
     return (value or "").strip().casefold()
 
 
+def f1_contributions(true_positives: list[int], filled: list[int], expected: list[int]) -> list[float]:
+    """One value per document whose mean is exactly the micro F1 over all slots, for bootstrapping it.
+
+    Micro F1 = 2·ΣTP / (Σfilled + Σexpected) is a ratio of sums, so a document's own F1 would not
+    average to it. Its linearisation (the ratio's influence function) does:
+    F1 + (2·TP_d - F1·(filled_d + expected_d)) / mean(filled + expected). A bootstrap of the mean of
+    these values has the ratio's first-order (delta-method) variance, as a bootstrap of the ratio
+    itself would. A single value may fall outside [0, 1]; only their mean is a score.
+    """
+    slots = [f + e for f, e in zip(filled, expected, strict=True)]
+    mean_slots = sum(slots) / len(slots) if slots else 0.0
+    if not mean_slots:
+        return [0.0] * len(slots)
+    f1 = 2 * sum(true_positives) / sum(slots)
+    return [f1 + (2 * tp - f1 * n) / mean_slots for tp, n in zip(true_positives, slots, strict=True)]
+
+
 def entity_scores(
     predicted: Sequence[dict[str, str] | None], gold: Sequence[dict[str, str]], entities: Sequence[str]
-) -> dict[str, float]:
+) -> dict:
     """The reference study's slot metrics over every (document, entity) pair.
 
     A slot is a true positive when both sides carry the entity with the same value (after trimming
     and case-folding), a true negative when neither does. Accuracy is (TP + TN) over all slots;
     precision is TP over the slots the model filled, recall TP over the slots the gold fills;
     document accuracy is the share of documents whose every slot is right. An unparsable answer
-    (None) fills no slot.
+    (None) fills no slot. Per example (PER_EXAMPLE): F1's per-document contributions and the
+    document's slot accuracy.
     """
-    true_positive = true_negative = filled = expected = documents_right = 0
+    true_negative = documents_right = 0
     right_per_entity = dict.fromkeys(entities, 0)
+    true_positives, filled, expected, slot_accuracy = [], [], [], []  # one entry per document
     for answer, reference in zip(predicted, gold, strict=True):
         answer = {key: value for key, value in (answer or {}).items() if _normalised(value)}
-        all_right = True
+        document_true_positive = document_filled = document_expected = document_right = 0
         for entity in entities:
             guess, truth = _normalised(answer.get(entity)), _normalised(reference.get(entity))
-            filled += bool(guess)
-            expected += bool(truth)
+            document_filled += bool(guess)
+            document_expected += bool(truth)
             right = guess == truth
-            true_positive += right and bool(truth)
+            document_true_positive += right and bool(truth)
             true_negative += right and not truth
             right_per_entity[entity] += right
-            all_right &= right
-        documents_right += all_right
+            document_right += right
+        true_positives.append(document_true_positive)
+        filled.append(document_filled)
+        expected.append(document_expected)
+        slot_accuracy.append(document_right / len(entities) if entities else 0.0)
+        documents_right += document_right == len(entities)
+    true_positive = sum(true_positives)
     documents = len(gold)
-    precision = true_positive / filled if filled else 0.0
-    recall = true_positive / expected if expected else 0.0
+    precision = true_positive / sum(filled) if sum(filled) else 0.0
+    recall = true_positive / sum(expected) if sum(expected) else 0.0
     return {
         "accuracy": (true_positive + true_negative) / (documents * len(entities)) if documents else 0.0,
         "precision": precision,
@@ -82,5 +108,9 @@ def entity_scores(
         **{
             f"accuracy_{entity}": right / documents if documents else 0.0
             for entity, right in right_per_entity.items()
+        },
+        PER_EXAMPLE: {
+            "f1": f1_contributions(true_positives, filled, expected),
+            "accuracy": slot_accuracy,
         },
     }

@@ -8,6 +8,7 @@ from statistics import fmean
 
 from trainables.tasks.bertscore import bertscore
 from trainables.tasks.entities import entity_scores, parse_entities
+from trainables.tasks.spec import PER_EXAMPLE
 
 ARTICLES = re.compile(r"\b(a|an|the)\b")
 PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -30,24 +31,28 @@ def jaccard(prediction: str, reference: str) -> float:
     return len(predicted & expected) / max(len(predicted), len(expected))
 
 
-def answer_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
+def means_and_values(per_example: dict[str, list[float]]) -> dict:
+    """Each metric's mean (0 with no examples), with its per-example values under PER_EXAMPLE."""
+    return {name: fmean(values) if values else 0.0 for name, values in per_example.items()} | {
+        PER_EXAMPLE: per_example
+    }
+
+
+def answer_scores(predictions: list[str], references: list[str]) -> dict:
     pairs = list(zip(predictions, references, strict=True))
-    return {
-        "exact_match": fmean(exact_match(p, r) for p, r in pairs) if pairs else 0.0,
-        "jaccard": fmean(jaccard(p, r) for p, r in pairs) if pairs else 0.0,
-    }
+    return means_and_values(
+        {"exact_match": [exact_match(p, r) for p, r in pairs], "jaccard": [jaccard(p, r) for p, r in pairs]}
+    )
 
 
-def bertscore_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
+def bertscore_scores(predictions: list[str], references: list[str]) -> dict:
     precision, recall, f1 = bertscore(predictions, references)
-    return {
-        "bertscore_precision": fmean(precision),
-        "bertscore_recall": fmean(recall),
-        "bertscore_f1": fmean(f1),
-    }
+    return means_and_values(
+        {"bertscore_precision": precision, "bertscore_recall": recall, "bertscore_f1": f1}
+    )
 
 
-def entity_f1_scores(predictions: list[str], references: list[dict]) -> dict[str, float]:
+def entity_f1_scores(predictions: list[str], references: list[dict]) -> dict:
     """Slot metrics over every entity name that any reference carries."""
     entities = sorted({name for reference in references for name in reference})
     return entity_scores([parse_entities(text) for text in predictions], references, entities)
@@ -55,7 +60,7 @@ def entity_f1_scores(predictions: list[str], references: list[dict]) -> dict[str
 
 @dataclass(frozen=True)
 class Metric:
-    score: Callable[[list[str], list], dict[str, float]]
+    score: Callable[[list[str], list], dict]  # a Task.score: metrics and PER_EXAMPLE values
     primary: str
     structured_reference: bool = False  # the reference is a JSON object, not text
 

@@ -50,7 +50,7 @@ def parse(generated: str) -> dict[str, str]:
     return parse_entities(generated) or {}
 
 
-def score(generations: list[str], examples: list[dict]) -> dict[str, float]:
+def score(generations: list[str], examples: list[dict]) -> dict:
     gold = [{name: value for name, value in example["entities"].items() if value} for example in examples]
     return entity_scores([parse_entities(text) for text in generations], gold, ENTITIES)
 
@@ -66,5 +66,5 @@ TASK = Task(
     parse=parse,
     score=score,
     primary_metric="f1",
-    max_new_tokens=160,
+    group_field="id",
 )

@@ -58,7 +58,7 @@ def parse_answer(generated: str) -> str:
     return lines[0].strip() if lines else ""
 
 
-def score(generations: list[str], examples: list[dict]) -> dict[str, float]:
+def score(generations: list[str], examples: list[dict]) -> dict:
     answers = [parse_answer(text) for text in generations]
     scores = answer_scores(answers, [example["answer"] for example in examples])
     for kind in FORMATS:
@@ -80,5 +80,5 @@ TASK = Task(
     parse=parse_answer,
     score=score,
     primary_metric="exact_match",
-    max_new_tokens=24,
+    group_field="context",
 )

@@ -1,13 +1,15 @@
 """QG: conversation summary + latest user question -> 1 to 3 self-contained search queries."""
 
+import re
 from statistics import fmean
 
 from trainables.tasks.bertscore import bertscore
 from trainables.tasks.data import FieldError, require_text
-from trainables.tasks.spec import Task, packaged_files
+from trainables.tasks.spec import PER_EXAMPLE, Task, packaged_files
 
 MAX_QUERIES = 3
 QUERY_SEPARATOR = " - "
+QUERY_BOUNDARY = re.compile(r"(?<=\?)\s*-\s*")
 SURPLUS_QUERY_PENALTY = 0.05
 INSTRUCTION = (
     "Turn the user's latest question into one to three short search queries. "
@@ -47,11 +49,14 @@ def format_target(example: dict) -> str:
 
 
 def parse_queries(generated: str) -> list[str]:
-    """The queries on the first line of a generation; later lines are the model rambling on."""
+    """The queries on the first line of a generation; later lines are the model rambling on.
+
+    Queries are split only where one ends: a " - " after a "?", so hyphenated words stay whole.
+    """
     lines = generated.strip().splitlines()
     if not lines:
         return []
-    return [query.strip() for query in lines[0].split(QUERY_SEPARATOR.strip()) if query.strip()]
+    return [query.strip() for query in QUERY_BOUNDARY.split(lines[0]) if query.strip()]
 
 
 def is_valid_format(queries: list[str]) -> bool:
@@ -63,7 +68,7 @@ def penalised_f1(f1: float, generated_count: int, reference_count: int) -> float
     return f1 - SURPLUS_QUERY_PENALTY * max(0, generated_count - reference_count)
 
 
-def score(generations: list[str], examples: list[dict]) -> dict[str, float]:
+def score(generations: list[str], examples: list[dict]) -> dict:
     predicted = [parse_queries(text) for text in generations]
     references = [example["queries"] for example in examples]
     precision, recall, f1 = bertscore(
@@ -81,6 +86,7 @@ def score(generations: list[str], examples: list[dict]) -> dict[str, float]:
         "bertscore_f1_penalised": fmean(penalised),
         "mean_queries": fmean(len(queries) for queries in predicted),
         "format_valid_rate": fmean(is_valid_format(queries) for queries in predicted),
+        PER_EXAMPLE: {"bertscore_f1_penalised": penalised},
     }
 
 
@@ -95,5 +101,5 @@ TASK = Task(
     parse=parse_queries,
     score=score,
     primary_metric="bertscore_f1_penalised",
-    max_new_tokens=48,
+    group_field="topic",
 )

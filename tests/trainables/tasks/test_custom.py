@@ -6,8 +6,13 @@ import sys
 
 import pytest
 
+from sweeps import run, settings
+from trainables import models
+from trainables.config import ConfigError
 from trainables.tasks import get_task
 from trainables.tasks.custom import TaskFileError
+from trainables.tasks.data import DataError
+from trainables.tasks.spec import PER_EXAMPLE
 
 TASK_FILE = """\
 name: support_intents
@@ -48,13 +53,27 @@ def test_a_task_file_loads_formats_and_scores(tmp_path):
     assert task.format_target(example) == "shipping"
     assert task.parse("  refund\nmore text") == "refund"
     scores = task.score(["Refund.\nnoise", "refund"], [{"intent": "refund"}, {"intent": "shipping"}])
-    assert scores == {"exact_match": 0.5, "jaccard": 0.5} and task.primary_metric == "exact_match"
+    per_example = {"exact_match": [1.0, 0.0], "jaccard": [1.0, 0.0]}
+    assert scores == {"exact_match": 0.5, "jaccard": 0.5, PER_EXAMPLE: per_example}
+    assert task.primary_metric == "exact_match"
     assert get_task(str(_task_file(tmp_path, metric="jaccard"))).primary_metric == "jaccard"
 
 
+def test_too_few_distinct_rows_to_split_is_refused_naming_the_file(tmp_path):
+    rows = [{"message": "same", "channel": "x", "intent": "refund"}] * 8
+    task = get_task(str(_task_file(tmp_path, rows=rows)))
+    with pytest.raises(
+        DataError, match=r"train\.jsonl: too few distinct rows to hold out validation and test"
+    ):
+        task.splits()
+
+
 def test_entity_f1_tasks_train_on_json_and_parse_answers(tmp_path):
-    rows = [{"message": "Anna from Kyiv", "channel": "x", "intent": {"NAME": "Anna", "CITY": "Kyiv"}}] * 8
-    rows += [{"message": "Ion", "channel": "x", "intent": {"NAME": "Ion"}}] * 8
+    rows = [
+        {"message": f"Anna from Kyiv {i}", "channel": "x", "intent": {"NAME": "Anna", "CITY": "Kyiv"}}
+        for i in range(8)
+    ]
+    rows += [{"message": f"Ion {i}", "channel": "x", "intent": {"NAME": "Ion"}} for i in range(8)]
     task = get_task(str(_task_file(tmp_path, metric="entity_f1", rows=rows)))
     example = task.splits()["train"][0]
     assert json.loads(task.format_target(example)) == {k: v for k, v in example["intent"].items() if v}
@@ -99,3 +118,37 @@ def test_sweep_cli_rejects_a_bad_task_file_with_exit_2(tmp_path):
         .endswith("key 'metric': unknown metric 'f2'; known: bertscore, entity_f1, exact_match, jaccard")
     )
     assert not (tmp_path / "results").exists()
+
+
+def _longest_intent(task, tokenizer) -> int:
+    targets = [task.format_target(row) for row in task.splits()["train"]]
+    return max(len(ids) for ids in tokenizer(targets, add_special_tokens=False)["input_ids"])
+
+
+def test_without_max_new_tokens_the_budget_is_derived_from_the_data(tmp_path, tiny_model):
+    task = get_task(str(_task_file(tmp_path, text=TASK_FILE.replace("max_new_tokens: 8\n", ""))))
+    tokenizer = models.load_tokenizer(tiny_model)
+    longest = _longest_intent(task, tokenizer)
+    assert task.generation_budget(tokenizer, task.splits()["train"]) == longest + 1 + 4
+
+
+def test_a_budget_too_short_for_the_answers_stops_the_sweep_before_it_starts(tmp_path, tiny_model, capsys):
+    tokenizer = models.load_tokenizer(tiny_model)
+    longest = _longest_intent(get_task(str(_task_file(tmp_path))), tokenizer)
+    fitting = _task_file(
+        tmp_path, text=TASK_FILE.replace("max_new_tokens: 8", f"max_new_tokens: {longest + 1}")
+    )
+    cli = {"model": tiny_model, "storage": str(tmp_path / "results")}
+    settings.check_generation_budget(settings.resolve(str(fitting), None, cli))
+
+    short = _task_file(tmp_path, text=TASK_FILE.replace("max_new_tokens: 8", f"max_new_tokens: {longest}"))
+    refusal = (
+        f"{short.resolve()}: key 'max_new_tokens': {longest} tokens cannot hold the longest training target "
+        f"({longest} tokens with this model's tokenizer, plus 1 for EOS)"
+    )
+    with pytest.raises(ConfigError) as refused:
+        settings.check_generation_budget(settings.resolve(str(short), None, cli))
+    assert str(refused.value) == refusal
+    assert run.main([str(short), "--model", tiny_model, "--storage", cli["storage"]]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: {refusal}"
+    assert not (tmp_path / "results" / "support_intents").exists()  # no trial, no Ray experiment

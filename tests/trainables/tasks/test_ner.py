@@ -9,6 +9,7 @@ import pytest
 from trainables.tasks import get_task
 from trainables.tasks.entities import entity_scores, parse_entities
 from trainables.tasks.ner import ENTITIES, format_prompt, format_target
+from trainables.tasks.spec import PER_EXAMPLE
 
 NER = get_task("ner")
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
@@ -56,6 +57,21 @@ def test_metrics_on_a_hand_worked_case():
     assert scores["document_accuracy"] == 0.0
     assert scores["format_valid_rate"] == 0.5
     assert scores["accuracy_A"] == 0.5 and scores["accuracy_B"] == 0.5 and scores["accuracy_C"] == 0.0
+    # Per document: slot accuracy, and F1 contributions that average to the micro F1 over all slots.
+    assert scores[PER_EXAMPLE]["accuracy"] == pytest.approx([1 / 3, 1 / 3])
+    contributions = scores[PER_EXAMPLE]["f1"]
+    assert sum(contributions) / 2 == pytest.approx(scores["f1"])
+    assert contributions[0] > scores["f1"] > contributions[1]  # doc 1 holds the one true positive
+
+
+def test_f1_contributions_average_to_micro_f1_where_document_f1_would_not():
+    gold = [{"A": "x", "B": "y", "C": "z"}, {"A": "x"}, {"B": "y", "C": "z"}]
+    predicted = [{"A": "x", "B": "y", "C": "z"}, {"A": "q"}, {"B": "y"}]
+    scores = entity_scores(predicted, gold, ["A", "B", "C"])
+    assert scores["f1"] == pytest.approx(2 * 4 / (5 + 6))  # 4 TP, 5 filled, 6 expected
+    assert sum(scores[PER_EXAMPLE]["f1"]) / 3 == pytest.approx(scores["f1"])
+    document_f1 = [1.0, 0.0, 2 * 1 / (1 + 2)]
+    assert sum(document_f1) / 3 != pytest.approx(scores["f1"])
 
 
 def test_perfect_and_empty_answers():

@@ -7,6 +7,7 @@ from trainables.tasks import get_task
 from trainables.tasks.data import DataError, read_jsonl
 from trainables.tasks.metrics import exact_match, jaccard, normalise_answer
 from trainables.tasks.qa import FORMATS, format_prompt, validate_row
+from trainables.tasks.spec import PER_EXAMPLE
 
 QA = get_task("qa")
 GOOD = {
@@ -104,3 +105,4 @@ def test_scores_per_format(splits):
         / sum(e["format"] == "yes_no" for e in examples)
     )
     assert yes["exact_match_extractive"] == 0.0
+    assert yes[PER_EXAMPLE]["exact_match"] == [float(e["answer"] == "yes") for e in examples]

@@ -5,6 +5,7 @@ import pytest
 
 from trainables.tasks import get_task
 from trainables.tasks.qg import format_prompt, format_target, is_valid_format, parse_queries, penalised_f1
+from trainables.tasks.spec import PER_EXAMPLE
 
 QG = get_task("qg")
 REPO = Path(__file__).resolve().parents[3]
@@ -25,7 +26,11 @@ def splits():
         ),
         ("  A? -B?-  C? \nrambling on - D?", ["A?", "B?", "C?"]),
         ("", []),
-        (" - ", []),
+        (" - ", ["-"]),
+        (
+            "How old is a four-year-old? - Is it well-known?",
+            ["How old is a four-year-old?", "Is it well-known?"],
+        ),
     ],
 )
 def test_parse_queries(generated, queries):
@@ -73,6 +78,10 @@ def test_score_on_hand_worked_outputs():
     empty_and_junk = QG.score(["", "no question mark here"], [example, example])
     assert empty_and_junk["format_valid_rate"] == 0.0
     assert empty_and_junk["bertscore_f1"] < 0.5
+    per_example = empty_and_junk[PER_EXAMPLE]["bertscore_f1_penalised"]
+    assert per_example[0] == 0.0 and sum(per_example) / 2 == pytest.approx(
+        empty_and_junk["bertscore_f1_penalised"]
+    )
 
 
 def test_prompt_holds_instruction_history_and_question_and_target_joins_queries(splits):

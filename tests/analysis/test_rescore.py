@@ -1,0 +1,47 @@
+"""The ranking figure of a kept checkpoint its trial did not measure, measured by the analysis."""
+
+import json
+import shutil
+
+import pytest
+
+from analysis import load, rescore
+from trainables import trial
+
+VALUES = {"task": "qg", "method": "lora", "max_steps": 6, "eval_every": 3, "eval_examples": 4,
+          "full_eval_examples": 8, "batch_size": 4, "learning_rate": 1e-2}  # fmt: skip
+
+
+def _trial_whose_best_checkpoint_came_first(tiny_model, trial_dir) -> None:
+    """A trial as Tune leaves it when its first checkpoint scored best: only that one is kept."""
+    results = []
+
+    def report(metrics: dict, checkpoint) -> None:
+        name = f"checkpoint_{len(results):06d}"
+        shutil.copytree(checkpoint, trial_dir / name)
+        results.append(
+            {key: metrics[key] for key in ("method", "step", "quality")} | {"checkpoint_dir_name": name}
+        )
+
+    trial.execute(VALUES | {"model": tiny_model}, report, record_dir=trial_dir)
+    shutil.rmtree(trial_dir / "checkpoint_000001")
+    lines = (json.dumps(result | {"trial_id": "t1"}) for result in results)
+    (trial_dir / "result.json").write_text("\n".join(lines) + "\n")
+
+
+def test_the_report_measures_a_kept_checkpoint_that_is_not_the_last(tiny_model, tmp_path):
+    trial_dir = tmp_path / "t1-lora"
+    _trial_whose_best_checkpoint_came_first(tiny_model, trial_dir)
+    before = load.load(tmp_path).row(0, named=True)
+    assert before["best_step"] == 3 and before["steps"] == 6
+    assert before[trial.FULL_VALIDATION_QUALITY] is not None  # the trial measured its last model...
+    assert before["best_quality"] is None and before["latency_s"] is None  # ...not the one it kept
+
+    assert rescore.measure_kept_checkpoints(load.load(tmp_path)) == 1
+    after = load.load(tmp_path).row(0, named=True)
+    kept = trial.score_checkpoint(
+        VALUES | {"model": tiny_model}, trial_dir / "checkpoint_000000", "validation"
+    )
+    assert after["best_quality"] == pytest.approx(kept.metrics["quality"])
+    assert after["full_validation_examples"] == VALUES["full_eval_examples"] and after["latency_s"] > 0
+    assert rescore.measure_kept_checkpoints(load.load(tmp_path)) == 0  # kept beside the trial, not redone

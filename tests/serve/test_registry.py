@@ -1,0 +1,42 @@
+"""The winners registry: each method's saved files are checked, and full fine-tuning is standalone."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from serve.adapters import load_registry
+from trainables.config import ConfigError
+
+
+def _winners(directory, winners: list[dict]) -> None:
+    directory.mkdir(exist_ok=True)
+    (directory / "winners.json").write_text(json.dumps({"winners": winners}))
+
+
+def _listed(winners_dir) -> dict[str, dict]:
+    return {w["method"]: w for w in json.loads((winners_dir / "winners.json").read_text())["winners"]}
+
+
+def test_a_full_winner_is_a_standalone_model_and_leaves_the_base_as_qlora_needs(winners_dir, tmp_path):
+    registry = load_registry(winners_dir)
+    standalone = {adapter.method for adapter in registry.adapters.values() if adapter.standalone}
+    assert standalone == {"full"}
+    listed = _listed(winners_dir)
+    _winners(tmp_path / "sweep", [listed["qlora"], listed["full"]])
+    assert load_registry(tmp_path / "sweep").quantize_4bit  # the full model brings its own weights
+    _winners(tmp_path / "alone", [listed["full"]])
+    assert not load_registry(tmp_path / "alone").quantize_4bit
+
+
+def test_a_full_winner_without_safetensors_weights_is_refused(winners_dir, tmp_path):
+    pickled = tmp_path / "pickled"
+    shutil.copytree(winners_dir / "full", pickled)
+    weights = pickled / "model.safetensors"
+    torch.save(load_file(weights), pickled / "pytorch_model.bin")
+    weights.unlink()
+    _winners(tmp_path / "sweep", [_listed(winners_dir)["full"] | {"adapter_path": str(pickled)}])
+    with pytest.raises(ConfigError, match=r"winners\[0\]: adapter_path .* lacks model\.safetensors"):
+        load_registry(tmp_path / "sweep")
