@@ -45,6 +45,7 @@ def smoke_sweep(tiny_model, tmp_path_factory) -> tuple[subprocess.CompletedProce
         [*command, "--storage", str(storage), "--name", "smoke", "--concurrency", "2"],
         capture_output=True,
         text=True,
-        timeout=600,
+        # The sweep, finalist re-runs and verdict take a few minutes alone; room for a busy machine.
+        timeout=1200,
     )
     return done, storage / "qg" / "smoke"

@@ -27,7 +27,7 @@ def _sweep(tiny_model, storage, *extra, background=False, env=None):
         return subprocess.Popen(
             command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run(command, capture_output=True, text=True, timeout=1200, env=env)
 
 
 def _records(sweep_dir: Path) -> dict[str, dict]:

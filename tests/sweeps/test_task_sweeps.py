@@ -39,7 +39,7 @@ def test_smoke_sweep_of_a_task(task, tiny_model, tmp_path):
         sys.executable, "-m", "sweeps.run", argument, "--smoke", "--model", tiny_model, "--methods", ",".join(METHODS),
         "--storage", str(tmp_path / "results"), "--name", "smoke", "--concurrency", "2",
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     sweep_dir = tmp_path / "results" / name / "smoke"
     trials = pl.read_csv(sweep_dir / "trials.csv")
