@@ -34,7 +34,8 @@ def start_server(directory, *options: str, wait_s: float = 180) -> tuple[subproc
         except OSError:
             time.sleep(1)
     process.kill()
-    raise RuntimeError(f"server did not come up within {wait_s:g} s")
+    log.seek(0)
+    raise RuntimeError(f"server did not come up within {wait_s:g} s: {log.read()[-3000:]}")
 
 
 def stop_server(process) -> None:

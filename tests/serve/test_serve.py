@@ -153,7 +153,9 @@ def test_concurrent_clients_get_the_one_at_a_time_answers(server):
 
 def test_full_queue_and_timeouts_are_clean_errors(winners_dir):
     process, url = start_server(
-        winners_dir, "--max-batch-size", "1", "--max-queued-requests", "1", "--request-timeout-s", "1",
+        # 900 tokens take the tiny model about a second on a quiet machine: a timeout well under
+        # that makes the second admitted request time out however fast the machine is.
+        winners_dir, "--max-batch-size", "1", "--max-queued-requests", "1", "--request-timeout-s", "0.5",
         "--max-tokens", "900",
     )  # fmt: skip
     try:
