@@ -66,12 +66,14 @@ def pareto_flags(frame: pl.DataFrame) -> pl.Series:
 
 
 def _normalised(column: str, larger_is_better: bool) -> pl.Expr:
-    """0 (worst candidate) to 1 (best candidate); 1 for all when they tie."""
+    """0 (worst candidate) to 1 (best candidate); 1 for all when they tie, whatever the direction:
+    each is then the best there is on that objective, so its weight counts in full for every one and
+    a tie scores the same on a lower-is-better objective as on a higher-is-better one."""
     value = pl.col(column)
     low, high = value.filter(is_candidate()).min(), value.filter(is_candidate()).max()
     spread = high - low
-    share = pl.when(spread > 0).then((value - low) / spread).otherwise(1.0)
-    return share if larger_is_better else 1.0 - share
+    gain = (value - low) if larger_is_better else (high - value)
+    return pl.when(spread > 0).then(gain / spread).otherwise(1.0)
 
 
 def utility(weights: dict[str, float]) -> pl.Expr:
@@ -132,7 +134,8 @@ def method_summary(frame: pl.DataFrame) -> pl.DataFrame:
             perplexity=pl.col("perplexity").filter(ok).median(),
             train_loss=pl.col("train_loss").filter(ok).median(),
             train_time_s=pl.col("train_time_s").filter(ok).median(),
-            cost_usd=pl.col("cost_usd").sum(),
+            # What the method's trials cost in all, failed and stopped ones included.
+            total_cost_usd=pl.col("total_cost_usd").sum(),
         )
         .sort("best_quality", descending=True, nulls_last=True)
     )

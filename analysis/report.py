@@ -33,8 +33,8 @@ VERDICT_NOTE = (
 BOARD_COLUMNS = [
     "position", "trial_id", "method", "status", "pareto", "utility", "best_quality", "quality_std", "seeds",
     "seed_quality", "subset_quality", "truncated_rate", "latency_s", "latency_per_token_s", "tokens_per_s",
-    "cost_usd", "train_time_s", "adapter_bytes", "trainable_params", "peak_memory_mb", *load.HYPERPARAMETERS,
-    "error",
+    "cost_usd", "total_cost_usd", "train_time_s", "adapter_bytes", "trainable_params", "peak_memory_mb",
+    *load.HYPERPARAMETERS, "error",
 ]  # fmt: skip
 
 
@@ -104,7 +104,12 @@ def _common_length(per_example: dict[str, list[float]]) -> int:
     return lengths.pop()
 
 
-def judge(board: pl.DataFrame, chosen: pl.DataFrame, winners: list[dict]) -> list[str]:
+def judge(
+    board: pl.DataFrame,
+    chosen: pl.DataFrame,
+    winners: list[dict],
+    workers: rescore.Workers = rescore.IN_PROCESS,
+) -> list[str]:
     """Scores the winners, the baselines and the best trial of each other method on the whole test
     split; gives each winner's test block its quality_ci95 and comparisons; returns the verdict.
 
@@ -115,7 +120,7 @@ def judge(board: pl.DataFrame, chosen: pl.DataFrame, winners: list[dict]) -> lis
     bases = _named_rows(baselines.sort("shots"), base_name)
     winner_rows = _named_rows(chosen, trial_name)
     others = _named_rows(best_of_other_methods(board, winners[0]["method"]), trial_name)
-    scored = {name: rescore.scores_on_test(row) for name, row in (bases | winner_rows | others).items()}
+    scored = rescore.scores_on_test(bases | winner_rows | others, workers)
     per_example = {name: result["per_example"] for name, result in scored.items()}
     examples = _common_length(per_example)
     indices = verdict.resample_indices(examples)
@@ -224,7 +229,7 @@ def markdown_summary(summary: pl.DataFrame, winners: list[dict], verdict_text: l
     with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True,
                    float_precision=4, tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200):  # fmt: skip
         methods = str(summary.select("method", "trials", "failures", "best_quality", "median_quality",
-                                     "truncated_rate", "latency_s", "train_time_s", "cost_usd"))  # fmt: skip
+                                     "truncated_rate", "latency_s", "train_time_s", "total_cost_usd"))  # fmt: skip
     lines = ["## Per method", methods, "", "## Winners"]
     lines += [
         f"- {w['id']} ({w['method']}): validation {w['validation']['quality']:.4f}"
@@ -235,10 +240,15 @@ def markdown_summary(summary: pl.DataFrame, winners: list[dict], verdict_text: l
     return "\n".join(lines)
 
 
-def build(directory: Path, weights: dict[str, float], top: int = 3, score_on_test: bool = True) -> list[dict]:
+def build(
+    directory: Path,
+    weights: dict[str, float],
+    top: int = 3,
+    score_on_test: bool = True,
+    workers: rescore.Workers = rescore.IN_PROCESS,
+) -> list[dict]:
     """Write every report file into directory; returns the winners. Raises NotAnExperiment."""
-    if measured := rescore.measure_kept_checkpoints(load.load(directory)):
-        print(f"measured {measured} kept checkpoints on the whole validation split", flush=True)
+    rescore.measure_kept_checkpoints(load.load(directory), workers)
     frame = rank.across_seeds(load.load(directory))
     board = rank.leaderboard(frame, weights)
     board.drop("trial_dir").write_csv(directory / "leaderboard.csv")
@@ -246,14 +256,14 @@ def build(directory: Path, weights: dict[str, float], top: int = 3, score_on_tes
     summary = rank.method_summary(frame)
     curves = load.curves(directory)
     images = [
-        plots.pareto(board, "cost_usd", "training cost ($)", directory / "pareto_cost.png"),
+        plots.pareto(board, "cost_usd", "cost of the served checkpoint ($)", directory / "pareto_cost.png"),
         plots.pareto(board, "latency_s", "latency per request (s)", directory / "pareto_latency.png"),
         plots.learning_curves(curves, directory / "learning_curves.png"),
         plots.quality_by_method(board, directory / "quality_by_method.png"),
     ]
     chosen = chosen_winners(board, top)
     winners = [winner_entry(row) for row in chosen.iter_rows(named=True)]
-    verdict_text = judge(board, chosen, winners) if score_on_test and winners else []
+    verdict_text = judge(board, chosen, winners, workers) if score_on_test and winners else []
     (directory / WINNERS_FILE).write_text(
         json.dumps({"weights": weights, "winners": winners}, indent=2, default=str)
     )

@@ -12,6 +12,7 @@ so rebuilding a report reuses it and a later checkpoint (a resumed sweep) replac
 import functools
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -23,12 +24,77 @@ TEST_SCORES_FILE = "test_scores.json"
 BASELINE_CHECKPOINT = "untouched"  # a baseline keeps no checkpoint: the base model itself is scored
 
 
-def _cached(path: Path, checkpoint: str, compute: Callable[[], dict]) -> dict:
-    if path.is_file() and (saved := json.loads(path.read_text()))["checkpoint"] == checkpoint:
-        return saved
-    result = {"checkpoint": checkpoint} | compute()
-    path.write_text(json.dumps(result, default=str))
-    return result
+@dataclass(frozen=True)
+class Workers:
+    """Where the scoring runs. In a sweep, as Ray tasks that each hold what a trial holds
+    (`resources`, as for tune.with_resources), at most `concurrency` at a time like the trials, so
+    the checkpoints are scored side by side on the cluster's GPUs or cores instead of one after
+    another in the driver. Without Ray (python -m analysis.report), in this process."""
+
+    resources: dict | None = None
+    concurrency: int = 1
+
+    def run(self, jobs: list[Callable[[], dict]], what: str) -> list[dict]:
+        import ray
+
+        if not jobs:
+            return []
+        print(f"scoring {len(jobs)} {what}", flush=True)
+        if self.resources is None or not ray.is_initialized():
+            return [job() for job in jobs]
+        remote = ray.remote(_call).options(num_cpus=self.resources["cpu"], num_gpus=self.resources["gpu"])
+        results: dict[int, dict] = {}
+        pending: dict = {}
+        for index, job in enumerate(jobs):
+            if len(pending) >= self.concurrency:
+                _collect(pending, results, jobs, what)
+            pending[remote.remote(job)] = index
+        while pending:
+            _collect(pending, results, jobs, what)
+        return [results[index] for index in range(len(jobs))]
+
+
+def _call(job: Callable[[], dict]) -> dict:
+    return job()
+
+
+def _collect(pending: dict, results: dict[int, dict], jobs: list, what: str) -> None:
+    import ray
+
+    (ready,), _ = ray.wait(list(pending), num_returns=1)
+    results[pending.pop(ready)] = ray.get(ready)
+    print(f"  scored {len(results)}/{len(jobs)} {what}", flush=True)
+
+
+IN_PROCESS = Workers()
+
+
+@dataclass(frozen=True)
+class Cached:
+    """A result kept in `path`, valid while it belongs to `checkpoint`."""
+
+    path: Path
+    checkpoint: str
+    compute: Callable[[], dict]
+
+    def saved(self) -> dict | None:
+        if (
+            self.path.is_file()
+            and (saved := json.loads(self.path.read_text()))["checkpoint"] == self.checkpoint
+        ):
+            return saved
+        return None
+
+
+def _all_cached(items: list[Cached], workers: Workers, what: str) -> list[dict]:
+    """Each item's kept result; the missing ones are computed by `workers` and kept."""
+    saved = [item.saved() for item in items]
+    missing = [index for index, result in enumerate(saved) if result is None]
+    computed = workers.run([items[index].compute for index in missing], what)
+    for index, result in zip(missing, computed, strict=True):
+        saved[index] = {"checkpoint": items[index].checkpoint} | result
+        items[index].path.write_text(json.dumps(saved[index], default=str))
+    return saved
 
 
 def _config(trial_dir: str) -> dict:
@@ -42,13 +108,18 @@ def unmeasured() -> pl.Expr:
     return ended & trained & pl.col("best_quality").is_null()
 
 
-def measure_kept_checkpoints(frame: pl.DataFrame) -> int:
+def measure_kept_checkpoints(frame: pl.DataFrame, workers: Workers = IN_PROCESS) -> int:
     """Measures every kept checkpoint that unmeasured() selects; returns how many it measured."""
     todo = frame.filter(unmeasured()).select("trial_dir", "best_checkpoint")
-    for trial_dir, best_checkpoint in todo.iter_rows():  # a handful of trials, each loading a model
-        checkpoint = Path(best_checkpoint)
-        measure = functools.partial(_final_measurements, trial_dir, checkpoint)
-        _cached(Path(trial_dir) / load.MEASURED_FILE, checkpoint.name, measure)
+    items = [
+        Cached(
+            Path(trial_dir) / load.MEASURED_FILE,
+            Path(best_checkpoint).name,
+            functools.partial(_final_measurements, trial_dir, Path(best_checkpoint)),
+        )
+        for trial_dir, best_checkpoint in todo.iter_rows()
+    ]
+    _all_cached(items, workers, "kept checkpoints on the whole validation split")
     return todo.height
 
 
@@ -63,15 +134,22 @@ def _evaluate_on_test(row: dict) -> trial.Evaluation:
     return trial.score_checkpoint(config, Path(row["best_checkpoint"]), split="test")
 
 
-def scores_on_test(row: dict) -> dict:
-    """A trial's test metrics and per-example primary metric (a leaderboard row): a trained trial's
+def _test_scores(row: dict) -> dict:
+    evaluation = _evaluate_on_test(row)
+    metrics = {key: value for key, value in evaluation.metrics.items() if key != "sample_output"}
+    return {"metrics": metrics, "per_example": evaluation.per_example}
+
+
+def scores_on_test(rows: dict[str, dict], workers: Workers = IN_PROCESS) -> dict[str, dict]:
+    """Each named leaderboard row's test metrics and per-example primary metric: a trained trial's
     kept checkpoint, or the base model as a baseline trial prompted it (its shots)."""
 
-    def compute() -> dict:
-        evaluation = _evaluate_on_test(row)
-        metrics = {key: value for key, value in evaluation.metrics.items() if key != "sample_output"}
-        return {"metrics": metrics, "per_example": evaluation.per_example}
+    def cached(row: dict) -> Cached:
+        baseline = row["method"] == rank.BASELINE
+        checkpoint = BASELINE_CHECKPOINT if baseline else Path(row["best_checkpoint"]).name
+        return Cached(
+            Path(row["trial_dir"]) / TEST_SCORES_FILE, checkpoint, functools.partial(_test_scores, row)
+        )
 
-    baseline = row["method"] == rank.BASELINE
-    checkpoint = BASELINE_CHECKPOINT if baseline else Path(row["best_checkpoint"]).name
-    return _cached(Path(row["trial_dir"]) / TEST_SCORES_FILE, checkpoint, compute)
+    results = _all_cached([cached(row) for row in rows.values()], workers, "candidates on the test split")
+    return dict(zip(rows, results, strict=True))

@@ -34,13 +34,14 @@ class Registry:
     adapters: dict[str, Adapter]  # in winners.json order: best first
 
     @property
-    def quantize_4bit(self) -> bool:
-        """4-bit base only when every adapter was trained on one (QLoRA); otherwise full precision.
+    def quantized_bases(self) -> tuple[bool, ...]:
+        """The bases a replica holds, as whether each is 4-bit: the ones the adapters were trained on.
 
-        Standalone models bring their own weights and do not count.
+        QLoRA adapters were trained and scored on a 4-bit base, the others on a full-precision one;
+        each is served on its own. Standalone models bring their own weights and do not count.
         """
-        on_base = [a for a in self.adapters.values() if not a.standalone]
-        return bool(on_base) and all(a.quantize_4bit for a in on_base)
+        on_base = {a.quantize_4bit for a in self.adapters.values() if not a.standalone}
+        return tuple(sorted(on_base or {False}))
 
     def for_task(self, task: str) -> list[Adapter]:
         return [adapter for adapter in self.adapters.values() if adapter.task == task]

@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import time
 from dataclasses import dataclass
+from functools import partial
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -78,13 +79,16 @@ def model_server(limits: Limits):
     class AdapterServer:
         def __init__(self, registry: Registry):
             self.registry = registry
-            self.engine = AdapterEngine(registry.base_model, registry.quantize_4bit)
+            self.engine = AdapterEngine(registry.base_model, registry.quantized_bases)
 
         @serve.multiplexed(max_num_models_per_replica=limits.max_adapters_per_replica)
         async def load_adapter(self, adapter_id: str) -> _Resident:
             adapter = self.registry.adapters[adapter_id]
-            read = read_model if adapter.standalone else read_adapter
-            loaded = await asyncio.to_thread(read, adapter_id, adapter.path)
+            if adapter.standalone:
+                read = partial(read_model, adapter_id, adapter.path)
+            else:
+                read = partial(read_adapter, adapter_id, adapter.path, adapter.quantize_4bit)
+            loaded = await asyncio.to_thread(read)
             self.engine.add(loaded)
             return _Resident(self.engine, loaded)
 

@@ -1,10 +1,12 @@
-"""One base model in memory and the adapters on it: batched generation for any mix of adapters.
+"""The base model in memory and the adapters on it: batched generation for any mix of adapters.
 
-PEFT keeps several adapters of one type side by side in one PeftModel, and LoRA adapters (LoRA
-and QLoRA winners) can even share a batch (`adapter_names`). Adapters of different types cannot
-be injected into the same modules at once, so the engine keeps one type active: a batch is
-grouped by type, and switching type unloads the injected layers (the base weights are never
-touched or copied) and injects the other type's adapters from memory.
+Each adapter runs on the base it was trained and scored on: QLoRA adapters on a 4-bit base, the
+others on the full-precision one, so a replica holds one base of each precision its adapters need.
+PEFT keeps several adapters of one type side by side in one PeftModel, and LoRA adapters on the
+same base can even share a batch (`adapter_names`). Adapters of different types cannot be injected
+into the same modules at once, so each base keeps one type active: a batch is grouped by base and
+type, and switching type unloads the injected layers (the base weights are never touched or
+copied) and injects the other type's adapters from memory.
 
 A fully fine-tuned winner has weights of its own: it is held as a separate model beside the base,
 and its requests are a batch of their own.
@@ -20,10 +22,10 @@ from pathlib import Path
 import torch
 from peft import PeftConfig, PeftModelForCausalLM, PeftType, set_peft_model_state_dict
 from safetensors.torch import load_file
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from trainables import loop, models
 
-BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
@@ -58,6 +60,7 @@ class LoadedAdapter:
     adapter_id: str
     config: PeftConfig
     weights: dict[str, torch.Tensor]
+    quantize_4bit: bool  # trained on the 4-bit base (QLoRA), so served on it
     load_seconds: float
 
     @property
@@ -80,14 +83,15 @@ def read_model(adapter_id: str, directory: Path) -> LoadedModel:
     return LoadedModel(adapter_id, model, time.perf_counter() - started)
 
 
-def read_adapter(adapter_id: str, directory: Path) -> LoadedAdapter:
+def read_adapter(adapter_id: str, directory: Path, quantize_4bit: bool) -> LoadedAdapter:
     started = time.perf_counter()
-    weights = directory / ADAPTER_WEIGHTS
-    if not weights.is_file():
+    weights_file = directory / ADAPTER_WEIGHTS
+    if not weights_file.is_file():
         raise FileNotFoundError(f"adapter '{adapter_id}': no {ADAPTER_WEIGHTS} in {directory}")
     config = PeftConfig.from_pretrained(str(directory))
     config.inference_mode = True
-    return LoadedAdapter(adapter_id, config, load_file(str(weights)), time.perf_counter() - started)
+    weights = load_file(str(weights_file))
+    return LoadedAdapter(adapter_id, config, weights, quantize_4bit, time.perf_counter() - started)
 
 
 def _truncate_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
@@ -95,17 +99,88 @@ def _truncate_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     return (text[: min(cuts)], True) if cuts else (text, False)
 
 
+class _RowEnds(StoppingCriteria):
+    """Ends each row of a batch where its own request ends: at its max_tokens or at a stop string.
+
+    Without it, every row runs to the batch's longest max_tokens and a stop string is only cut
+    off afterwards, so the tokens past the stop cost time and were counted.
+    """
+
+    def __init__(self, requests: list[Request], prompt_width: int, tokenizer):
+        self.requests, self.prompt_width, self.tokenizer = requests, prompt_width, tokenizer
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        generated = input_ids[:, self.prompt_width :]
+        ended = [
+            generated.shape[1] >= request.max_tokens or (bool(request.stop) and self._has_stop(row, request))
+            for request, row in zip(self.requests, generated.tolist(), strict=True)
+        ]
+        return torch.tensor(ended, device=input_ids.device)
+
+    def _has_stop(self, row: list[int], request: Request) -> bool:
+        # On the decoded text, as the answer is cut: a stop string may span or split tokens.
+        return _truncate_at_stop(self.tokenizer.decode(row, skip_special_tokens=True), request.stop)[1]
+
+
+class _Base:
+    """One base model and the adapters injected into it, all of one PEFT type at a time."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.peft: PeftModelForCausalLM | None = None
+        self.active_type: PeftType | None = None
+        self.injected: set[str] = set()
+
+    def remove(self, adapter_id: str) -> None:
+        if adapter_id not in self.injected:
+            return
+        if len(self.injected) == 1:
+            self.restore()
+        else:
+            self.peft.delete_adapter(adapter_id)
+            self.injected.discard(adapter_id)
+
+    def restore(self) -> None:
+        # Prompt tuning wraps the base without touching its modules; the other types inject layers.
+        if self.peft is not None and not self.peft.active_peft_config.is_prompt_learning:
+            self.peft.unload()  # removes the injected layers; base weights are untouched
+        self.peft, self.active_type, self.injected = None, None, set()
+
+    def activate(self, adapters: list[LoadedAdapter]) -> PeftModelForCausalLM:
+        """A model whose adapters include `adapters`, all of one PEFT type."""
+        peft_type = adapters[0].peft_type
+        if self.active_type != peft_type:
+            self.restore()
+        for adapter in adapters:
+            if adapter.adapter_id in self.injected:
+                continue
+            if self.peft is None:
+                self.peft = PeftModelForCausalLM(self.model, adapter.config, adapter_name=adapter.adapter_id)
+            else:
+                self.peft.add_adapter(adapter.adapter_id, adapter.config)
+            set_peft_model_state_dict(self.peft, adapter.weights, adapter_name=adapter.adapter_id)
+            self.injected.add(adapter.adapter_id)
+            self.active_type = peft_type
+        self.peft.eval()
+        if peft_type != PeftType.LORA:
+            self.peft.set_adapter(adapters[0].adapter_id)
+        return self.peft
+
+
 class AdapterEngine:
-    def __init__(self, base_model: str, quantize_4bit: bool):
+    def __init__(self, base_model: str, quantized_bases: tuple[bool, ...]):
+        """quantized_bases: for each base to hold, whether it is loaded in 4-bit (QLoRA's base)."""
         path = models.resolve(base_model)
         self.tokenizer = models.load_tokenizer(path)
-        self.base = models.load_model(path, quantize_4bit=quantize_4bit).eval()
-        self.device = self.base.device
+        self.bases = {
+            quantize_4bit: _Base(models.load_model(path, quantize_4bit=quantize_4bit).eval())
+            for quantize_4bit in quantized_bases
+        }
+        # `base` requests get the full-precision base, or the 4-bit one when it is the only one held.
+        self.plain_base = self.bases[False] if False in self.bases else self.bases[True]
+        self.device = self.plain_base.model.device
         self.adapters: dict[str, LoadedAdapter] = {}
         self.models: dict[str, LoadedModel] = {}  # standalone models, by id
-        self._peft: PeftModelForCausalLM | None = None
-        self._active_type: PeftType | None = None
-        self._injected: set[str] = set()
         self._lock = threading.Lock()  # one generate at a time: the injected layers are shared state
 
     def add(self, adapter: LoadedAdapter | LoadedModel) -> None:
@@ -127,39 +202,7 @@ class AdapterEngine:
             if self.adapters.get(adapter_id) is not adapter:
                 return
             del self.adapters[adapter_id]
-            if adapter_id in self._injected:
-                if len(self._injected) == 1:
-                    self._restore_base()
-                else:
-                    self._peft.delete_adapter(adapter_id)
-                    self._injected.discard(adapter_id)
-
-    def _restore_base(self) -> None:
-        # Prompt tuning wraps the base without touching its modules; the other types inject layers.
-        if self._peft is not None and not self._peft.active_peft_config.is_prompt_learning:
-            self._peft.unload()  # removes the injected layers; base weights are untouched
-        self._peft, self._active_type, self._injected = None, None, set()
-
-    def _activate(self, adapter_ids: list[str]):
-        """A model whose adapters include `adapter_ids`, all of one PEFT type."""
-        peft_type = self.adapters[adapter_ids[0]].peft_type
-        if self._active_type != peft_type:
-            self._restore_base()
-        for adapter_id in adapter_ids:
-            if adapter_id in self._injected:
-                continue
-            adapter = self.adapters[adapter_id]
-            if self._peft is None:
-                self._peft = PeftModelForCausalLM(self.base, adapter.config, adapter_name=adapter_id)
-            else:
-                self._peft.add_adapter(adapter_id, adapter.config)
-            set_peft_model_state_dict(self._peft, adapter.weights, adapter_name=adapter_id)
-            self._injected.add(adapter_id)
-            self._active_type = peft_type
-        self._peft.eval()
-        if peft_type != PeftType.LORA:
-            self._peft.set_adapter(adapter_ids[0])
-        return self._peft
+            self.bases[adapter.quantize_4bit].remove(adapter_id)
 
     def _group_key(self, request: Request) -> tuple:
         """Requests that can share one generate call."""
@@ -169,7 +212,7 @@ class AdapterEngine:
         elif adapter is None:
             kind = ("base",)
         elif adapter.peft_type == PeftType.LORA:
-            kind = ("lora",)  # mixed LoRA adapters share a batch
+            kind = ("lora", adapter.quantize_4bit)  # LoRA adapters on one base share a batch
         else:
             kind = (adapter.peft_type.value, adapter.adapter_id)
         return (*kind, request.sampling)
@@ -191,14 +234,21 @@ class AdapterEngine:
     def _generate_group(self, requests: list[Request]) -> list[Completion]:
         adapter_ids = sorted({r.adapter for r in requests if r.adapter})
         kwargs = {}
+        switched_off = nullcontext()
         if adapter_ids and adapter_ids[0] in self.models:
             model = self.models[adapter_ids[0]].model
         elif not adapter_ids:
-            model = self._peft if self._peft is not None else self.base
+            model = self.plain_base.model
+            if self.plain_base.peft is not None:
+                # Base-model requests while adapters are injected run with the adapters switched off.
+                model = self.plain_base.peft
+                switched_off = model.disable_adapter()
         else:
-            model = self._activate(adapter_ids)
-            if self._active_type == PeftType.LORA:
-                kwargs["adapter_names"] = [r.adapter or BASE_ADAPTER for r in requests]
+            adapters = [self.adapters[adapter_id] for adapter_id in adapter_ids]
+            base = self.bases[adapters[0].quantize_4bit]
+            model = base.activate(adapters)
+            if base.active_type == PeftType.LORA:
+                kwargs["adapter_names"] = [r.adapter for r in requests]
         sampling = requests[0].sampling
         if sampling.temperature > 0:
             kwargs |= {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
@@ -210,31 +260,36 @@ class AdapterEngine:
             [r.prompt for r in requests], return_tensors="pt", padding=True, padding_side="left"
         ).to(self.device)
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
-        # Base-model requests while adapters are injected run with the adapters switched off.
-        switched_off = model.disable_adapter() if model is self._peft and not adapter_ids else nullcontext()
         with torch.inference_mode(), loop.autocast(self.device), switched_off:
-            output = model.generate(
-                **inputs,
+            call = loop.generation_call(model, inputs)  # prompt tuning's virtual tokens, put in once
+            output = call.model.generate(
+                **call.inputs,
                 max_new_tokens=max(r.max_tokens for r in requests),
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.tokenizer.eos_token_id,
+                stopping_criteria=StoppingCriteriaList(
+                    [_RowEnds(requests, call.prompt_width, self.tokenizer)]
+                ),
                 **kwargs,
             )
-        generated = output[:, inputs["input_ids"].shape[1] :].tolist()
+        generated = output[:, call.prompt_width :].tolist()
         return [
             self._completion(r, row, n) for r, row, n in zip(requests, generated, prompt_tokens, strict=True)
         ]
 
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
     def _completion(self, request: Request, row: list[int], prompt_tokens: int) -> Completion:
         eos = self.tokenizer.eos_token_id
-        row = row[: request.max_tokens]
+        row = row[: request.max_tokens]  # a row that ended first is padded to the batch's width
         ended = eos in row
         tokens = row[: row.index(eos)] if ended else row
-        text, stopped = _truncate_at_stop(
-            self.tokenizer.decode(tokens, skip_special_tokens=True), request.stop
-        )
-        finish = "stop" if ended or stopped else "length"
-        return Completion(text, prompt_tokens, len(tokens) + ended, finish)
+        text, stopped = _truncate_at_stop(self._decode(tokens), request.stop)
+        if stopped:
+            return Completion(text, prompt_tokens, self._tokens_behind(tokens, text), "stop")
+        return Completion(text, prompt_tokens, len(tokens) + ended, "stop" if ended else "length")
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text)["input_ids"])
+    def _tokens_behind(self, tokens: list[int], text: str) -> int:
+        """How many leading tokens produced `text` (a stop string may begin inside the last one)."""
+        return next(n for n in range(len(tokens) + 1) if len(self._decode(tokens[:n])) >= len(text))

@@ -28,7 +28,7 @@ from trainables import trial
 from trainables.config import BASELINE, ConfigError
 from trainables.tasks import TASKS
 
-BASELINES_DIR = "baselines"
+BASELINES_DIR = load.BASELINES_DIR
 FINALIST = "finalist"  # the grid key under which a finalist's whole config travels
 RAY_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 EXPERIMENT_STATE = "experiment_state*.json"
@@ -74,15 +74,26 @@ def fail(message: str) -> int:
     return 2
 
 
+def experiment_states(sweep_dir: Path) -> list[Path]:
+    """The Tune experiment states a sweep has saved: its search's, and those of the stages with an
+    experiment of their own (a sweep interrupted during its baselines has only theirs)."""
+    stages = [sweep_dir, sweep_dir / BASELINES_DIR, sweep_dir / load.FINALISTS_DIR]
+    return [state for stage in stages for state in stage.glob(EXPERIMENT_STATE)]
+
+
+def last_saved(sweep_dir: Path) -> float:
+    return max(state.stat().st_mtime for state in experiment_states(sweep_dir))
+
+
 def experiment_dir(settings: SweepSettings) -> Path:
-    """The sweep's directory; for --resume without --name, the latest sweep of the task."""
+    """The sweep's directory; for --resume without --name, the sweep of the task saved last."""
     if settings.resume and settings.name is None:
-        previous = sorted(settings.task_dir.glob(f"*/{EXPERIMENT_STATE}"))
-        if not previous:
+        started = [d for d in settings.task_dir.glob("*/") if experiment_states(d)]
+        if not started:
             raise ConfigError(f"resume: no earlier sweep of '{settings.task}' under {settings.task_dir}")
-        return max((p.parent for p in previous), key=lambda d: d.stat().st_mtime)
+        return max(started, key=last_saved)
     directory = settings.task_dir / settings.experiment_name
-    started = any(directory.glob(EXPERIMENT_STATE))
+    started = bool(experiment_states(directory))
     if settings.resume and not started:
         raise ConfigError(f"resume: no sweep to resume at {directory}")
     if not settings.resume and started:
@@ -123,6 +134,11 @@ def trial_resources(settings: SweepSettings) -> dict:
         settings.gpus_per_trial if settings.gpus_per_trial is not None else float(torch.cuda.is_available())
     )
     return {"cpu": settings.cpus_per_trial, "gpu": gpus}
+
+
+def scoring_workers(settings: SweepSettings) -> rescore.Workers:
+    """The verdict's scoring runs beside itself with the trials' resources and concurrency."""
+    return rescore.Workers(trial_resources(settings), settings.concurrency)
 
 
 def evaluations_per_trial(settings: SweepSettings) -> int:
@@ -218,7 +234,7 @@ def run_search(settings: SweepSettings, directory: Path, trainable) -> bool:
 def finalist_configs(settings: SweepSettings, directory: Path) -> list[dict]:
     """The top of the Pareto front (up to --winners, default weights), each with the seeds after
     the sweep's own: same hyperparameters, another initialisation and data order."""
-    rescore.measure_kept_checkpoints(load.load(directory))
+    rescore.measure_kept_checkpoints(load.load(directory), scoring_workers(settings))
     board = rank.leaderboard(rank.across_seeds(load.load(directory)), rank.parse_weights(""))
     chosen = report.chosen_winners(board, settings.winners)
     configs = [json.loads((Path(d) / trial.RECORD_FILE).read_text())["config"] for d in chosen["trial_dir"]]
@@ -267,16 +283,21 @@ def sweep(settings: SweepSettings, directory: Path) -> bool:
     connect(settings)
     trainable = tune.with_resources(trial.run, trial_resources(settings))
     print(f"sweep: {settings.task} on {settings.model}, results in {directory}", flush=True)
-    finished = run_baselines(settings, directory, trainable) and run_search(settings, directory, trainable)
-    if finished and settings.finalist_seeds > 1:
-        finished = run_finalists(settings, directory)
-    trials = load.trials(directory, sweep_finished=finished)
+    # While Tune runs, a trial without a final word is running; once it stops, such a trial is lost.
+    with load.running_sweep(directory):
+        finished = run_baselines(settings, directory, trainable)
+        finished = finished and run_search(settings, directory, trainable)
+        if finished and settings.finalist_seeds > 1:
+            finished = run_finalists(settings, directory)
+    trials = load.trials(directory)
     results.write_tables(trials, directory)
     print(results.summary(trials))
     print(f"trials: {directory / 'trials.csv'}")
     if finished:
         try:
-            report.build(directory, rank.parse_weights(""), top=settings.winners)
+            report.build(
+                directory, rank.parse_weights(""), top=settings.winners, workers=scoring_workers(settings)
+            )
             print(f"report: {directory / 'report.html'}  winners: {directory / report.WINNERS_FILE}")
         except load.NotAnExperiment as error:
             print(f"no winners: {error}", file=sys.stderr)

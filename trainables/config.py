@@ -52,7 +52,9 @@ class TrialConfig(BaseModel):
     # Sweeps select on validation; only a final, explicit evaluation may look at the test split.
     eval_split: Literal["validation", "test"] = "validation"
     seed: int = 0
-    price_per_hour: float | None = Field(None, ge=0, description="overrides the hardware price table")
+    price_per_hour: float | None = Field(
+        None, ge=0, description="the trial's dollars per hour, instead of its share of the price table"
+    )
 
     @field_validator("task")
     @classmethod

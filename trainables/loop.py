@@ -14,6 +14,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
+from peft import PeftModel, PeftType
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from trainables.config import TrialConfig
@@ -198,6 +199,46 @@ def is_truncated(row: list[int], max_new_tokens: int, eos_token_id: int) -> bool
     return len(row) == max_new_tokens and eos_token_id not in row
 
 
+# Adapters whose virtual tokens are embeddings put in front of the prompt's.
+PROMPT_EMBEDDING_TYPES = (PeftType.PROMPT_TUNING, PeftType.P_TUNING)
+
+
+@dataclass(frozen=True)
+class GenerationCall:
+    """What to call generate on, with which inputs, and where the new tokens start in its output."""
+
+    model: object
+    inputs: dict
+    prompt_width: int
+
+
+def generation_call(model, inputs: dict) -> GenerationCall:
+    """model.generate(**inputs), except for prompt tuning and P-tuning.
+
+    PEFT 0.21 puts the virtual tokens in front of the prompt when a generation step comes without
+    `past_key_values`; transformers 5 passes the cache as `cache`, so PEFT puts them in again at
+    every decoding step: each new token follows another copy of the virtual tokens (wrong answers,
+    and a cache that grows by num_virtual_tokens + 1 a step). So the virtual tokens go in front of
+    the prompt's embeddings here, once, and the base model generates from those embeddings, as
+    PEFT's forward does in training. Given only embeddings, generate returns only the new tokens.
+    """
+    prompt_embedding = (
+        isinstance(model, PeftModel) and model.active_peft_config.peft_type in PROMPT_EMBEDDING_TYPES
+    )
+    # Inside PeftModel.disable_adapter() (the base model's answer), only this private flag says so.
+    if not prompt_embedding or model._adapters_disabled:
+        return GenerationCall(model, inputs, inputs["input_ids"].shape[1])
+    input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
+    token_embeddings = model.word_embeddings(input_ids)
+    virtual = model.get_prompt(batch_size=input_ids.shape[0]).to(token_embeddings.dtype)
+    virtual_mask = attention_mask.new_ones(virtual.shape[:2])
+    embedded = {
+        "inputs_embeds": torch.cat([virtual, token_embeddings], dim=1),
+        "attention_mask": torch.cat([virtual_mask, attention_mask], dim=1),
+    }
+    return GenerationCall(model.get_base_model(), embedded, 0)
+
+
 @torch.no_grad()
 def generate(
     model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, fixed_length: bool = False
@@ -214,10 +255,11 @@ def generate(
         inputs = tokenizer(
             prompts[start : start + batch_size], return_tensors="pt", padding=True, padding_side="left"
         ).to(device)
+        call = generation_call(model, inputs)
         started = time.perf_counter()
         with autocast(device):
-            output = model.generate(
-                **inputs,
+            output = call.model.generate(
+                **call.inputs,
                 max_new_tokens=max_new_tokens,
                 min_new_tokens=max_new_tokens if fixed_length else None,
                 do_sample=False,
@@ -225,7 +267,7 @@ def generate(
                 eos_token_id=tokenizer.eos_token_id,
             )
         seconds += time.perf_counter() - started
-        generated = output[:, inputs["input_ids"].shape[1] :]
+        generated = output[:, call.prompt_width :]
         for row in generated.tolist():
             length = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
             new_tokens += length

@@ -54,6 +54,10 @@ class Method:
     quantize_4bit: bool = False
     # Called after each optimizer step, while gradients are still there (AdaLoRA needs them).
     after_optimizer_step: Callable[[object, int], None] | None = None
+    # What the method carries from step to step beyond its trainable weights (AdaLoRA's rank
+    # allocation): saved with each checkpoint, so that a resumed run continues exactly.
+    training_state: Callable[[torch.nn.Module], dict] = lambda model: {}
+    restore_training_state: Callable[[torch.nn.Module, dict], None] = lambda model, state: None
     # Problems with the config that only this method has, given the run's length.
     problems: Callable[[TrialConfig, int], list[str]] = lambda config, total_steps: []
     # Writes what the trial keeps into a directory; saved_files are what that directory holds.
@@ -125,6 +129,28 @@ def _adalora_budget_update(model, step: int) -> None:
     model.base_model.update_and_allocate(step)
 
 
+# The rank allocator's smoothed importance and uncertainty of every adapter weight: what decides
+# which singular values the next allocation keeps.
+ADALORA_ALLOCATOR_STATE = ("ipt", "exp_avg_ipt", "exp_avg_unc")
+
+
+def _adalora_state(model: PeftModel) -> dict:
+    """The rank pattern (which singular values survive; after tfinal, every step re-applies it) and
+    the allocator's estimates: without them a resumed run reallocates differently, or crashes."""
+    allocator = model.base_model.rankallocator
+    return {
+        "rank_pattern": model.peft_config[allocator.adapter_name].rank_pattern,
+        **{name: getattr(allocator, name) for name in ADALORA_ALLOCATOR_STATE},
+    }
+
+
+def _restore_adalora_state(model: PeftModel, state: dict) -> None:
+    allocator = model.base_model.rankallocator
+    model.peft_config[allocator.adapter_name].rank_pattern = state["rank_pattern"]
+    for name in ADALORA_ALLOCATOR_STATE:
+        setattr(allocator, name, state[name])
+
+
 def _ia3(config: TrialConfig, context: BuildContext) -> IA3Config:
     # PEFT knows the attention and feed-forward modules of common architectures.
     return IA3Config(task_type=TaskType.CAUSAL_LM)
@@ -164,6 +190,8 @@ METHODS: dict[str, Method] = {
             "adalora",
             with_peft(_adalora),
             after_optimizer_step=_adalora_budget_update,
+            training_state=_adalora_state,
+            restore_training_state=_restore_adalora_state,
             problems=_adalora_problems,
         ),
         Method("ia3", with_peft(_ia3)),

@@ -11,7 +11,6 @@ import math
 import random
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ SPEED_PROMPTS = 4
 FULL_VALIDATION_QUALITY = "quality_full_validation"
 VERSIONED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "ray", "datasets")
 # Failures that would fail again if retried; anything else is re-raised so Tune can retry it.
+# Out of memory on a GPU shared with other trials gets one retry first (_execute_once_more_on_shared_gpu_oom).
 DETERMINISTIC_FAILURES = (ConfigError, DataError, loop.NonFiniteLoss, torch.OutOfMemoryError)
 
 Report = Callable[[dict, Path | None], None]
@@ -225,6 +225,7 @@ def save_checkpoint(
             "tokens": state.tokens,
             "seconds": state.seconds,
             "last_train_loss": state.window_loss(),
+            "method_state": method.training_state(model),
             "cpu_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         },
@@ -232,9 +233,10 @@ def save_checkpoint(
     )
 
 
-def restore_checkpoint(directory: Path, model, optimizer, scheduler) -> loop.TrainState:
+def restore_checkpoint(directory: Path, method: Method, model, optimizer, scheduler) -> loop.TrainState:
     model.load_state_dict(load_file(directory / TRAINABLE_STATE), strict=False)
     saved = torch.load(directory / OPTIMIZER_STATE, weights_only=False)
+    method.restore_training_state(model, saved["method_state"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["cpu_rng"])
@@ -264,7 +266,10 @@ class Recorder:
         self.record["metrics"].update(metrics or {})
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps(self.record, indent=2, default=str))
+            # Written aside, then renamed: analysis of a live sweep never reads half a record.
+            written = self.path.with_suffix(".partial")
+            written.write_text(json.dumps(self.record, indent=2, default=str))
+            written.replace(self.path)
 
 
 def execute(
@@ -273,44 +278,79 @@ def execute(
     resume_from: Path | None = None,
     record_dir: Path | None = None,
     identity: dict | None = None,
+    share: measure.Share | None = None,
 ) -> dict:
     """Run one trial; returns the last metrics. Records, then raises, any failure.
 
-    identity (trial id, node) goes into the record as it is.
+    identity (trial id, node) goes into the record as it is. share: the part of the machine the
+    trial holds (default: what the process sees), which its cost is charged for.
     """
     recorder = Recorder(record_dir, values, identity)
+    share = share or measure.Share.whole_machine()
+    meter = measure.Meter.resumed_from(resume_from)
     try:
-        return _execute(values, report, resume_from, recorder)
+        return _execute_once_more_on_shared_gpu_oom(values, report, resume_from, recorder, meter, share)
     except Exception as error:
         recorder.update("failed", error=describe_failure(error))
         raise
 
 
-def _execute(values: dict, report: Report, resume_from: Path | None, recorder: Recorder) -> dict:
-    started = time.perf_counter()
+def _execute_once_more_on_shared_gpu_oom(
+    values: dict,
+    report: Report,
+    resume_from: Path | None,
+    recorder: Recorder,
+    meter: measure.Meter,
+    share: measure.Share,
+) -> dict:
+    """On a GPU shared with other trials, running out of memory may be a neighbour's doing: the
+    trial then runs once more, from where this process started, before it counts as the
+    configuration's failure. Evaluations already reported are not reported again."""
+    reported_steps: set[int] = set()
+
+    def report_once(metrics: dict, checkpoint: Path | None) -> None:
+        if metrics["step"] not in reported_steps:
+            reported_steps.add(metrics["step"])
+            report(metrics, checkpoint)
+
+    try:
+        return _execute(values, report_once, resume_from, recorder, meter, share)
+    except torch.OutOfMemoryError:
+        if not share.shares_a_gpu:
+            raise
+    # Outside the except block, so that the failed attempt's model and optimizer can be freed.
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return _execute(values, report_once, resume_from, recorder, meter, share)
+
+
+def _execute(
+    values: dict,
+    report: Report,
+    resume_from: Path | None,
+    recorder: Recorder,
+    meter: measure.Meter,
+    share: measure.Share,
+) -> dict:
     plan = prepare(values)
     config = plan.config
-    price = measure.hourly_price(config.price_per_hour)
+    price = measure.hourly_price(share, config.price_per_hour)
     model_path = models.resolve(config.model)
     tokenizer = models.load_tokenizer(model_path)
-    stopwatch = measure.Stopwatch()
 
     def common_metrics() -> dict:
-        wall = time.perf_counter() - started
         return {
             "method": config.method,
-            "wall_time_s": wall,
-            "cost_usd": measure.cost_usd(wall, price),
+            **meter.spent(price),
             "price_per_hour": price,
             "peak_memory_mb": measure.peak_memory_mb(),
             "attention": models.attention_implementation(),
-            "eval_time_s": stopwatch.seconds.get("eval", 0.0),
         }
 
     if config.method == BASELINE:
         model = models.load_model(model_path)
         prefix = few_shot_prefix(plan.task, plan.splits["train"], config.shots, config.seed)
-        with stopwatch.phase("eval"):
+        with meter.stopwatch.phase("eval"):
             metrics = evaluate(model, tokenizer, plan, prefix).metrics
             metrics |= final_measurements(model, tokenizer, plan, prefix)
         metrics |= {
@@ -329,19 +369,24 @@ def _execute(values: dict, report: Report, resume_from: Path | None, recorder: R
     trainable, total = parameter_counts(model)
     features = loop.encode_examples(plan.task, tokenizer, plan.splits["train"], config.max_length)
     optimizer, scheduler = loop.make_optimizer(model, config, plan.total_steps)
-    state = restore_checkpoint(resume_from, model, optimizer, scheduler) if resume_from else loop.TrainState()
+    method = METHODS[config.method]
+    state = (
+        restore_checkpoint(resume_from, method, model, optimizer, scheduler)
+        if resume_from
+        else loop.TrainState()
+    )
     last: dict = {}
 
     def on_eval(state: loop.TrainState) -> None:
         nonlocal last
         final = state.step == plan.total_steps
-        with stopwatch.phase("eval"):
+        with meter.stopwatch.phase("eval"):
             metrics = evaluate(model, tokenizer, plan, "").metrics
             if final:
                 metrics |= final_measurements(model, tokenizer, plan, "")
         with tempfile.TemporaryDirectory() as scratch:
             checkpoint = Path(scratch)
-            save_checkpoint(checkpoint, METHODS[config.method], model, tokenizer, optimizer, scheduler, state)
+            save_checkpoint(checkpoint, method, model, tokenizer, optimizer, scheduler, state)
             metrics |= {
                 "step": state.step,
                 "train_loss": state.window_loss(),
@@ -353,6 +398,8 @@ def _execute(values: dict, report: Report, resume_from: Path | None, recorder: R
                 "status": "completed" if final else "running",
             }
             metrics |= common_metrics()
+            # What it took to get here: a resumed trial adds to it rather than starting from zero.
+            meter.save(metrics, checkpoint)
             recorder.update(metrics["status"], metrics)
             print(progress_line(config.method, plan.total_steps, metrics), flush=True)
             report(metrics, checkpoint)
@@ -361,7 +408,7 @@ def _execute(values: dict, report: Report, resume_from: Path | None, recorder: R
     if state.step >= plan.total_steps:
         on_eval(state)  # resumed from the final checkpoint: report the final result again
     loop.train(
-        model, features, config, METHODS[config.method], plan.total_steps,
+        model, features, config, method, plan.total_steps,
         optimizer, scheduler, state, tokenizer.pad_token_id, on_eval,
     )  # fmt: skip
     return last
@@ -392,18 +439,22 @@ def run(config: dict) -> None:
 
     checkpoint = tune.get_checkpoint()
     context = tune.get_context()
-    record_dir = Path(context.get_trial_dir())
+    # The trial's directory in the sweep's storage (a local or shared path, as checkpoints reach
+    # it), not get_trial_dir(): that is staging on the trial's node, synced only from the driver's.
+    record_dir = Path(context.get_storage().trial_fs_path)
     identity = {"trial_id": context.get_trial_id(), "node_id": ray.get_runtime_context().get_node_id()}
+    held = context.get_trial_resources().required_resources
+    share = measure.Share(gpus=held.get("GPU", 0.0), cpus=held.get("CPU", 0.0))
 
     def report(metrics: dict, directory: Path | None) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory) if directory else None)
 
     try:
         if checkpoint is None:
-            execute(config, report, None, record_dir, identity)
+            execute(config, report, None, record_dir, identity, share)
         else:
             with checkpoint.as_directory() as resume_from:
-                execute(config, report, Path(resume_from), record_dir, identity)
+                execute(config, report, Path(resume_from), record_dir, identity, share)
     except Exception as error:
         failure = {"status": "failed", "error": describe_failure(error), "quality": float("nan")}
         tune.report(failure | {"method": config.get("method")})

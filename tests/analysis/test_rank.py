@@ -37,6 +37,16 @@ def test_utility_normalises_each_objective_with_its_direction():
     assert_frame_equal(scored, expected)
 
 
+@pytest.mark.parametrize("objective", ["quality", "latency", "cost", "size"])
+def test_a_tie_on_any_objective_scores_every_candidate_1_whatever_its_direction(objective):
+    column = rank.WEIGHT_NAMES[objective]
+    tied = HAND_BUILT.with_columns(pl.lit(0.5).alias(column))
+    weights = dict.fromkeys(rank.WEIGHT_NAMES, 0.0) | {objective: 1.0}
+    scored = tied.select("trial_id", rank.utility(weights))
+    expected = [1.0, 1.0, 1.0, 1.0, None, None, 1.0]  # e failed, f is a baseline: not candidates
+    assert scored["utility"].to_list() == expected
+
+
 def test_leaderboard_puts_the_front_first_by_utility():
     board = rank.leaderboard(HAND_BUILT, {"quality": 1.0, "latency": 0.0, "cost": 2.0, "size": 0.0})
     # utilities: b = d = (2/3 + 2 x 0.9375) / 3 = 0.847, a = (1 + 2 x 0.625) / 3 = 0.75, g = 2/3
@@ -53,10 +63,12 @@ def test_method_summary_counts_trials_and_failures():
             train_loss=pl.lit(1.0),
             train_time_s=pl.lit(3.0),
             truncated_rate=pl.when(pl.col("trial_id") == "a").then(1.0).otherwise(0.0),
+            total_cost_usd=pl.col("cost_usd") + 1.0,
         )
     )
     lora = summary.filter(pl.col("method") == "lora")
     assert lora["trials"].item() == 2 and lora["best_quality"].item() == 0.90
+    assert lora["total_cost_usd"].item() == pytest.approx(5.0)  # (1 + 1) + (2 + 1): a and c in all
     assert lora["median_quality"].item() == pytest.approx(0.80)
     assert lora["truncated_rate"].item() == pytest.approx(
         0.5

@@ -6,7 +6,7 @@ import pytest
 from peft import PeftModel
 
 from analysis import load, report
-from trainables import trial
+from trainables import models, trial
 from trainables.methods import METHODS
 
 pytestmark = pytest.mark.slow
@@ -33,6 +33,7 @@ def test_sweep_ends_with_a_report_that_embeds_its_plots_and_names_every_method(s
 def test_winners_reload_and_carry_test_scores(smoke_sweep):
     _, sweep_dir = smoke_sweep
     winners = json.loads((sweep_dir / report.WINNERS_FILE).read_text())["winners"]
+    curves = load.curves(sweep_dir)
     assert 1 <= len(winners) <= 3
     for winner in winners:
         assert winner["id"].startswith(f"qg-{winner['method'].replace('_', '-')}-")
@@ -42,6 +43,13 @@ def test_winners_reload_and_carry_test_scores(smoke_sweep):
             winner["base_model"], Path(winner["adapter_path"]), winner["quantize_4bit"]
         )
         assert isinstance(loaded, PeftModel) != method.standalone  # full: a whole model of its own
+        # What winners.json points at is what was trained and ranked: on the rows its trial
+        # evaluated at the served step, the reloaded model gives the loss the trial reported there.
+        plan = trial.prepare(winner["config"] | {"eval_split": "validation"})
+        tokenizer = models.load_tokenizer(models.resolve(winner["base_model"]))
+        again = trial.evaluate(loaded, tokenizer, plan, "").metrics
+        served = pl.col("trial_id") == winner["trial_id"], pl.col("step") == winner["validation"]["step"]
+        assert again["val_loss"] == pytest.approx(curves.filter(*served)["val_loss"].item(), rel=1e-5)
 
 
 def test_finalists_rank_on_the_mean_of_their_seeds(smoke_sweep):

@@ -1,6 +1,8 @@
 """The ranking figure of a kept checkpoint its trial did not measure, measured by the analysis."""
 
+import functools
 import json
+import os
 import shutil
 
 import pytest
@@ -45,3 +47,21 @@ def test_the_report_measures_a_kept_checkpoint_that_is_not_the_last(tiny_model, 
     assert after["best_quality"] == pytest.approx(kept.metrics["quality"])
     assert after["full_validation_examples"] == VALUES["full_eval_examples"] and after["latency_s"] > 0
     assert rescore.measure_kept_checkpoints(load.load(tmp_path)) == 0  # kept beside the trial, not redone
+
+
+def test_workers_score_as_ray_tasks_side_by_side_and_keep_the_jobs_order():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        workers = rescore.Workers({"cpu": 1, "gpu": 0}, concurrency=2)
+        ordered = workers.run([functools.partial(dict, index=index) for index in range(5)], "jobs")
+        processes = workers.run([os.getpid] * 4, "jobs")
+    finally:
+        ray.shutdown()
+    assert ordered == [{"index": index} for index in range(5)]
+    assert os.getpid() not in processes  # scored in Ray's workers, not in the driver
+
+
+def test_without_ray_the_jobs_run_in_this_process():
+    assert rescore.Workers({"cpu": 1, "gpu": 0}, concurrency=2).run([os.getpid], "jobs") == [os.getpid()]

@@ -14,6 +14,11 @@ from trainables.methods import METHODS, BuildContext
 API_KEY = "test-key"
 
 
+def model_id(method: str) -> str:
+    """The id winners_dir gives each method's winner."""
+    return f"qg-{method.replace('_', '-')}-test"
+
+
 def _adapter(base: str, method: str, directory) -> None:
     """What the method saves, with random trained weights, so each winner answers differently."""
     spec = METHODS[method]
@@ -38,14 +43,33 @@ def _adapter(base: str, method: str, directory) -> None:
 
 
 @pytest.fixture(scope="session")
-def winners_dir(tiny_model, tmp_path_factory):
+def served_base(tiny_model, tmp_path_factory) -> str:
+    """The tiny model with its attention and MLP outputs scaled up.
+
+    The random tiny model mostly repeats the prompt's last token, whatever its context or adapter:
+    here context matters, so every method's adapter changes the answer and a 4-bit base gives
+    other answers than the full-precision one, which tests can then tell apart.
+    """
+    model = models.load_model(tiny_model)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("v_proj.weight", "o_proj.weight", "up_proj.weight", "down_proj.weight")):
+                parameter.mul_(8.0)
+    directory = tmp_path_factory.mktemp("served-base")
+    model.save_pretrained(directory)
+    models.load_tokenizer(tiny_model).save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
+def winners_dir(served_base, tmp_path_factory):
     directory = tmp_path_factory.mktemp("experiment")
     winners = []
     for method in METHODS:
-        _adapter(tiny_model, method, directory / method)
+        _adapter(served_base, method, directory / method)
         winners.append({
-            "id": f"qg-{method.replace('_', '-')}-test", "task": "qg", "method": method,
-            "base_model": tiny_model, "quantize_4bit": METHODS[method].quantize_4bit,
+            "id": model_id(method), "task": "qg", "method": method,
+            "base_model": served_base, "quantize_4bit": METHODS[method].quantize_4bit,
             "adapter_path": str(directory / method), "validation": {"quality": 0.5 - len(winners) / 10},
         })  # fmt: skip
     (directory / "winners.json").write_text(json.dumps({"winners": winners}))

@@ -26,9 +26,13 @@ def test_a_full_winner_is_a_standalone_model_and_leaves_the_base_as_qlora_needs(
     assert standalone == {"full"}
     listed = _listed(winners_dir)
     _winners(tmp_path / "sweep", [listed["qlora"], listed["full"]])
-    assert load_registry(tmp_path / "sweep").quantize_4bit  # the full model brings its own weights
+    assert load_registry(tmp_path / "sweep").quantized_bases == (True,)  # the full model brings its own
     _winners(tmp_path / "alone", [listed["full"]])
-    assert not load_registry(tmp_path / "alone").quantize_4bit
+    assert load_registry(tmp_path / "alone").quantized_bases == (False,)
+
+
+def test_qlora_and_other_winners_get_a_base_each_as_they_were_trained(winners_dir):
+    assert load_registry(winners_dir).quantized_bases == (False, True)
 
 
 def test_a_full_winner_without_safetensors_weights_is_refused(winners_dir, tmp_path):

@@ -7,10 +7,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from serve.launch import start_server, stop_server
-from tests.serve.conftest import API_KEY
+from tests.serve.conftest import API_KEY, model_id
+from trainables import loop, models
+from trainables.methods import METHODS
+from trainables.tasks import generation_budget, get_task
 
 pytestmark = pytest.mark.slow
 ADAPTERS = ["qg-lora-test", "qg-ia3-test", "qg-prompt-tuning-test"]
@@ -32,8 +36,34 @@ def _client(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
 
 
-def _complete(client: openai.OpenAI, model: str, prompt: str) -> str:
-    return client.completions.create(model=model, prompt=prompt, max_tokens=12, temperature=0).choices[0].text
+def _complete(client: openai.OpenAI, model: str, prompt: str, max_tokens: int = 12) -> str:
+    return (
+        client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0)
+        .choices[0]
+        .text
+    )
+
+
+@torch.no_grad()
+def _greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
+    """Greedy decoding exactly as evaluation scores it: what a served answer must equal.
+
+    On one thread, as the server's replica and every trial run (Ray gives each one CPU): with more,
+    float sums run in another order, and a near-tie on these random-weight models can flip a token.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return loop.generate(model, tokenizer, [prompt], max_new_tokens, batch_size=1).texts[0]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _trained(method: str, served_base: str, winners_dir, quantize_4bit: bool | None = None):
+    """The winner as its trial reloads it for scoring (on a 4-bit base for QLoRA, unless told)."""
+    spec = METHODS[method]
+    on_4bit = spec.quantize_4bit if quantize_4bit is None else quantize_4bit
+    return spec.load_trained(served_base, winners_dir / method, on_4bit)
 
 
 def test_openai_client_lists_models_and_completes(server):
@@ -58,38 +88,96 @@ def test_openai_client_lists_models_and_completes(server):
     assert chat.choices[0].message.role == "assistant"
 
 
-def test_every_method_serves_and_adapters_differ_from_the_base(server):
+def test_every_method_serves_and_each_winner_answers_with_its_own_weights(server):
     client = _client(server)
-    answers = {
-        model: _complete(client, model, PROMPTS[0])
-        for model in ["base", *ADAPTERS, "qg-qlora-test", "qg-adalora-test", "qg-full-test"]
-    }
-    assert len(set(answers.values())) > 1
+    answers = {model: _complete(client, model, PROMPTS[0]) for model in ["base", *map(model_id, METHODS)]}
+    assert len(set(answers.values())) == len(answers), answers
 
 
-def test_stop_sequences_and_sampling(server):
+def test_generation_stops_at_a_stop_string_and_counts_only_the_tokens_returned(server):
     client = _client(server)
-    greedy = _complete(client, "base", PROMPTS[1])
-    if len(greedy) > 2:
-        stopped = client.completions.create(
-            model="base", prompt=PROMPTS[1], max_tokens=12, stop=[greedy[2:4]]
+
+    def complete(**options):
+        return client.completions.create(model="qg-lora-test", prompt=PROMPTS[1], temperature=0, **options)
+
+    whole = complete(max_tokens=32)
+    assert whole.choices[0].finish_reason == "length"  # no EOS: only the stop string can end it early
+    stop = whole.choices[0].text[12:14]
+    returned = whole.choices[0].text[: whole.choices[0].text.index(stop)]
+    stopped = complete(max_tokens=32, stop=[stop])
+    assert stopped.choices[0].text == returned and stopped.choices[0].finish_reason == "stop"
+    # Exactly the tokens that produced the returned text are counted: one fewer falls short of it.
+    counted = stopped.usage.completion_tokens
+    assert complete(max_tokens=counted).choices[0].text.startswith(returned)
+    assert len(complete(max_tokens=counted - 1).choices[0].text) < len(returned)
+
+
+def test_seeded_sampling_repeats_and_differs_from_greedy(server):
+    client = _client(server)
+
+    def sample(seed: int) -> str:
+        return (
+            client.completions.create(
+                model="qg-lora-test", prompt=PROMPTS[1], max_tokens=12, temperature=1.5, seed=seed
+            )
+            .choices[0]
+            .text
         )
-        assert stopped.choices[0].text == greedy[: greedy.index(greedy[2:4])]
-    sampled = client.completions.create(
-        model="qg-lora-test", prompt=PROMPTS[1], max_tokens=8, temperature=1.0, seed=1
-    )
-    assert sampled.choices[0].text is not None
+
+    samples = [sample(seed) for seed in (1, 2, 3)]
+    assert sample(1) == samples[0]
+    assert _complete(client, "qg-lora-test", PROMPTS[1]) not in samples
 
 
-def test_task_endpoint_returns_queries_deterministically(server):
+def test_task_endpoint_answers_as_scored_within_the_max_tokens_cap(server, served_base, winners_dir):
+    """The task's prompt, greedy on the default winner's own 4-bit base, cut at --max-tokens (64)."""
     body = {"history": "The user is planning a trip to Lisbon.", "question": "Is it safe?"}
     first_status, first = _post(server, "/v1/tasks/qg", body)
     _, again = _post(server, "/v1/tasks/qg", body)
     assert first_status == 200 and first["model"] == "qg-qlora-test"  # the first (best) winner by default
-    assert isinstance(first["result"], list) and first["result"] == again["result"] and first["latency_s"] > 0
-    assert first["usage"]["completion_tokens"] <= 64  # the server's --max-tokens caps qg's longer budget
+    assert first == again | {"latency_s": first["latency_s"]} and first["latency_s"] > 0
+    tokenizer = models.load_tokenizer(served_base)
+    prompt, model = get_task("qg").format_prompt(body), _trained("qlora", served_base, winners_dir)
+    capped = _greedy(model, tokenizer, prompt, 64)
+    budget = generation_budget("qg", tokenizer)
+    assert budget > 64 and _greedy(model, tokenizer, prompt, budget) != capped  # the cap is what ends it
+    assert first["output"] == capped and first["result"] == get_task("qg").parse(capped)
+    assert first["usage"]["completion_tokens"] == 64
     status, other = _post(server, "/v1/tasks/qg", body | {"model": "qg-ia3-test"})
-    assert status == 200 and other["model"] == "qg-ia3-test"
+    assert status == 200 and other["model"] == "qg-ia3-test" and other["output"] != first["output"]
+
+
+def test_qlora_winner_answers_as_on_the_4bit_base_it_was_trained_on(server, served_base, winners_dir):
+    """Other winners need the full-precision base; the QLoRA one still runs on its own 4-bit base."""
+    tokenizer = models.load_tokenizer(served_base)
+    on_4bit, on_full = (_trained("qlora", served_base, winners_dir, quantized) for quantized in (True, False))
+    # Prompts on which the two bases answer differently, so serving on the wrong one shows.
+    answers = {
+        prompt: [_greedy(model, tokenizer, prompt, 32) for model in (on_4bit, on_full)] for prompt in PROMPTS
+    }
+    telling = {prompt: quantized for prompt, (quantized, full) in answers.items() if quantized != full}
+    assert telling, "no prompt tells the 4-bit base from the full-precision one"
+    client = _client(server)
+    assert {prompt: _complete(client, "qg-qlora-test", prompt, 32) for prompt in telling} == telling
+
+
+def test_served_answers_equal_plain_generate_after_type_switches_and_reloads(
+    server, served_base, winners_dir
+):
+    """Each winner in turn, twice: every request switches adapter type or base, and in the second
+    round every winner has been evicted (the server holds 4 of the 6) and is loaded again."""
+    tokenizer = models.load_tokenizer(served_base)
+    prompt = PROMPTS[3]
+    expected = {
+        model_id(method): _greedy(_trained(method, served_base, winners_dir), tokenizer, prompt, 32)
+        for method in METHODS
+    } | {"base": _greedy(models.load_model(served_base), tokenizer, prompt, 32)}
+    client = _client(server)
+    rounds = [{model: _complete(client, model, prompt, 32) for model in expected} for _ in range(2)]
+    for answers in rounds:  # (served, expected) of each model that differs
+        assert {
+            model: (answers[model], want) for model, want in expected.items() if answers[model] != want
+        } == {}
 
 
 def test_full_winner_is_served_as_its_own_model(server, winners_dir):
@@ -97,25 +185,16 @@ def test_full_winner_is_served_as_its_own_model(server, winners_dir):
     directory = winners_dir / "full"
     model = AutoModelForCausalLM.from_pretrained(directory, use_safetensors=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    inputs = tokenizer(PROMPTS[2], return_tensors="pt")
-    output = model.generate(
-        **inputs, max_new_tokens=12, do_sample=False,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-    )[0, inputs["input_ids"].shape[1] :].tolist()  # fmt: skip
-    if tokenizer.eos_token_id in output:
-        output = output[: output.index(tokenizer.eos_token_id)]
-    expected = tokenizer.decode(output, skip_special_tokens=True)
+    expected = _greedy(model, tokenizer, PROMPTS[2], 12)
     client = _client(server)
     assert _complete(client, "qg-full-test", PROMPTS[2]) == expected
     assert _complete(client, "base", PROMPTS[2]) != expected  # its own weights, not the base's
     listed = {entry.id: entry for entry in client.models.list()}
     assert listed["qg-full-test"].model_extra["method"] == "full"
-    status, answer = _post(
-        server,
-        "/v1/tasks/qg",
-        {"history": "A trip to Oslo.", "question": "Is it cold?", "model": "qg-full-test"},
-    )
-    assert status == 200 and answer["model"] == "qg-full-test" and answer["output"] is not None
+    trip = {"history": "A trip to Oslo.", "question": "Is it cold?"}
+    status, answer = _post(server, "/v1/tasks/qg", trip | {"model": "qg-full-test"})
+    _, on_base = _post(server, "/v1/tasks/qg", trip | {"model": "base"})
+    assert status == 200 and answer["model"] == "qg-full-test" and answer["output"] != on_base["output"]
 
 
 @pytest.mark.parametrize(
@@ -139,7 +218,7 @@ def test_bad_requests_get_their_status_and_the_server_stays_up(server, path, bod
     good, completion = _post(
         server, "/v1/completions", {"model": "qg-lora-test", "prompt": "hi", "max_tokens": 2}
     )
-    assert good == 200 and completion["choices"][0]["text"] is not None
+    assert good == 200 and completion["usage"]["completion_tokens"] == 2
 
 
 def test_concurrent_clients_get_the_one_at_a_time_answers(server):

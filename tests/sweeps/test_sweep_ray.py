@@ -1,18 +1,22 @@
 """Real sweeps: a subprocess running `python -m sweeps.run` on the tiny model with real Ray,
 real Optuna and real ASHA; a resume after the driver is killed; a two-node Ray cluster."""
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import polars as pl
 import pytest
 
+from trainables import trial
 from trainables.methods import METHODS
 
 pytestmark = pytest.mark.slow
@@ -91,18 +95,62 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_sweep_places_trials_on_both_nodes_of_a_two_node_cluster(tiny_model, tmp_path):
+def _ray_node(temp_dir: Path, *arguments: str, env: dict) -> subprocess.Popen:
+    """One Ray node with its own temp dir, as on its own host, in its own process group: stopping it
+    stops nothing else on this machine (`ray stop` would stop every Ray here)."""
+    command = [
+        "ray",
+        "start",
+        "--block",
+        f"--temp-dir={temp_dir}",
+        "--num-cpus",
+        "1",
+        "--disable-usage-stats",
+    ]
+    log = temp_dir / "start.log"
+    with log.open("w") as output:
+        node = subprocess.Popen(
+            [*command, *arguments], stdout=output, stderr=output, start_new_session=True, env=env
+        )
+    deadline = time.time() + 120
+    while "Ray runtime started." not in log.read_text() and node.poll() is None and time.time() < deadline:
+        time.sleep(1)
+    assert "Ray runtime started." in log.read_text(), log.read_text()[-3000:]
+    return node
+
+
+def _stop(node: subprocess.Popen) -> None:
+    os.killpg(node.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        node.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):  # what did not stop by then
+        os.killpg(node.pid, signal.SIGKILL)
+    node.wait()
+
+
+def test_every_trial_of_a_two_node_cluster_has_its_record_in_storage(tiny_model, tmp_path):
     port = _free_port()
-    common = ["--num-cpus", "1", "--disable-usage-stats"]
+    # Separate temp dirs, as on separate hosts: what a trial leaves in its node's staging never
+    # reaches storage unless Ray or the trial puts it there. Short paths: Ray's sockets live there.
+    temp_dirs = [Path(tempfile.mkdtemp(prefix="ray", dir="/tmp")) for _ in range(2)]
     # Ray turns token authentication on only where ~/.ray/auth_token exists: pin one mode for all.
     env = os.environ | {"RAY_AUTH_MODE": "disabled"}
+    nodes = []
     try:
-        head = ["ray", "start", "--head", f"--port={port}", "--include-dashboard=false", *common]
-        subprocess.run(head, check=True, env=env)
-        subprocess.run(["ray", "start", f"--address=127.0.0.1:{port}", *common], check=True, env=env)
+        nodes.append(
+            _ray_node(temp_dirs[0], "--head", f"--port={port}", "--include-dashboard=false", env=env)
+        )
+        nodes.append(_ray_node(temp_dirs[1], f"--address=127.0.0.1:{port}", env=env))
         done = _sweep(tiny_model, tmp_path, "--name", "cluster", "--address", f"127.0.0.1:{port}", env=env)
         assert done.returncode == 0, done.stderr[-3000:]
-        nodes = {record["node_id"] for record in _records(tmp_path / "qg" / "cluster").values()}
-        assert len(nodes) == 2
+        # Ray gives each trial a working directory on the node that runs it.
+        working_dirs = "session_latest/artifacts/*/*/working_dirs/*"
+        ran = {path.name for temp in temp_dirs for path in temp.glob(working_dirs)}
     finally:
-        subprocess.run(["ray", "stop", "--force"], check=False)
+        for node in reversed(nodes):
+            _stop(node)
+        for temp in temp_dirs:
+            shutil.rmtree(temp, ignore_errors=True)
+    stored = list((tmp_path / "qg" / "cluster").glob(f"**/{trial.RECORD_FILE}"))
+    assert len({json.loads(path.read_text())["node_id"] for path in stored}) == 2
+    assert ran == {path.parent.name for path in stored}  # every trial that ran, on either node

@@ -80,13 +80,14 @@ def test_saved_adapter_reloads_for_scoring(tiny_model, tmp_path, method):
             shutil.copytree(checkpoint, tmp_path / "checkpoint", dirs_exist_ok=True)
 
     values = {"task": "qg", "method": method, "model": tiny_model, "max_steps": 2, "eval_every": 2,
-              "eval_examples": 4, "batch_size": 4}  # fmt: skip
+              "eval_examples": 4, "batch_size": 4, "learning_rate": LEARNING_RATES[method]}  # fmt: skip
     trained = trial.execute(values, keep)
     # The whole split, capped at the 4 rows the trial's own evaluation scored.
-    scores = trial.score_checkpoint(
-        values | {"full_eval_examples": 4}, tmp_path / "checkpoint", split="validation"
-    ).metrics
-    assert scores["val_loss"] == pytest.approx(trained["val_loss"], rel=1e-4) or len(scores) > 0
+    capped = values | {"full_eval_examples": 4}
+    scores = trial.score_checkpoint(capped, tmp_path / "checkpoint", split="validation").metrics
+    assert scores["val_loss"] == pytest.approx(trained["val_loss"], rel=1e-4)  # the trained model again
+    untouched = trial.score_base_model(capped, split="validation").metrics
+    assert scores["val_loss"] != pytest.approx(untouched["val_loss"], rel=1e-4)  # not the base model
     assert 0.0 <= scores["format_valid_rate"] <= 1.0
 
 
@@ -127,18 +128,23 @@ def test_full_fine_tuning_trains_every_weight_and_saves_a_model_from_pretrained_
     assert not torch.allclose(base_logits, trained_logits, atol=1e-3)  # it is the trained model, not the base
 
 
+def _run_keeping_checkpoints(values: dict, directory, resume_from=None) -> dict[int, dict]:
+    """The metrics of each evaluation by step; each checkpoint is kept as directory/step-N."""
+    kept = {}
+
+    def keep(metrics, checkpoint):
+        kept[metrics["step"]] = metrics
+        if checkpoint is not None:
+            shutil.copytree(checkpoint, directory / f"step-{metrics['step']}", dirs_exist_ok=True)
+
+    trial.execute(values, keep, resume_from)
+    return kept
+
+
 def test_full_fine_tuning_resumes_exactly_from_its_checkpoint(tiny_model, tmp_path):
     def run(directory, resume_from=None):
-        kept = {}
-
-        def keep(metrics, checkpoint):
-            kept[metrics["step"]] = metrics
-            if checkpoint is not None:
-                shutil.copytree(checkpoint, directory / f"step-{metrics['step']}", dirs_exist_ok=True)
-
         values = FULL | {"model": tiny_model, "max_steps": 4, "eval_every": 2}
-        trial.execute(values, keep, resume_from)
-        return kept
+        return _run_keeping_checkpoints(values, directory, resume_from)
 
     straight = run(tmp_path / "straight")
     checkpoint = tmp_path / "straight" / "step-2"
@@ -150,3 +156,38 @@ def test_full_fine_tuning_resumes_exactly_from_its_checkpoint(tiny_model, tmp_pa
     assert list(resumed) == [4]
     for metric in ("train_loss", "val_loss"):
         assert resumed[4][metric] == pytest.approx(straight[4][metric], rel=1e-5)
+
+
+# AdaLoRA's final allocation comes at step total_steps - tfinal = 6: it reallocates ranks up to
+# there, and masks every later step with the rank pattern it fixed then.
+ADALORA = {"task": "qg", "method": "adalora", "learning_rate": LEARNING_RATES["adalora"], "max_steps": 12,
+           "eval_every": 2, "eval_examples": 4, "batch_size": 4, "adalora_tinit": 2, "adalora_tfinal": 6}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def adalora_straight(tiny_model, tmp_path_factory):
+    """An AdaLoRA run from start to end, with a checkpoint every 2 steps."""
+    directory = tmp_path_factory.mktemp("adalora-straight")
+    return directory, _run_keeping_checkpoints(ADALORA | {"model": tiny_model}, directory)
+
+
+@pytest.mark.parametrize("resume_at", [4, 8], ids=["before-final-allocation", "past-final-allocation"])
+def test_adalora_resumes_exactly_before_and_past_its_final_allocation(
+    tiny_model, tmp_path, adalora_straight, resume_at
+):
+    directory, straight = adalora_straight
+    resumed = _run_keeping_checkpoints(
+        ADALORA | {"model": tiny_model}, tmp_path, directory / f"step-{resume_at}"
+    )
+    assert list(resumed) == list(range(resume_at + 2, 13, 2))
+    for metric in ("train_loss", "val_loss"):
+        assert resumed[12][metric] == pytest.approx(straight[12][metric], rel=1e-5)
+    # The same ranks survive: the saved adapter keeps only the allocated singular values.
+    shapes = [
+        {
+            name: t.shape
+            for name, t in load_file(run / "step-12" / "adapter" / "adapter_model.safetensors").items()
+        }
+        for run in (directory, tmp_path)
+    ]
+    assert shapes[0] == shapes[1]

@@ -1,11 +1,12 @@
 import json
 import math
 import shutil
+import time
 
 import pytest
 import torch
 
-from trainables import loop, models, trial
+from trainables import loop, measure, models, trial
 from trainables.config import ConfigError
 from trainables.methods import METHODS
 
@@ -36,6 +37,84 @@ def test_checkpoint_round_trip_and_exact_resume(tiny_model, tmp_path):
     assert list(resumed) == [6]
     for metric in ("train_loss", "val_loss"):
         assert resumed[6][metric] == pytest.approx(straight[6][metric], rel=1e-5)
+
+
+class Killed(Exception):
+    """Stands for the process dying right after a report."""
+
+
+def test_a_resumed_trial_adds_what_it_spends_to_what_it_spent_before(tiny_model, tmp_path, monkeypatch):
+    """Killed after its first checkpoint and resumed (here on a cheaper machine): time and dollars
+    count both processes."""
+    real_evaluate = trial.evaluate
+
+    def slow_evaluate(*args, **kwargs):
+        # The first process spends more time than the resumed one alone will, all before its checkpoint.
+        time.sleep(6)
+        return real_evaluate(*args, **kwargs)
+
+    def keep_then_die(metrics, checkpoint):
+        shutil.copytree(checkpoint, tmp_path / "checkpoint")
+        before.update(metrics)
+        raise Killed
+
+    before, after = {}, []
+    values = {**BASE, "model": tiny_model, "learning_rate": 1e-2}
+    monkeypatch.setattr(trial, "evaluate", slow_evaluate)
+    with pytest.raises(Killed):
+        trial.execute(values, keep_then_die, share=measure.Share(gpus=0, cpus=1000))
+    monkeypatch.undo()
+    assert before["step"] == 3
+
+    resumed = trial.execute(
+        values, lambda metrics, _: after.append(metrics), tmp_path / "checkpoint", share=measure.Share(0, 1)
+    )
+    assert [metrics["step"] for metrics in after] == [6]
+    for spent in ("cost_usd", "wall_time_s", "eval_time_s", "train_time_s"):
+        assert resumed[spent] > before[spent], spent
+
+
+def _reported_steps(tiny_model, record_dir, share: measure.Share, out_of_memory_at: set[int]) -> list[int]:
+    """The steps a trial reports when its evaluation runs out of memory at the given calls (1-based)."""
+    real_evaluate, calls, steps = trial.evaluate, [], []
+
+    def evaluate_or_run_out_of_memory(*args, **kwargs):
+        calls.append(1)
+        if len(calls) in out_of_memory_at:
+            # What CUDA raises; no GPU here, so the error is raised where it would come from.
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+        return real_evaluate(*args, **kwargs)
+
+    # The price is given: the GPU price table needs a CUDA device name.
+    values = {**BASE, "model": tiny_model, "price_per_hour": 1.0}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trial, "evaluate", evaluate_or_run_out_of_memory)
+        trial.execute(
+            values, lambda metrics, _: steps.append(metrics["step"]), record_dir=record_dir, share=share
+        )
+    return steps
+
+
+def test_out_of_memory_on_a_shared_gpu_is_retried_once_without_reporting_twice(tiny_model, tmp_path):
+    # The second evaluation (step 6) runs out of memory; the retry evaluates steps 3 and 6 again.
+    steps = _reported_steps(tiny_model, tmp_path, measure.Share(gpus=0.5, cpus=1), out_of_memory_at={2})
+    assert steps == [3, 6]
+    assert json.loads((tmp_path / trial.RECORD_FILE).read_text())["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    ("share", "out_of_memory_at"),
+    [(measure.Share(gpus=1, cpus=1), {1}), (measure.Share(gpus=0.5, cpus=1), {1, 2})],
+    ids=["whole-gpu", "shared-gpu-twice"],
+)
+def test_out_of_memory_is_the_configurations_failure_on_a_whole_gpu_or_a_second_time(
+    tiny_model, tmp_path, share, out_of_memory_at
+):
+    with pytest.raises(torch.OutOfMemoryError):
+        _reported_steps(tiny_model, tmp_path, share, out_of_memory_at)
+    record = json.loads((tmp_path / trial.RECORD_FILE).read_text())
+    assert record["status"] == "failed" and record["error"].startswith("OutOfMemoryError: CUDA out of memory")
+    assert issubclass(torch.OutOfMemoryError, trial.DETERMINISTIC_FAILURES)  # Tune does not retry it again
 
 
 def test_trial_record_describes_the_trial(tiny_model, tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import ray
 from ray import tune
 
-from trainables import trial
+from trainables import measure, trial
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +39,8 @@ def test_tune_runs_trials_and_a_failure_becomes_a_record(local_ray, tiny_model, 
     assert grid.num_errors == 0, "a deterministic failure must not be an errored (retried) trial"
     by_method = {result.metrics["method"]: result for result in grid}
     assert by_method["lora"].metrics["status"] == "completed" and by_method["lora"].checkpoint is not None
+    # Charged for what Tune gave it: one CPU core.
+    assert by_method["lora"].metrics["price_per_hour"] == pytest.approx(measure.CPU_CORE_HOURLY_USD)
     failed = by_method["adalora"].metrics
     assert failed["status"] == "failed" and "adalora_tinit + adalora_tfinal" in failed["error"]
     records = [json.loads(p.read_text()) for p in Path(tmp_path, "direct").glob("*/trial_record.json")]

@@ -1,0 +1,36 @@
+"""Generation of every method equals plain greedy decoding with the trained model's own forward."""
+
+import pytest
+import torch
+
+from trainables import loop, models, trial
+
+PROMPTS = ["The user asked the assistant why the roses look unhealthy.\nWhat soil is best for", "Tell me\n"]
+
+
+def _greedy_without_cache(model, tokenizer, prompts: list[str], new_tokens: int) -> list[str]:
+    """The reference: one full forward per token (PEFT's forward puts virtual tokens in correctly)."""
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, -1]
+            logits[:, tokenizer.eos_token_id] = -torch.inf  # as fixed_length holds EOS back
+            chosen = logits.argmax(dim=-1, keepdim=True)
+            ids, mask = torch.cat([ids, chosen], dim=1), torch.cat([mask, torch.ones_like(chosen)], dim=1)
+    return tokenizer.batch_decode(ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "lora"])
+def test_generation_equals_greedy_decoding_with_the_models_forward(method):
+    # The shipped pretrained model: the tiny random one answers the same token whatever its context.
+    model_path = str(models.resolve("embedded"))
+    plan = trial.prepare({"task": "qg", "method": method, "model": model_path})
+    model, tokenizer = trial.load_trainable_model(plan, model_path), models.load_tokenizer(model_path)
+    torch.manual_seed(1)
+    with torch.no_grad():  # a trained adapter, not the identity a fresh one is
+        for parameter in (p for p in model.parameters() if p.requires_grad):
+            parameter.add_(torch.randn_like(parameter) * 0.5)
+    model.eval()
+    generated = loop.generate(model, tokenizer, PROMPTS, 12, batch_size=1, fixed_length=True)
+    assert generated.texts == [_greedy_without_cache(model, tokenizer, [prompt], 12)[0] for prompt in PROMPTS]
