@@ -1,68 +1,138 @@
-"""The report's figures as PNG files: Pareto fronts, learning curves, quality per method."""
+"""The report's interactive figures (plotly): Pareto fronts, learning curves, quality per method, and
+Optuna's own plots of the search. Hovering a point names its trial, method and hyperparameters."""
 
+import itertools
+import warnings
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on servers and CI
-import matplotlib.pyplot as plt
+import optuna
+import plotly.graph_objects as go
 import polars as pl
+from plotly.colors import qualitative
+from ray.tune.search.optuna import OptunaSearch
 
+from analysis.load import HYPERPARAMETERS
 from analysis.rank import BASELINE
+from analysis.tables import three_figures
+from trainables.methods import METHODS
+
+# The same colour for a method in every figure.
+COLOURS = dict(zip(sorted([*METHODS, BASELINE]), itertools.cycle(qualitative.Plotly)))
+
+QUALITY_LABEL = "quality (validation)"
+HOVER = "trial %{customdata[0]} (%{customdata[1]})<br>%{customdata[2]}<extra></extra>"
+SEARCHER_STATE = "searcher-state-*.pkl"
 
 
-def _colours(methods: list[str]) -> dict[str, tuple]:
-    palette = plt.get_cmap("tab10")
-    return {method: palette(i % 10) for i, method in enumerate(sorted(methods))}
+def hyperparameters_text() -> pl.Expr:
+    """'lora.rank=8, lora.learning_rate=0.00137' from the hyperparameters a trial has."""
+    named = [pl.format(f"{name}={{}}", three_figures(pl.col(name))) for name in HYPERPARAMETERS]
+    return pl.concat_str(named, separator=", ", ignore_nulls=True).alias("hyperparameters")
 
 
-def _save(figure, axes, path: Path) -> Path:
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+def with_hover(frame: pl.DataFrame) -> pl.DataFrame:
+    """The columns each point's hover reads (customdata), in HOVER's order."""
+    return frame.with_columns(hyperparameters_text())
 
 
-def pareto(board: pl.DataFrame, x: str, x_label: str, path: Path) -> Path:
-    colours = _colours(board["method"].unique().to_list())
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    shown = board.filter(pl.col(x).is_not_null() & pl.col("best_quality").is_not_null())
-    for (method,), group in shown.partition_by("method", as_dict=True).items():
-        marker = "X" if method == BASELINE else "o"
-        axes.scatter(
-            group[x], group["best_quality"], label=method, color=colours[method], marker=marker, s=50
-        )
-    front = shown.filter("pareto").sort(x)
+def _styled(figure: go.Figure) -> go.Figure:
+    return figure.update_layout(template="plotly_white", height=450)
+
+
+def _layout(figure: go.Figure, title: str, x_label: str) -> go.Figure:
+    return _styled(figure).update_layout(title=title, xaxis_title=x_label, yaxis_title=QUALITY_LABEL)
+
+
+def _trace(group: pl.DataFrame, x: str, y: str, name: str, **style) -> go.Scatter:
+    return go.Scatter(
+        x=group[x],
+        y=group[y],
+        name=name,
+        customdata=group.select("trial_id", "method", "hyperparameters").rows(),
+        hovertemplate=HOVER,
+        **style,
+    )
+
+
+def pareto(board: pl.DataFrame, x: str, x_label: str) -> go.Figure:
+    shown = with_hover(board.filter(pl.col(x).is_not_null() & pl.col("best_quality").is_not_null()))
+    figure = go.Figure()
+    for (method,), group in sorted(shown.partition_by("method", as_dict=True).items()):
+        marker = {"symbol": "x" if method == BASELINE else "circle", "size": 10, "color": COLOURS[method]}
+        figure.add_trace(_trace(group, x, "best_quality", method, mode="markers", marker=marker))
+    front = shown.filter("pareto").sort(x).with_columns(pl.col("best_quality").cum_max())
     if front.height:
-        axes.step(
-            front[x], front["best_quality"].cum_max(), where="post", color="black", lw=1, label="Pareto front"
+        figure.add_trace(
+            _trace(
+                front, x, "best_quality", "Pareto front", mode="lines", line={"shape": "hv", "color": "black"}
+            )
         )
-    axes.set(xlabel=x_label, ylabel="quality (validation)", title=f"Quality against {x_label}")
-    axes.legend(fontsize=8)
-    return _save(figure, axes, path)
+    return _layout(figure, f"Quality against {x_label}", x_label)
 
 
-def learning_curves(curves: pl.DataFrame, path: Path) -> Path:
-    colours = _colours(curves["method"].drop_nulls().unique().to_list())
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    labelled: set[str] = set()
-    for (_, method), group in curves.sort("step").partition_by(["trial_dir", "method"], as_dict=True).items():
-        label = None if method in labelled else method
-        labelled.add(method)
-        axes.plot(group["step"], group["quality"], color=colours[method], marker=".", alpha=0.8, label=label)
-    axes.set(xlabel="training step", ylabel="quality (validation)", title="Learning curves")
-    axes.legend(fontsize=8)
-    return _save(figure, axes, path)
+def learning_curves(curves: pl.DataFrame, board: pl.DataFrame) -> go.Figure:
+    """One line per trial; a finalist's re-runs, which the leaderboard folds into their trial, say so."""
+    described = with_hover(board).select("trial_dir", "hyperparameters")
+    shown = (
+        curves.filter(pl.col("quality").is_not_null())
+        .join(described, on="trial_dir", how="left")
+        .with_columns(pl.col("hyperparameters").fill_null("a finalist's re-run with another seed"))
+        .sort("step")
+    )
+    figure = go.Figure()
+    in_legend: set[str] = set()  # one legend entry per method, which shows or hides all its trials
+    for (_, method), group in sorted(shown.partition_by(["trial_dir", "method"], as_dict=True).items()):
+        style = {
+            "mode": "lines+markers",
+            "line": {"color": COLOURS[method]},
+            "legendgroup": method,
+            "showlegend": method not in in_legend,
+        }
+        figure.add_trace(_trace(group, "step", "quality", method, **style))
+        in_legend.add(method)
+    return _layout(figure, "Learning curves (each trial's periodic evaluations)", "training step")
 
 
-def quality_by_method(board: pl.DataFrame, path: Path) -> Path:
-    groups = board.filter(pl.col("best_quality").is_not_null()).partition_by("method", as_dict=True)
-    methods = sorted(method for (method,) in groups)
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    if methods:
-        axes.boxplot([groups[(method,)]["best_quality"].to_list() for method in methods], tick_labels=methods)
-    else:
-        axes.text(0.5, 0.5, "no trial finished", ha="center", transform=axes.transAxes)
-    axes.set(ylabel="quality (validation)", title="Quality per method")
-    return _save(figure, axes, path)
+def quality_by_method(board: pl.DataFrame) -> go.Figure:
+    shown = with_hover(board.filter(pl.col("best_quality").is_not_null()))
+    figure = go.Figure()
+    for (method,), group in sorted(shown.partition_by("method", as_dict=True).items()):
+        figure.add_trace(
+            go.Box(
+                x=group["method"],
+                y=group["best_quality"],
+                name=method,
+                marker={"color": COLOURS[method]},
+                boxpoints="all",
+                pointpos=0,
+                customdata=group.select("trial_id", "method", "hyperparameters").rows(),
+                hovertemplate=HOVER,
+            )
+        )
+    return _layout(figure, "Quality per method", "method")
+
+
+def search_study(directory: Path) -> optuna.Study | None:
+    """The Optuna study of the sweep, from the searcher state Ray Tune saves in the experiment
+    directory (as it does to resume); None before the search saved one."""
+    if not any(directory.glob(SEARCHER_STATE)):
+        return None
+    searcher = OptunaSearch()
+    searcher.restore_from_dir(str(directory))
+    return searcher._ot_study  # Ray 2.60 has no public accessor for the study it drives
+
+
+def search_plots(study: optuna.Study) -> list[go.Figure]:
+    """Optuna's optimisation history and, once two trials completed, its parameter importances
+    (over the dimensions every completed trial has: with one space per method, the method)."""
+    figures = [optuna.visualization.plot_optimization_history(study, target_name="quality")]
+    completed = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+    if len(completed) >= 2:
+        with warnings.catch_warnings():
+            # Each method's dimensions exist only in that method's trials, so PED-ANOVA warns for
+            # almost every one that it has few trials; the title says so once instead.
+            warnings.filterwarnings("ignore", "Some regimes for parameter", UserWarning)
+            importances = optuna.visualization.plot_param_importances(study, target_name="quality")
+        title = f"Hyperparameter importances over {len(completed)} trials (rough with few trials per method)"
+        figures.append(importances.update_layout(title=title))
+    return [_styled(figure) for figure in figures]

@@ -8,7 +8,6 @@ and every comparison with a 95% paired bootstrap interval (analysis.verdict).
 """
 
 import argparse
-import base64
 import datetime
 import html
 import json
@@ -16,9 +15,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import plotly.graph_objects as go
+import plotly.offline
 import polars as pl
 
-from analysis import load, plots, rank, rescore, verdict
+from analysis import load, plots, rank, rescore, tables, verdict
 from trainables import trial
 from trainables.config import ConfigError
 from trainables.methods import METHODS
@@ -30,6 +31,14 @@ VERDICT_NOTE = (
     "Intervals: 95% paired bootstrap over the test examples (2,000 resamples); a difference whose "
     "interval contains 0 is not distinguishable on this data. Validation figures choose; test figures judge."
 )
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; padding: 0 1em; color: #222 }
+table { border-collapse: collapse; font-size: 13px; margin: 0.5em 0 1.5em; display: block; overflow-x: auto }
+th, td { padding: 4px 10px; border-bottom: 1px solid #ddd; white-space: nowrap }
+th { background: #f4f4f4; cursor: pointer; position: sticky; top: 0 }
+.num { text-align: right }
+input[type=search] { margin-top: 0.5em; padding: 3px 6px }
+"""
 BOARD_COLUMNS = [
     "position", "trial_id", "method", "status", "pareto", "utility", "best_quality", "quality_std", "seeds",
     "seed_quality", "subset_quality", "truncated_rate", "latency_s", "latency_per_token_s", "tokens_per_s",
@@ -164,14 +173,9 @@ def verdict_lines(
     return [lead, *(comparison.words() + "." for comparison in comparisons)]
 
 
-def _table_html(frame: pl.DataFrame) -> str:
-    with pl.Config(float_precision=4, tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=80):
-        return frame._repr_html_()
-
-
-def _image_html(path: Path) -> str:
-    encoded = base64.b64encode(path.read_bytes()).decode()
-    return f'<figure><img alt="{path.stem}" src="data:image/png;base64,{encoded}"></figure>'
+def _figure_html(figure: go.Figure) -> str:
+    # plotly.js is inlined once, in the page's head.
+    return figure.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
 
 
 def _verdict_html(lines: list[str]) -> str:
@@ -188,7 +192,7 @@ def write_html(
     summary: pl.DataFrame,
     winners: list[dict],
     verdict_text: list[str],
-    images: list[Path],
+    figures: list[go.Figure],
 ) -> Path:
     task = board["task"].drop_nulls().first()
     model = board["model"].drop_nulls().first()
@@ -209,31 +213,35 @@ def write_html(
         f"<h1>Sweep report: {html.escape(str(task))} on {html.escape(str(model))}</h1>",
         f"<p>{board.height} trials, {failures.height} failed. Generated {datetime.datetime.now():%Y-%m-%d %H:%M}.</p>",
         "<h2>Verdict</h2>", _verdict_html(verdict_text),
-        "<h2>Per method</h2><p>best_quality: on the whole validation split, the kept checkpoint of each trial.</p>",
-        _table_html(summary),
+        "<h2>Per method</h2><p>quality: on the whole validation split, the kept checkpoint of each trial.</p>",
+        tables.to_html(summary, "per-method"),
         "<h2>Winners</h2><p>Top of the Pareto front by utility; test scores are on the untouched test split.</p>",
-        _table_html(winner_rows),
-        "<h2>Plots</h2>", *(_image_html(image) for image in images),
+        tables.to_html(winner_rows, "winners"),
+        "<h2>Plots</h2><p>Hover a point for its trial, method and hyperparameters; drag to zoom, double-click to reset.</p>",
+        *(_figure_html(figure) for figure in figures),
         "<h2>Leaderboard</h2><p>Pareto-optimal trials first, by weighted utility; baselines for comparison.</p>",
-        _table_html(board.select(column for column in BOARD_COLUMNS if board[column].is_not_null().any())),
-        "<h2>Failures</h2>", _table_html(failures) if failures.height else "<p>None.</p>",
+        tables.to_html(board.select(column for column in BOARD_COLUMNS if board[column].is_not_null().any()),
+                       "leaderboard"),
+        "<h2>Failures</h2>", tables.to_html(failures, "failures"),
     ]  # fmt: skip
-    style = "body{font-family:sans-serif;margin:2em;max-width:1400px}img{max-width:100%}table{font-size:12px}"
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>Sweep report</title><style>{style}</style></head>"
+    # One self-contained file that works offline: plotly.js (about 4.8 MB) is inlined, not fetched.
+    head = f"<meta charset='utf-8'><title>Sweep report</title><style>{STYLE}</style>"
+    page = f"<!doctype html><html><head>{head}<script>{plotly.offline.get_plotlyjs()}</script></head><body>"
+    page += "\n".join(sections)
     path = directory / "report.html"
-    path.write_text(page + "<body>" + "\n".join(sections) + "</body></html>", encoding="utf-8")
+    path.write_text(f"{page}<script>{tables.TABLE_SCRIPT}</script></body></html>", encoding="utf-8")
     return path
 
 
 def markdown_summary(summary: pl.DataFrame, winners: list[dict], verdict_text: list[str]) -> str:
     with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True,
-                   float_precision=4, tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200):  # fmt: skip
+                   float_precision=3, tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200):  # fmt: skip
         methods = str(summary.select("method", "trials", "failures", "best_quality", "median_quality",
                                      "truncated_rate", "latency_s", "train_time_s", "total_cost_usd"))  # fmt: skip
     lines = ["## Per method", methods, "", "## Winners"]
     lines += [
-        f"- {w['id']} ({w['method']}): validation {w['validation']['quality']:.4f}"
-        + (f", test {w['test']['quality']:.4f}" if "test" in w else "")
+        f"- {w['id']} ({w['method']}): validation {w['validation']['quality']:.3f}"
+        + (f", test {w['test']['quality']:.3f}" if "test" in w else "")
         for w in winners
     ] or ["- none: no trained trial finished with a checkpoint"]
     lines += ["", "## Verdict", *(f"- {line}" for line in verdict_text or [NO_VERDICT])]
@@ -254,12 +262,13 @@ def build(
     board.drop("trial_dir").write_csv(directory / "leaderboard.csv")
     board.write_parquet(directory / "leaderboard.parquet")
     summary = rank.method_summary(frame)
-    curves = load.curves(directory)
-    images = [
-        plots.pareto(board, "cost_usd", "cost of the served checkpoint ($)", directory / "pareto_cost.png"),
-        plots.pareto(board, "latency_s", "latency per request (s)", directory / "pareto_latency.png"),
-        plots.learning_curves(curves, directory / "learning_curves.png"),
-        plots.quality_by_method(board, directory / "quality_by_method.png"),
+    study = plots.search_study(directory)
+    figures = [
+        plots.pareto(board, "cost_usd", "cost of the served checkpoint ($)"),
+        plots.pareto(board, "latency_s", "latency per request (s)"),
+        plots.learning_curves(load.curves(directory), board),
+        plots.quality_by_method(board),
+        *(plots.search_plots(study) if study else []),
     ]
     chosen = chosen_winners(board, top)
     winners = [winner_entry(row) for row in chosen.iter_rows(named=True)]
@@ -267,7 +276,7 @@ def build(
     (directory / WINNERS_FILE).write_text(
         json.dumps({"weights": weights, "winners": winners}, indent=2, default=str)
     )
-    write_html(directory, board, summary, winners, verdict_text, images)
+    write_html(directory, board, summary, winners, verdict_text, figures)
     print(markdown_summary(summary, winners, verdict_text))
     if board.filter(rank.is_candidate()).is_empty():
         raise load.NotAnExperiment(

@@ -26,6 +26,7 @@ class Adapter:
     quantize_4bit: bool
     quality: float | None
     standalone: bool = False  # a whole model (its own weights), not an adapter on the base
+    shares_mixed_batch: bool = False  # answers in one batch with other such adapters on its base
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ def load_registry(experiment_dir: Path, top: int | None = None) -> Registry:
             quantize_4bit=bool(winner["quantize_4bit"]),
             quality=(winner.get("validation") or {}).get("quality"),
             standalone=method.standalone,
+            shares_mixed_batch=method.shares_mixed_batch,
         )
         missing = [name for name in method.saved_files if not (adapter.path / name).is_file()]
         if missing:

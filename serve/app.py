@@ -87,7 +87,9 @@ def model_server(limits: Limits):
             if adapter.standalone:
                 read = partial(read_model, adapter_id, adapter.path)
             else:
-                read = partial(read_adapter, adapter_id, adapter.path, adapter.quantize_4bit)
+                read = partial(
+                    read_adapter, adapter_id, adapter.path, adapter.quantize_4bit, adapter.shares_mixed_batch
+                )
             loaded = await asyncio.to_thread(read)
             self.engine.add(loaded)
             return _Resident(self.engine, loaded)

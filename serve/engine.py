@@ -2,11 +2,11 @@
 
 Each adapter runs on the base it was trained and scored on: QLoRA adapters on a 4-bit base, the
 others on the full-precision one, so a replica holds one base of each precision its adapters need.
-PEFT keeps several adapters of one type side by side in one PeftModel, and LoRA adapters on the
-same base can even share a batch (`adapter_names`). Adapters of different types cannot be injected
-into the same modules at once, so each base keeps one type active: a batch is grouped by base and
-type, and switching type unloads the injected layers (the base weights are never touched or
-copied) and injects the other type's adapters from memory.
+PEFT keeps several adapters of one type side by side in one PeftModel, and adapters on the same
+base whose method allows it (LoRA's, not DoRA's) even share a batch (`adapter_names`). Adapters of
+different types cannot be injected into the same modules at once, so each base keeps one type
+active: a batch is grouped by base and type, and switching type unloads the injected layers (the
+base weights are never touched or copied) and injects the other type's adapters from memory.
 
 A fully fine-tuned winner has weights of its own: it is held as a separate model beside the base,
 and its requests are a batch of their own.
@@ -61,6 +61,7 @@ class LoadedAdapter:
     config: PeftConfig
     weights: dict[str, torch.Tensor]
     quantize_4bit: bool  # trained on the 4-bit base (QLoRA), so served on it
+    shares_mixed_batch: bool  # its method lets it answer in a batch mixed with other such adapters
     load_seconds: float
 
     @property
@@ -83,7 +84,9 @@ def read_model(adapter_id: str, directory: Path) -> LoadedModel:
     return LoadedModel(adapter_id, model, time.perf_counter() - started)
 
 
-def read_adapter(adapter_id: str, directory: Path, quantize_4bit: bool) -> LoadedAdapter:
+def read_adapter(
+    adapter_id: str, directory: Path, quantize_4bit: bool, shares_mixed_batch: bool
+) -> LoadedAdapter:
     started = time.perf_counter()
     weights_file = directory / ADAPTER_WEIGHTS
     if not weights_file.is_file():
@@ -91,7 +94,9 @@ def read_adapter(adapter_id: str, directory: Path, quantize_4bit: bool) -> Loade
     config = PeftConfig.from_pretrained(str(directory))
     config.inference_mode = True
     weights = load_file(str(weights_file))
-    return LoadedAdapter(adapter_id, config, weights, quantize_4bit, time.perf_counter() - started)
+    return LoadedAdapter(
+        adapter_id, config, weights, quantize_4bit, shares_mixed_batch, time.perf_counter() - started
+    )
 
 
 def _truncate_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
@@ -162,7 +167,7 @@ class _Base:
             self.injected.add(adapter.adapter_id)
             self.active_type = peft_type
         self.peft.eval()
-        if peft_type != PeftType.LORA:
+        if not adapters[0].shares_mixed_batch:  # a batch of its own: the one active adapter
             self.peft.set_adapter(adapters[0].adapter_id)
         return self.peft
 
@@ -211,8 +216,8 @@ class AdapterEngine:
             kind = ("model", request.adapter)  # its own weights: a batch of its own
         elif adapter is None:
             kind = ("base",)
-        elif adapter.peft_type == PeftType.LORA:
-            kind = ("lora", adapter.quantize_4bit)  # LoRA adapters on one base share a batch
+        elif adapter.shares_mixed_batch:
+            kind = ("mixed", adapter.peft_type.value, adapter.quantize_4bit)  # one batch on one base
         else:
             kind = (adapter.peft_type.value, adapter.adapter_id)
         return (*kind, request.sampling)
@@ -247,7 +252,7 @@ class AdapterEngine:
             adapters = [self.adapters[adapter_id] for adapter_id in adapter_ids]
             base = self.bases[adapters[0].quantize_4bit]
             model = base.activate(adapters)
-            if base.active_type == PeftType.LORA:
+            if adapters[0].shares_mixed_batch:
                 kwargs["adapter_names"] = [r.adapter for r in requests]
         sampling = requests[0].sampling
         if sampling.temperature > 0:

@@ -22,6 +22,11 @@ def summary(trials: pl.DataFrame) -> str:
         ["quality_full_validation", "quality"], descending=True, nulls_last=True
     )
     with pl.Config(
-        tbl_rows=-1, tbl_cols=-1, tbl_width_chars=140, float_precision=4, tbl_hide_dataframe_shape=True
+        tbl_rows=-1,
+        tbl_cols=-1,
+        tbl_width_chars=140,
+        float_precision=3,
+        tbl_hide_dataframe_shape=True,
+        tbl_hide_column_data_types=True,
     ):
         return str(table)

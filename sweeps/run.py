@@ -9,6 +9,7 @@ interrupted sweep.
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -66,6 +67,9 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument(
         "--smoke", action="store_true", default=None, help="a tiny budget, for tests and a first look"
     )
+    cli.add_argument(
+        "--verbose", action="store_true", help="Tune's full output and every trial's log, not one status line"
+    )
     return cli
 
 
@@ -111,13 +115,15 @@ def use_cluster_token(settings: SweepSettings) -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
-def connect(settings: SweepSettings) -> None:
+def connect(settings: SweepSettings, verbose: bool) -> None:
     import ray
 
     try:
         # A cluster we join has its own dashboard; a local one gets one on loopback.
         local = {"include_dashboard": True, "dashboard_host": "127.0.0.1"} if settings.address is None else {}
-        context = ray.init(address=settings.address, **local)
+        # Quiet, the trials' own lines (one per evaluation) stay in their logs, on the dashboard.
+        quiet = {} if verbose else {"log_to_driver": False, "logging_level": logging.WARNING}
+        context = ray.init(address=settings.address, **local, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise ConfigError(f"address: cannot reach a Ray cluster at '{settings.address}' ({error})") from None
     if context.dashboard_url:
@@ -160,6 +166,28 @@ def kept_checkpoint():
     )
 
 
+def quiet_libraries(verbose: bool) -> None:
+    """Silences what the user cannot act on; an explicit environment variable wins."""
+    # Each trial keeps one checkpoint (num_to_keep=1, by design), which makes Tune save the
+    # experiment's state at every checkpoint and warn, every few seconds, that this may slow it.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if verbose:
+        return
+    import optuna
+
+    # Tune's new output engine prints an experiment heading at every verbosity; the legacy one
+    # prints nothing at verbose=0, where SweepProgress speaks instead.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # it logs each study it creates
+
+
+def terminal(verbose: bool, stage: str, planned: int) -> dict:
+    """RunConfig's output settings: Tune's own (verbose) or one status line and a line per trial."""
+    from sweeps.progress import SweepProgress  # imports Ray, which use_cluster_token must precede
+
+    return {"verbose": 1} if verbose else {"verbose": 0, "callbacks": [SweepProgress(stage, planned)]}
+
+
 def fit_or_resume(directory: Path, build_tuner, trainable) -> bool:
     """Fit a new experiment or continue a saved one; False when it was interrupted (Ctrl-C)."""
     from ray import tune
@@ -171,7 +199,7 @@ def fit_or_resume(directory: Path, build_tuner, trainable) -> bool:
     return grid.num_terminated + grid.num_errors == len(grid)
 
 
-def run_baselines(settings: SweepSettings, directory: Path, trainable) -> bool:
+def run_baselines(settings: SweepSettings, directory: Path, trainable, verbose: bool) -> bool:
     from ray import tune
 
     def build():
@@ -185,13 +213,17 @@ def run_baselines(settings: SweepSettings, directory: Path, trainable) -> bool:
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=settings.concurrency, trial_dirname_creator=trial_dirname
             ),
-            run_config=tune.RunConfig(name=BASELINES_DIR, storage_path=str(directory), verbose=1),
+            run_config=tune.RunConfig(
+                name=BASELINES_DIR,
+                storage_path=str(directory),
+                **terminal(verbose, "baselines", len(settings.baseline_shots)),
+            ),
         )
 
     return fit_or_resume(directory / BASELINES_DIR, build, trainable)
 
 
-def run_search(settings: SweepSettings, directory: Path, trainable) -> bool:
+def run_search(settings: SweepSettings, directory: Path, trainable, verbose: bool) -> bool:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -224,7 +256,7 @@ def run_search(settings: SweepSettings, directory: Path, trainable) -> bool:
                 storage_path=str(directory.parent),
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                 checkpoint_config=kept_checkpoint(),
-                verbose=1,
+                **terminal(verbose, "search", settings.samples),
             ),
         )
 
@@ -247,15 +279,16 @@ def run_finalist(config: dict) -> None:
     trial.run(config[FINALIST])
 
 
-def run_finalists(settings: SweepSettings, directory: Path) -> bool:
+def run_finalists(settings: SweepSettings, directory: Path, verbose: bool) -> bool:
     from ray import tune
 
     trainable = tune.with_resources(run_finalist, trial_resources(settings))
 
     def build():
+        configs = finalist_configs(settings, directory)
         return tune.Tuner(
             trainable,
-            param_space={FINALIST: tune.grid_search(finalist_configs(settings, directory))},
+            param_space={FINALIST: tune.grid_search(configs)},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=settings.concurrency, trial_dirname_creator=trial_dirname
             ),
@@ -264,14 +297,14 @@ def run_finalists(settings: SweepSettings, directory: Path) -> bool:
                 storage_path=str(directory),
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                 checkpoint_config=kept_checkpoint(),
-                verbose=1,
+                **terminal(verbose, "finalists", len(configs)),
             ),
         )
 
     return fit_or_resume(directory / load.FINALISTS_DIR, build, trainable)
 
 
-def sweep(settings: SweepSettings, directory: Path) -> bool:
+def sweep(settings: SweepSettings, directory: Path, verbose: bool = False) -> bool:
     """Run (or continue) the sweep; False when it was interrupted before the end."""
     use_cluster_token(settings)
     # Not in resolve(): the check needs the model's tokenizer, which for the embedded model comes
@@ -280,15 +313,16 @@ def sweep(settings: SweepSettings, directory: Path) -> bool:
     check_generation_budget(settings)
     from ray import tune
 
-    connect(settings)
+    quiet_libraries(verbose)
+    connect(settings, verbose)
     trainable = tune.with_resources(trial.run, trial_resources(settings))
     print(f"sweep: {settings.task} on {settings.model}, results in {directory}", flush=True)
     # While Tune runs, a trial without a final word is running; once it stops, such a trial is lost.
     with load.running_sweep(directory):
-        finished = run_baselines(settings, directory, trainable)
-        finished = finished and run_search(settings, directory, trainable)
+        finished = run_baselines(settings, directory, trainable, verbose)
+        finished = finished and run_search(settings, directory, trainable, verbose)
         if finished and settings.finalist_seeds > 1:
-            finished = run_finalists(settings, directory)
+            finished = run_finalists(settings, directory, verbose)
     trials = load.trials(directory)
     results.write_tables(trials, directory)
     print(results.summary(trials))
@@ -306,14 +340,15 @@ def sweep(settings: SweepSettings, directory: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    cli_values = {key: value for key, value in vars(args).items() if key not in ("task", "config")}
+    # --verbose changes what the terminal shows, not the sweep: it is no setting of the sweep's.
+    cli_values = {key: value for key, value in vars(args).items() if key not in ("task", "config", "verbose")}
     try:
         settings = resolve(args.task, args.config, cli_values)
         directory = experiment_dir(settings)
     except ConfigError as error:
         return fail(str(error))
     try:
-        finished = sweep(settings, directory)
+        finished = sweep(settings, directory, args.verbose)
     except ConfigError as error:
         return fail(str(error))
     except KeyboardInterrupt:

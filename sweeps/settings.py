@@ -16,14 +16,16 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 
 from sweeps.presets import PRESETS
 from trainables import models
-from trainables.config import ConfigError, TrialConfig, describe, known_task
-from trainables.methods import METHODS
+from trainables.config import TrialConfig, known_task
+from trainables.errors import ConfigError, describe
+from trainables.methods import METHODS, search_dimensions
 from trainables.tasks import canonical_task, generation_budget, get_task, is_task_file
 
 SMOKE = {
@@ -42,44 +44,35 @@ SMOKE = {
 SWEEP_OWNED = {"task", "model", "method", "max_steps", "epochs", "seed"}
 
 
-class SearchRanges(BaseModel):
-    """Where Optuna looks; each method only sees the dimensions it uses."""
+class _Ranges(BaseModel):
+    """Where Optuna looks: one key per search dimension of the registered methods (see
+    trainables/methods/), each method's checks applied."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    learning_rate: tuple[float, float] = (1e-4, 1e-2)
-    prompt_tuning_learning_rate: tuple[float, float] = (1e-3, 1e-1)
-    full_learning_rate: tuple[float, float] = (1e-5, 1e-3)  # every weight moves: far smaller steps
-    dropout: tuple[float, float] = (0.0, 0.2)
-    ranks: list[int] = [4, 8, 16]
-    alphas: list[float] = [8, 16, 32]
-    adalora_target_ranks: list[int] = [2, 4]
-    virtual_tokens: list[int] = [8, 16, 32]
-
-    @field_validator("learning_rate", "prompt_tuning_learning_rate", "full_learning_rate", "dropout")
+    @field_validator("*")
     @classmethod
-    def _ordered(cls, bounds: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
-        low, high = bounds
-        ceiling, closed = (
-            (1.0, False) if info.field_name == "dropout" else (1.0, True)
-        )  # as TrialConfig allows
-        if not 0 <= low < high or high > ceiling or (high == ceiling and not closed):
-            bound = "<= 1" if closed else "< 1"
-            raise ValueError(f"impossible range [{low}, {high}]: need 0 <= low < high {bound}")
+    def _possible(cls, bounds, info: ValidationInfo):
+        if problem := search_dimensions()[info.field_name].problem(bounds):
+            raise ValueError(problem)
         return bounds
 
-    @field_validator("ranks", "alphas", "adalora_target_ranks", "virtual_tokens")
-    @classmethod
-    def _positive_choices(cls, choices: list) -> list:
-        if not choices or min(choices) <= 0:
-            raise ValueError("needs at least one choice, all above 0")
-        return choices
-
     @model_validator(mode="after")
-    def _adalora_targets_fit(self) -> "SearchRanges":
-        if max(self.adalora_target_ranks) > min(self.ranks):
-            raise ValueError("adalora_target_ranks must not exceed the smallest of ranks")
+    def _methods_agree(self) -> "_Ranges":
+        if problems := [p for method in METHODS.values() for p in method.search_problems(dict(self))]:
+            raise ValueError("; ".join(problems))
         return self
+
+
+SearchRanges = create_model(
+    "SearchRanges",
+    __base__=_Ranges,
+    __module__=__name__,  # where pickle finds the class: Tune pickles the searcher that holds the ranges
+    **{
+        key: (list[int | float] if dimension.categorical else tuple[float, float], dimension.default)
+        for key, dimension in search_dimensions().items()
+    },
+)
 
 
 class SweepSettings(BaseModel):
@@ -133,14 +126,19 @@ class SweepSettings(BaseModel):
 
     @field_validator("trial")
     @classmethod
-    def _valid_trial_options(cls, options: dict) -> dict:
+    def _valid_trial_options(cls, options: dict, info: ValidationInfo) -> dict:
         owned = sorted(SWEEP_OWNED & options.keys())
         if owned:
             raise ValueError(f"{', '.join(owned)} set by the sweep itself, not in trial")
-        try:
-            TrialConfig.model_validate({"task": "qg", "method": "lora", **options})
-        except ValidationError as error:
-            raise ValueError(describe(error).removeprefix("invalid config: ")) from None
+        # Every trial of the sweep gets these options: each method's trials must accept them.
+        problems = {}
+        for method in info.data.get("methods") or METHODS:
+            try:
+                TrialConfig.parse({"task": "qg", "method": method, **options})
+            except ConfigError as error:
+                problems[str(error).removeprefix("invalid config: ")] = None
+        if problems:
+            raise ValueError("; ".join(problems))
         return options
 
     @property
@@ -169,8 +167,11 @@ def default_methods(model: str | None) -> list[str]:
     return [
         name
         for name, method in METHODS.items()
-        if method.default_below_params is None
-        or models.has_fewer_parameters(model, method.default_below_params)
+        if method.in_default_sweep
+        and (
+            method.default_below_params is None
+            or models.has_fewer_parameters(model, method.default_below_params)
+        )
     ]
 
 
@@ -262,7 +263,7 @@ def method_problems(settings: SweepSettings) -> list[str]:
     problems = []
     for method in settings.methods:
         config, total_steps = trial_budget(settings, method, available)
-        problems += METHODS[method].problems(config, total_steps)
+        problems += METHODS[method].problems(config.hyperparameters, total_steps)
     return problems
 
 

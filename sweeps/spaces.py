@@ -9,52 +9,13 @@ together. TrialConfig.parse maps the scoped names back to its fields.
 """
 
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import optuna
+from pydantic import BaseModel
 
-from sweeps.settings import SearchRanges
 from trainables.config import METHOD_SCOPE
-
-
-def _shared(trial: "MethodScope", ranges: SearchRanges) -> None:
-    trial.suggest_float("learning_rate", *ranges.learning_rate, log=True)
-    trial.suggest_float("dropout", *ranges.dropout)
-
-
-def _lora_family(trial: "MethodScope", ranges: SearchRanges) -> None:
-    _shared(trial, ranges)
-    trial.suggest_categorical("rank", ranges.ranks)
-    trial.suggest_categorical("alpha", ranges.alphas)
-
-
-def _adalora(trial: "MethodScope", ranges: SearchRanges) -> None:
-    _lora_family(trial, ranges)
-    trial.suggest_categorical("target_rank", ranges.adalora_target_ranks)
-
-
-def _prompt_tuning(trial: "MethodScope", ranges: SearchRanges) -> None:
-    # Soft prompts need far larger steps than weight adapters.
-    trial.suggest_float("learning_rate", *ranges.prompt_tuning_learning_rate, log=True)
-    trial.suggest_float("dropout", *ranges.dropout)
-    trial.suggest_categorical("num_virtual_tokens", ranges.virtual_tokens)
-
-
-def _full(trial: "MethodScope", ranges: SearchRanges) -> None:
-    # Every weight trains: steps far smaller than an adapter's; no adapter, so no adapter dropout.
-    trial.suggest_float("learning_rate", *ranges.full_learning_rate, log=True)
-
-
-# Each method's own dimensions; a new method adds one entry here.
-DIMENSIONS: dict[str, Callable[["MethodScope", SearchRanges], None]] = {
-    "qlora": _lora_family,
-    "lora": _lora_family,
-    "adalora": _adalora,
-    "ia3": _shared,
-    "prompt_tuning": _prompt_tuning,
-    "full": _full,
-}
+from trainables.methods import METHODS
 
 
 def scoped(method: str, name: str) -> str:
@@ -75,24 +36,13 @@ class MethodScope:
         return self.trial.suggest_categorical(scoped(self.method, name), choices)
 
 
-@dataclass
-class _NameRecorder:
-    """Stands in for an Optuna trial to read off the names a method's dimensions use, sampling nothing."""
-
-    names: list[str] = field(default_factory=list)
-
-    def suggest_float(self, name: str, *args, **kwargs) -> None:
-        self.names.append(name)
-
-    suggest_categorical = suggest_float
-
-
 def hyperparameter_names(methods: list[str] | None = None) -> list[str]:
     """The scoped names of every dimension of the methods (all of them by default), in order."""
-    recorder = _NameRecorder()
-    for method in methods or DIMENSIONS:
-        DIMENSIONS[method](MethodScope(recorder, method), SearchRanges())
-    return recorder.names
+    return [
+        scoped(method, dimension.field)
+        for method in methods or METHODS
+        for dimension in METHODS[method].dimensions
+    ]
 
 
 def sampler(seed: int) -> optuna.samplers.TPESampler:
@@ -109,12 +59,13 @@ class DefineByRun:
     """The space Optuna samples; an object, not a closure, because Tune pickles the searcher."""
 
     methods: list[str]
-    ranges: SearchRanges
+    ranges: BaseModel  # sweeps.settings.SearchRanges: a range per search key
     constants: dict
 
     def __call__(self, trial: optuna.Trial) -> dict:
         method = trial.suggest_categorical("method", self.methods)
-        DIMENSIONS[method](MethodScope(trial, method), self.ranges)
+        for dimension in METHODS[method].dimensions:
+            dimension.suggest(MethodScope(trial, method), getattr(self.ranges, dimension.search_key))
         return self.constants
 
 

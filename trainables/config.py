@@ -5,12 +5,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from trainables.errors import ConfigError, problems
+from trainables.methods import METHODS
+from trainables.methods.base import Hyperparameters
+from trainables.tasks import canonical_task
+
 BASELINE = "base"  # the untouched base model, evaluated zero- or k-shot; trains nothing
 METHOD_SCOPE = "."  # lora.learning_rate: the learning rate of LoRA trials, a dimension of its own
-
-
-class ConfigError(ValueError):
-    """A trial or sweep config is invalid; the message names every field at fault, on one line."""
 
 
 class TrialConfig(BaseModel):
@@ -19,18 +20,10 @@ class TrialConfig(BaseModel):
     task: str
     method: str
     model: str = "embedded"
-    # Shared by every method.
+    # Shared by every method (each searches it in its own range).
     learning_rate: float = Field(2e-4, gt=0, le=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    # LoRA family: rank is AdaLoRA's initial rank; target_rank its final average rank.
-    rank: int = Field(8, ge=1)
-    alpha: float = Field(16, gt=0)
-    target_rank: int = Field(4, ge=1)
-    adalora_tinit: int | None = Field(None, ge=0, description="AdaLoRA warm-up steps; default 10% of the run")
-    adalora_tfinal: int | None = Field(None, ge=0, description="AdaLoRA final fine-tuning steps; default 20%")
-    # Prompt tuning.
-    num_virtual_tokens: int = Field(16, ge=1)
-    prompt_init: Literal["text", "random"] = "text"
+    # The method's own, typed by its module (trainables/methods/); named `<method>.<field>` in a sweep.
+    hyperparameters: Hyperparameters = Hyperparameters()
     # Baseline trials: examples from the train split put in the prompt.
     shots: int = Field(0, ge=0, le=8)
     # Budget and optimisation.
@@ -64,18 +57,31 @@ class TrialConfig(BaseModel):
     @field_validator("method")
     @classmethod
     def _known_method(cls, method: str) -> str:
-        from trainables.methods import METHODS
-
         if method != BASELINE and method not in METHODS:
             raise ValueError(f"unknown method '{method}'; known: {', '.join([*METHODS, BASELINE])}")
         return method
 
     @classmethod
     def parse(cls, values: dict) -> "TrialConfig":
+        """The typed config of a trial; every problem, the method's own fields included, at once."""
+        values = unscoped(values)
+        method = METHODS.get(values.get("method"))
+        own = method.hyperparameters if method else Hyperparameters
+        former = _former_names(values, own)
+        found = [f"{key}: unknown option; did you mean {hint}?" for key, hint in former.items()]
+        hyperparameters = Hyperparameters()
         try:
-            return cls.model_validate(unscoped(values))
+            hyperparameters = own.model_validate({k: v for k, v in values.items() if k in own.model_fields})
         except ValidationError as error:
-            raise ConfigError(describe(error)) from None
+            found += problems(error, prefix=f"{method.name}{METHOD_SCOPE}")
+        shared = {k: v for k, v in values.items() if k not in own.model_fields and k not in former}
+        try:
+            config = cls.model_validate(shared | {"hyperparameters": hyperparameters})
+        except ValidationError as error:
+            found += problems(error)
+        if found:
+            raise ConfigError("invalid config: " + "; ".join(found))
+        return config
 
     def usable_train_size(self, available: int) -> int:
         return min(available, self.train_examples or available)
@@ -89,28 +95,34 @@ class TrialConfig(BaseModel):
 
 def unscoped(values: dict) -> dict:
     """Tune's dict names a method's searched hyperparameters `<method>.<field>` (so that the
-    sampler models each method's own dimensions apart); the config names the field alone. Another
-    method's scoped name stays as it is, and is refused as an unknown option."""
-    prefix = f"{values.get('method')}{METHOD_SCOPE}"
-    return {key.removeprefix(prefix): value for key, value in values.items()}
+    sampler models each method's own dimensions apart); the config names the field alone. Options
+    of another registered method (a sweep's `trial:` block holds every method's) do not apply to
+    this trial; any other scope stays as it is, and is refused as an unknown option."""
+    method = values.get("method")
+    kept = {}
+    for key, value in values.items():
+        scope, _, field = key.rpartition(METHOD_SCOPE)
+        if scope == method:
+            kept[field] = value
+        elif scope not in METHODS:
+            kept[key] = value
+    return kept
+
+
+def _former_names(values: dict, own: type[Hyperparameters]) -> dict[str, str]:
+    """Unknown keys that read as `<method>_<field>`, the names per-method options once had
+    (adalora_tinit), each with the scoped name it now has (adalora.tinit)."""
+    hints = {}
+    for key in values.keys() - own.model_fields.keys() - TrialConfig.model_fields.keys():
+        for name, method in METHODS.items():
+            field = key.removeprefix(f"{name}_")
+            if field != key and field in method.hyperparameters.model_fields:
+                hints[key] = f"{name}{METHOD_SCOPE}{field}"
+    return hints
 
 
 def known_task(task: str) -> str:
-    from trainables.tasks import canonical_task
-
     try:
         return canonical_task(task)
     except KeyError as error:
         raise ValueError(error.args[0]) from None
-
-
-def describe(error: ValidationError) -> str:
-    """Every problem of a ValidationError on one line, each naming its field."""
-    problems = []
-    for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "config"
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown option"
-        problems.append(f"{field}: {message}")
-    return "invalid config: " + "; ".join(problems)

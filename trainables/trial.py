@@ -66,7 +66,7 @@ def prepare(values: dict) -> Plan:
         total_steps, problems = 0, []
     else:
         total_steps = config.total_steps(len(splits["train"]))
-        problems = METHODS[config.method].problems(config, total_steps)
+        problems = METHODS[config.method].problems(config.hyperparameters, total_steps)
     if not_loadable := models.unloadable_reason(config.model):
         problems.append(f"model: {not_loadable}")
     if problems:
@@ -167,7 +167,7 @@ def load_trainable_model(plan: Plan, model_path: str):
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=torch.cuda.is_available())
     torch.manual_seed(config.seed)
     context = BuildContext(plan.total_steps, model_path, plan.task.instruction)
-    return method.wrap(base, config, context)
+    return method.wrap(base, config.hyperparameters, context)
 
 
 def parameter_counts(model) -> tuple[int, int]:

@@ -1,9 +1,13 @@
 import json
+import re
+import shutil
 from pathlib import Path
 
+import plotly.offline
 import polars as pl
 import pytest
 from peft import PeftModel
+from playwright.sync_api import sync_playwright
 
 from analysis import load, report
 from trainables import models, trial
@@ -11,15 +15,20 @@ from trainables.methods import METHODS
 
 pytestmark = pytest.mark.slow
 
+# The report's four figures, then Optuna's optimisation history and parameter importances.
+FIGURES = 6
+ARTIFACTS = Path(__file__).parents[2] / "test-artifacts"
+BROWSER = next(filter(None, map(shutil.which, ["chromium", "chromium-browser"])), None)
 
-def test_sweep_ends_with_a_report_that_embeds_its_plots_and_names_every_method(smoke_sweep):
+
+def test_sweep_ends_with_a_self_contained_report_that_names_every_method(smoke_sweep):
     done, sweep_dir = smoke_sweep
     assert done.returncode == 0, done.stderr[-3000:]
     page = (sweep_dir / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4
-    assert all(method in page for method in [*METHODS, "base"])
-    for name in ("pareto_cost", "pareto_latency", "learning_curves", "quality_by_method"):
-        assert (sweep_dir / f"{name}.png").stat().st_size > 1000
+    assert page.count('class="plotly-graph-div"') == FIGURES
+    assert plotly.offline.get_plotlyjs() in page  # inlined; the browser test renders it offline
+    assert "shape: (" not in page  # a table, not polars' text
+    assert all(method in page for method in [*(m for m in METHODS if METHODS[m].in_default_sweep), "base"])
     board = pl.read_parquet(sweep_dir / "leaderboard.parquet")
     assert board["pareto"].any() and board["position"].to_list() == list(range(1, board.height + 1))
     # Full fine-tuning is ranked like the others; its size is the whole model it saves.
@@ -28,6 +37,58 @@ def test_sweep_ends_with_a_report_that_embeds_its_plots_and_names_every_method(s
     lightest_full = full["adapter_bytes"].min()
     assert lightest_full > board.filter(pl.col("method").is_in(["lora", "ia3"]))["adapter_bytes"].max()
     assert "## Per method" in done.stdout
+
+
+def test_the_terminal_shows_one_line_per_trial_and_each_stage_s_state_on_two_screens(smoke_sweep):
+    done, sweep_dir = smoke_sweep
+    trials = pl.read_csv(sweep_dir / "trials.csv")
+    lines = done.stdout.splitlines()
+    finished = [line for line in lines if " trial " in line and line.startswith("[")]
+    assert len(finished) == trials.height, done.stdout
+    for stage in ("baselines", "search", "finalists"):  # each stage ends with its state: all planned done
+        assert re.search(rf"^\[{stage}\] (\d+)/\1 trials done .* \| best ", done.stdout, re.MULTILINE), stage
+    assert len(lines) <= 100, done.stdout  # two screens, from start to report
+    for noise in (
+        "Configuration for experiment",
+        "Trial status",
+        "snapshotting",
+        "Some regimes for parameter",
+    ):
+        assert noise not in done.stdout + done.stderr
+
+
+# Before test_report_cli_rebuilds_with_other_weights rewrites the report without its verdict.
+@pytest.mark.skipif(BROWSER is None, reason="no Chromium on PATH: install Debian's chromium (.ci/run does)")
+def test_the_report_draws_every_plot_in_a_real_browser(smoke_sweep):
+    _, sweep_dir = smoke_sweep
+    board = pl.read_parquet(sweep_dir / "leaderboard.parquet")
+    errors = []
+    with sync_playwright() as playwright:
+        # --no-sandbox: Chromium's sandbox refuses to start as root, as in CI containers.
+        browser = playwright.chromium.launch(executable_path=BROWSER, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.route("http*://**", lambda route: route.abort())  # offline: the page must need nothing else
+        page.goto((sweep_dir / "report.html").as_uri())
+        drawn = page.eval_on_selector_all(
+            ".plotly-graph-div",
+            "plots => plots.map(plot => plot.querySelectorAll('svg.main-svg .trace').length)",
+        )
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "report.png", full_page=True)
+        pareto = page.locator(".plotly-graph-div").first
+        pareto.locator(".scatterlayer .point").first.hover(force=True)
+        hover = pareto.locator(".hoverlayer").text_content()
+        page.locator("#leaderboard th", has_text="position").click()
+        positions = page.locator("#leaderboard tbody td:first-child").all_text_contents()
+        browser.close()
+    assert len(drawn) == FIGURES and all(elements > 0 for elements in drawn), drawn
+    assert errors == []
+    trial_id, method = hover.removeprefix("trial ").split(" ", 1)
+    row = board.filter(pl.col("trial_id") == trial_id)
+    assert method.startswith(f"({row['method'].item()})") and "=" in method  # and its hyperparameters
+    assert [int(position) for position in positions] == list(range(board.height, 0, -1))  # sorted by it
 
 
 def test_winners_reload_and_carry_test_scores(smoke_sweep):

@@ -25,7 +25,7 @@ def _adapter(base: str, method: str, directory) -> None:
     config = TrialConfig.parse({"task": "qg", "method": method, "model": base})
     model = spec.wrap(
         models.load_model(base, quantize_4bit=spec.quantize_4bit),
-        config,
+        config.hyperparameters,
         BuildContext(100, base, "Turn the question into queries"),
     )
     generator = torch.Generator().manual_seed(len(method))

@@ -165,7 +165,7 @@ def test_served_answers_equal_plain_generate_after_type_switches_and_reloads(
     server, served_base, winners_dir
 ):
     """Each winner in turn, twice: every request switches adapter type or base, and in the second
-    round every winner has been evicted (the server holds 4 of the 6) and is loaded again."""
+    round every winner has been evicted (the server holds 4 of them) and is loaded again."""
     tokenizer = models.load_tokenizer(served_base)
     prompt = PROMPTS[3]
     expected = {

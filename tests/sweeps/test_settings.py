@@ -6,10 +6,10 @@ import pytest
 from transformers import LlamaConfig
 
 from sweeps import run
-from sweeps.settings import SearchRanges, resolve
-from sweeps.spaces import DIMENSIONS, DefineByRun
+from sweeps.settings import SearchRanges, default_methods, resolve, trial_budget
+from sweeps.spaces import DefineByRun
 from trainables import models
-from trainables.methods import METHODS
+from trainables.methods import METHODS, search_dimensions
 
 
 def test_precedence_defaults_preset_yaml_cli(tmp_path):
@@ -31,7 +31,7 @@ def test_local_model_paths_become_absolute(tmp_path, tiny_model, monkeypatch):
 
 def test_smoke_shrinks_the_budget_and_still_tries_every_method(tmp_path):
     settings = resolve("qg", None, {"smoke": True, "storage": str(tmp_path)})
-    assert settings.samples == len(METHODS) and settings.max_steps <= 10
+    assert settings.samples == len(default_methods(None)) and settings.max_steps <= 10
     assert settings.trial["train_examples"] <= 64
 
 
@@ -39,7 +39,7 @@ def test_smoke_shrinks_the_budget_and_still_tries_every_method(tmp_path):
     ("argv", "message"),
     [
         (["nope"], "task: unknown task 'nope'"),
-        (["qg", "--methods", "lora,dora"], "methods: unknown ['dora']"),
+        (["qg", "--methods", "lora,dorra"], "methods: unknown ['dorra']"),
         (["qg", "--samples", "0"], "samples: Input should be greater than or equal to 1"),
         (["qg", "--model", "/no/such/model"], "model: model path '/no/such/model' has no config.json"),
         (["qg", "--storage", "/proc/no-such-dir"], "storage: '/proc/no-such-dir' cannot be written"),
@@ -71,9 +71,11 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, message):
         ("sampels: 3\n", "sampels: unknown option"),
         ("samples: [3\n", ":2: not valid YAML"),
         (
-            "max_steps: 10\ntrial:\n  adalora_tinit: 6\n  adalora_tfinal: 6\n",
-            "adalora_tinit + adalora_tfinal: 6 + 6",
+            "max_steps: 10\ntrial:\n  adalora.tinit: 6\n  adalora.tfinal: 6\n",
+            "adalora.tinit + adalora.tfinal: 6 + 6",
         ),
+        ("trial:\n  adalora_tinit: 6\n", "trial: adalora_tinit: unknown option; did you mean adalora.tinit?"),
+        ("methods: [lora, ia3]\ntrial:\n  rank: 4\n", "trial: rank: unknown option"),
     ],
 )
 def test_yaml_errors_name_the_file_and_key(tmp_path, capsys, yaml_text, message):
@@ -91,8 +93,25 @@ def test_existing_sweep_name_needs_resume(tmp_path, capsys):
     assert "already holds a sweep; pass --resume" in capsys.readouterr().err
 
 
-def test_every_method_has_search_dimensions():
-    assert set(DIMENSIONS) == set(METHODS)
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_searches_its_hyperparameters_and_shares_search_keys_alike(method):
+    spec = METHODS[method]
+    assert spec.dimensions, "nothing to search"
+    for dimension in spec.dimensions:
+        assert dimension.field in {*spec.hyperparameters.model_fields, "learning_rate"}
+        # A search key several methods read has one meaning, and one default range.
+        assert search_dimensions()[dimension.search_key] == dimension
+        assert getattr(SearchRanges(), dimension.search_key) == dimension.default
+
+
+def test_a_method_option_fixed_for_the_sweep_reaches_only_its_own_trials(tmp_path):
+    config = tmp_path / "sweep.yaml"
+    config.write_text("methods: [lora, adalora]\ntrial:\n  adalora.target_rank: 2\n  lora.rank: 4\n")
+    settings = resolve("qg", str(config), {"storage": str(tmp_path)})
+    adalora, _ = trial_budget(settings, "adalora", 100)
+    lora, _ = trial_budget(settings, "lora", 100)
+    assert (adalora.hyperparameters.target_rank, adalora.hyperparameters.rank) == (2, 8)
+    assert lora.hyperparameters.rank == 4
 
 
 def test_define_by_run_space_samples_each_methods_own_dimensions():
@@ -107,15 +126,14 @@ def test_define_by_run_space_samples_each_methods_own_dimensions():
         study.tell(trial, 0.0)
     assert set(seen) == set(METHODS)
     for params in seen["ia3"]:
-        assert set(params) == {"method", "ia3.learning_rate", "ia3.dropout"}
+        assert set(params) == {"method", "ia3.learning_rate"}  # IA3 has no dropout
     for params in seen["full"]:
         assert set(params) == {"method", "full.learning_rate"}
         assert ranges.full_learning_rate[0] <= params["full.learning_rate"] <= ranges.full_learning_rate[1]
     for params in seen["adalora"]:
         assert {"adalora.rank", "adalora.alpha", "adalora.target_rank"} <= set(params)
     for params in seen["prompt_tuning"]:
-        assert set(params) == {"method", "prompt_tuning.learning_rate", "prompt_tuning.dropout",
-                               "prompt_tuning.num_virtual_tokens"}  # fmt: skip
+        assert set(params) == {"method", "prompt_tuning.learning_rate", "prompt_tuning.num_virtual_tokens"}
         assert params["prompt_tuning.num_virtual_tokens"] in ranges.virtual_tokens
         assert (
             ranges.prompt_tuning_learning_rate[0]
@@ -133,7 +151,7 @@ def test_unknown_option_is_rejected_by_the_parser(capsys):
 
 def test_full_fine_tuning_is_in_the_default_sweep_only_below_1b_parameters(tmp_path, tiny_model):
     small = resolve("qg", None, {"model": tiny_model, "storage": str(tmp_path)})
-    assert small.methods == list(METHODS) and "full" in small.methods
+    assert small.methods == [m for m in METHODS if METHODS[m].in_default_sweep] and "full" in small.methods
     assert "full" in resolve("qg", None, {"storage": str(tmp_path)}).methods  # embedded, not built for it
     # A 1.7B-parameter Llama, config only: counted on the meta device, no weights needed.
     big = tmp_path / "big-model"
@@ -146,7 +164,7 @@ def test_full_fine_tuning_is_in_the_default_sweep_only_below_1b_parameters(tmp_p
     ).save_pretrained(big)
     assert 1_000_000_000 < models.parameter_count(str(big)) < 2_000_000_000
     assert resolve("qg", None, {"model": str(big), "storage": str(tmp_path)}).methods == [
-        m for m in METHODS if m != "full"
+        m for m in default_methods(tiny_model) if m != "full"
     ]
     assert resolve("qg", None, {"model": str(big), "smoke": True, "storage": str(tmp_path)}).samples == 5
     chosen = resolve("qg", None, {"model": str(big), "methods": ["full", "lora"], "storage": str(tmp_path)})

@@ -64,6 +64,11 @@ def test_scoped_names_cover_every_dimension_and_map_back_to_the_config():
     } <= set(names)
     assert "learning_rate" not in names and len(names) == len(set(names))
     config = TrialConfig.parse({"task": "qg", "method": "lora", "lora.learning_rate": 0.003, "lora.rank": 4})
-    assert config.learning_rate == 0.003 and config.rank == 4
-    with pytest.raises(ConfigError, match=r"prompt_tuning\.learning_rate: unknown option"):
-        TrialConfig.parse({"task": "qg", "method": "lora", "prompt_tuning.learning_rate": 0.1})
+    assert config.learning_rate == 0.003 and config.hyperparameters.rank == 4
+    # Another method's option is not this trial's; a scope that names no method is refused.
+    assert (
+        TrialConfig.parse({"task": "qg", "method": "lora", "prompt_tuning.learning_rate": 0.1}).learning_rate
+        == 2e-4
+    )
+    with pytest.raises(ConfigError, match=r"lorra\.learning_rate: unknown option"):
+        TrialConfig.parse({"task": "qg", "method": "lora", "lorra.learning_rate": 0.1})

@@ -16,6 +16,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from sweeps.settings import default_methods
 from trainables import trial
 from trainables.methods import METHODS
 
@@ -39,7 +40,7 @@ def _records(sweep_dir: Path) -> dict[str, dict]:
     return {record["trial_id"]: record for record in records}
 
 
-def test_smoke_sweep_end_to_end(smoke_sweep):
+def test_smoke_sweep_end_to_end(smoke_sweep, tiny_model):
     done, sweep_dir = smoke_sweep
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Ray dashboard: http://127.0.0.1:" in done.stdout
@@ -48,9 +49,9 @@ def test_smoke_sweep_end_to_end(smoke_sweep):
                 "tokens_per_s", "trainable_params", "error", "lora.learning_rate", "lora.rank",
                 "prompt_tuning.learning_rate", "truncated_rate", "quality_full_validation"]  # fmt: skip
     assert set(required) <= set(trials.columns)
-    assert set(METHODS) <= set(trials["method"]) and "base" in trials["method"]
+    assert set(default_methods(tiny_model)) == set(trials["method"]) - {"base"} and "base" in trials["method"]
     searched = trials.filter((pl.col("method") != "base") & ~pl.col("finalist_rerun"))
-    assert searched.height == len(METHODS)
+    assert searched.height == len(default_methods(tiny_model))
     # --finalist-seeds 2: the top of the front (up to 3) again, same hyperparameters, the next seed.
     reruns = trials.filter(pl.col("finalist_rerun"))
     assert 1 <= reruns.height <= 3 and (reruns["seed"] == 1).all() and (searched["seed"] == 0).all()
@@ -60,6 +61,21 @@ def test_smoke_sweep_end_to_end(smoke_sweep):
     assert trials["truncated_rate"].is_between(0.0, 1.0).all()
     assert pl.read_parquet(sweep_dir / "trials.parquet").height == trials.height
     assert "quality" in done.stdout and "trials.csv" in done.stdout  # the closing summary
+
+
+OPT_IN = [name for name, method in METHODS.items() if not method.in_default_sweep]
+
+
+def test_methods_left_out_of_the_default_sweep_are_one_option_away(tiny_model, tmp_path):
+    """They train, rank, and are picked to serve, as any method."""
+    done = _sweep(tiny_model, tmp_path, "--methods", ",".join(OPT_IN), "--name", "opt-in")
+    assert done.returncode == 0, done.stderr[-3000:]
+    sweep_dir = tmp_path / "qg" / "opt-in"
+    trained = pl.read_csv(sweep_dir / "trials.csv").filter(pl.col("method") != "base")
+    assert sorted(trained["method"]) == sorted(OPT_IN)
+    assert trained["status"].is_in(["completed", "stopped_early"]).all()
+    winners = json.loads((sweep_dir / "winners.json").read_text())["winners"]
+    assert winners and {winner["method"] for winner in winners} <= set(OPT_IN)
 
 
 def test_killed_driver_resumes_without_losing_or_rerunning_trials(tiny_model, tmp_path):

@@ -132,12 +132,20 @@ def test_trial_record_describes_the_trial(tiny_model, tmp_path):
     ("changes", "field"),
     [
         ({"method": "sft"}, "method: unknown method 'sft'"),
-        ({"rank": 0}, "rank: Input should be greater than or equal to 1"),
+        ({"rank": 0}, "lora.rank: Input should be greater than or equal to 1"),
         (
-            {"method": "adalora", "max_steps": 10, "adalora_tinit": 5, "adalora_tfinal": 5},
-            "adalora_tinit + adalora_tfinal",
+            {"method": "adalora", "max_steps": 10, "adalora.tinit": 5, "adalora.tfinal": 5},
+            "adalora.tinit + adalora.tfinal",
         ),
-        ({"method": "adalora", "target_rank": 16, "rank": 8}, "target_rank: 16 is above the initial rank 8"),
+        (
+            {"method": "adalora", "target_rank": 16, "rank": 8},
+            "adalora.target_rank: 16 is above the initial rank 8",
+        ),
+        (
+            {"method": "adalora", "adalora_tinit": 5},
+            "adalora_tinit: unknown option; did you mean adalora.tinit?",
+        ),
+        ({"method": "ia3", "rank": 8}, "rank: unknown option"),
         ({"learnin_rate": 0.1}, "learnin_rate: unknown option"),
         ({"task": "nope"}, "task: unknown task 'nope'"),
     ],

@@ -21,7 +21,7 @@ def local_ray():
 
 def test_tune_runs_trials_and_a_failure_becomes_a_record(local_ray, tiny_model, tmp_path):
     good = {"method": "lora"}
-    impossible = {"method": "adalora", "adalora_tinit": 3, "adalora_tfinal": 3}  # a 4-step run cannot hold it
+    impossible = {"method": "adalora", "adalora.tinit": 3, "adalora.tfinal": 3}  # a 4-step run cannot hold it
     space = {
         "task": "qg", "model": tiny_model, "max_steps": 4, "eval_every": 2, "eval_examples": 4, "batch_size": 4,
         "case": tune.grid_search([good, impossible]),
@@ -42,7 +42,7 @@ def test_tune_runs_trials_and_a_failure_becomes_a_record(local_ray, tiny_model, 
     # Charged for what Tune gave it: one CPU core.
     assert by_method["lora"].metrics["price_per_hour"] == pytest.approx(measure.CPU_CORE_HOURLY_USD)
     failed = by_method["adalora"].metrics
-    assert failed["status"] == "failed" and "adalora_tinit + adalora_tfinal" in failed["error"]
+    assert failed["status"] == "failed" and "adalora.tinit + adalora.tfinal" in failed["error"]
     records = [json.loads(p.read_text()) for p in Path(tmp_path, "direct").glob("*/trial_record.json")]
     assert sorted(r["status"] for r in records) == ["completed", "failed"]
     assert all(r["trial_id"] and r["node_id"] for r in records)

@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 from trainables.tasks.data import FieldError, require_text
 from trainables.tasks.entities import parse_entities
 from trainables.tasks.metrics import METRICS

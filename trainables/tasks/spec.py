@@ -8,7 +8,7 @@ from typing import Any
 
 import datasets
 
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 from trainables.tasks.data import RowValidator, load_splits
 
 PACKAGED_DATA = Path(__file__).resolve().parent / "data"

@@ -1,0 +1,121 @@
+"""What a method is: the facts every other part reads from the METHODS registry.
+
+A method's module holds its typed hyperparameters, its search dimensions with their default
+ranges, how it wraps the base model, its training hooks, how it saves and reloads what it trained,
+and how it may be served. Nothing outside that module asks which method it is.
+"""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftConfig, PeftModel, get_peft_model
+from pydantic import BaseModel, ConfigDict
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from trainables import models
+
+# What a PEFT method saves, and what full fine-tuning saves: safetensors only, never pickles.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+MODEL_FILES = ("config.json", "model.safetensors")
+
+
+class Hyperparameters(BaseModel):
+    """A method's own hyperparameters; each method subclasses it with its fields and defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    total_steps: int
+    model_path: str
+    instruction: str
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched hyperparameter: a float range, or choices when `default` is a list."""
+
+    field: str  # what it sets: a field of the method's Hyperparameters, or the trial's learning_rate
+    search_key: str  # its key in a sweep's `search:` block; methods that search it alike share the key
+    default: tuple[float, float] | list
+    log: bool = False
+    below_one: bool = False  # a float range must stay below 1 (dropout), not reach it (learning rate)
+
+    @property
+    def categorical(self) -> bool:
+        return isinstance(self.default, list)
+
+    def problem(self, bounds) -> str | None:
+        """Why a range given for this dimension is impossible, or None."""
+        if self.categorical:
+            return None if bounds and min(bounds) > 0 else "needs at least one choice, all above 0"
+        low, high = bounds
+        if 0 <= low < high and (high < 1 or (high == 1 and not self.below_one)):
+            return None
+        return f"impossible range [{low}, {high}]: need 0 <= low < high {'< 1' if self.below_one else '<= 1'}"
+
+    def suggest(self, trial, bounds) -> None:
+        if self.categorical:
+            trial.suggest_categorical(self.field, list(bounds))
+        else:
+            trial.suggest_float(self.field, *bounds, log=self.log)
+
+
+def save_adapter(model, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
+    model.save_pretrained(directory)
+
+
+def load_adapter(model_path: str, saved: Path, quantize_4bit: bool) -> PeftModel:
+    return PeftModel.from_pretrained(models.load_model(model_path, quantize_4bit=quantize_4bit), saved)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    # The base model -> the model that trains: a PeftModel, or the base itself.
+    wrap: Callable[[PreTrainedModel, Hyperparameters, BuildContext], torch.nn.Module]
+    hyperparameters: type[Hyperparameters] = Hyperparameters
+    # What the search varies for this method; the trial config names them `<method>.<field>`.
+    dimensions: tuple[Dimension, ...] = ()
+    quantize_4bit: bool = False
+    # Called after each optimizer step, while gradients are still there (AdaLoRA needs them).
+    after_optimizer_step: Callable[[object, int], None] | None = None
+    # What the method carries from step to step beyond its trainable weights (AdaLoRA's rank
+    # allocation): saved with each checkpoint, so that a resumed run continues exactly.
+    training_state: Callable[[torch.nn.Module], dict] = lambda model: {}
+    restore_training_state: Callable[[torch.nn.Module, dict], None] = lambda model, state: None
+    # Problems with the hyperparameters that only this method has, given the run's length.
+    problems: Callable[[Hyperparameters, int], list[str]] = lambda hyperparameters, total_steps: []
+    # Problems with a sweep's search ranges (a mapping of search keys) that only this method has.
+    search_problems: Callable[[Mapping[str, Any]], list[str]] = lambda ranges: []
+    # Writes what the trial keeps into a directory; saved_files are what that directory holds.
+    save: Callable[[torch.nn.Module, PreTrainedTokenizerBase, Path], None] = save_adapter
+    saved_files: tuple[str, ...] = ADAPTER_FILES
+    # (base model path, saved directory, 4-bit base) -> the trained model again, for scoring.
+    load_trained: Callable[[str, Path, bool], torch.nn.Module] = load_adapter
+    # The saved directory is a whole model: served as a model of its own, not as an adapter on the base.
+    standalone: bool = False
+    # Serving: its adapters on one base answer one batch together, each row its own adapter
+    # (PEFT's mixed-adapter batches); otherwise each adapter's requests are a batch of their own.
+    shares_mixed_batch: bool = False
+    # In the default sweep (for base models with fewer parameters than default_below_params, when
+    # set); otherwise the method is opt-in through --methods.
+    in_default_sweep: bool = True
+    default_below_params: int | None = None
+
+
+def with_peft(peft_config: Callable[[Hyperparameters, BuildContext], PeftConfig]):
+    """A PEFT method's wrap: the base with the adapter that peft_config describes."""
+
+    def wrap(base: PreTrainedModel, hyperparameters: Hyperparameters, context: BuildContext) -> PeftModel:
+        return get_peft_model(base, peft_config(hyperparameters, context))
+
+    return wrap
+
+
+# The learning rate of a weight adapter; methods whose steps differ by decades search their own.
+ADAPTER_LEARNING_RATE = Dimension("learning_rate", "learning_rate", (1e-4, 1e-2), log=True)

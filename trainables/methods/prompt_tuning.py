@@ -1,0 +1,39 @@
+"""Prompt tuning: learnt virtual tokens put in front of the prompt, initialised from the task's instruction."""
+
+from typing import Literal
+
+from peft import PromptTuningConfig, PromptTuningInit, TaskType
+from pydantic import Field
+
+from trainables.methods.base import BuildContext, Dimension, Hyperparameters, Method, with_peft
+
+
+class PromptTuningHyperparameters(Hyperparameters):
+    num_virtual_tokens: int = Field(16, ge=1)
+    prompt_init: Literal["text", "random"] = "text"
+
+
+DIMENSIONS = (
+    # Soft prompts need far larger steps than weight adapters.
+    Dimension("learning_rate", "prompt_tuning_learning_rate", (1e-3, 1e-1), log=True),
+    Dimension("num_virtual_tokens", "virtual_tokens", [8, 16, 32]),
+)
+
+
+def _prompt_tuning(hyperparameters: PromptTuningHyperparameters, context: BuildContext) -> PromptTuningConfig:
+    from_text = hyperparameters.prompt_init == "text"
+    return PromptTuningConfig(
+        task_type=TaskType.CAUSAL_LM,
+        num_virtual_tokens=hyperparameters.num_virtual_tokens,
+        prompt_tuning_init=PromptTuningInit.TEXT if from_text else PromptTuningInit.RANDOM,
+        prompt_tuning_init_text=context.instruction if from_text else None,
+        tokenizer_name_or_path=context.model_path if from_text else None,
+    )
+
+
+METHOD = Method(
+    "prompt_tuning",
+    with_peft(_prompt_tuning),
+    hyperparameters=PromptTuningHyperparameters,
+    dimensions=DIMENSIONS,
+)
