@@ -12,8 +12,10 @@ A fully fine-tuned winner has weights of its own: it is held as a separate model
 and its requests are a batch of their own.
 """
 
+import functools
 import threading
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import groupby
@@ -130,8 +132,9 @@ class _RowEnds(StoppingCriteria):
 class _Base:
     """One base model and the adapters injected into it, all of one PEFT type at a time."""
 
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
+    def __init__(self, load: Callable[[], torch.nn.Module], quantize_4bit: bool):
+        self.load, self.quantize_4bit = load, quantize_4bit
+        self.model = load().eval()
         self.peft: PeftModelForCausalLM | None = None
         self.active_type: PeftType | None = None
         self.injected: set[str] = set()
@@ -146,8 +149,14 @@ class _Base:
             self.injected.discard(adapter_id)
 
     def restore(self) -> None:
-        # Prompt tuning wraps the base without touching its modules; the other types inject layers.
-        if self.peft is not None and not self.peft.active_peft_config.is_prompt_learning:
+        if self.peft is not None and self.quantize_4bit:
+            # Injecting LoRA layers into bitsandbytes 4-bit layers rewrites their quantization
+            # statistics (absmax), so a 4-bit base that held adapters no longer answers as the one
+            # the trial was scored on: load it afresh (rare: its last adapter was evicted).
+            self.model = None
+            self.model = self.load().eval()
+        elif self.peft is not None and not self.peft.active_peft_config.is_prompt_learning:
+            # Prompt tuning wraps the base without touching its modules; the other types inject layers.
             self.peft.unload()  # removes the injected layers; base weights are untouched
         self.peft, self.active_type, self.injected = None, None, set()
 
@@ -178,7 +187,9 @@ class AdapterEngine:
         path = models.resolve(base_model)
         self.tokenizer = models.load_tokenizer(path)
         self.bases = {
-            quantize_4bit: _Base(models.load_model(path, quantize_4bit=quantize_4bit).eval())
+            quantize_4bit: _Base(
+                functools.partial(models.load_model, path, quantize_4bit=quantize_4bit), quantize_4bit
+            )
             for quantize_4bit in quantized_bases
         }
         # `base` requests get the full-precision base, or the 4-bit one when it is the only one held.

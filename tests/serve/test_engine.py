@@ -46,3 +46,28 @@ def test_one_batch_of_every_adapter_answers_as_each_reloaded_alone(served_base, 
     ]  # fmt: skip
     assert served == alone
     assert len(set(alone)) == len(alone)  # each adapter changes the answer its own way
+
+
+def test_a_qlora_adapter_evicted_and_loaded_again_answers_as_scored(served_base, winners_dir):
+    """Injecting LoRA layers into 4-bit layers rewrites their quantization statistics: a 4-bit base
+    whose last adapter was evicted must not carry that into the next load."""
+    tokenizer = models.load_tokenizer(served_base)
+    scored = METHODS["qlora"].load_trained(served_base, winners_dir / "qlora", True)
+    engine = AdapterEngine(served_base, (True,))
+
+    def load():
+        adapter = read_adapter(
+            model_id("qlora"), winners_dir / "qlora", True, METHODS["qlora"].shares_mixed_batch
+        )
+        engine.add(adapter)
+        return adapter
+
+    first = load()
+    engine.generate([Request(PROMPT, model_id("qlora"), 4)])  # injects it into the 4-bit base
+    engine.remove(first)  # evicted: the base held no other adapter
+    load()
+    prompts = [f"Question {n}: what is the weather like in town number {n}?" for n in range(8)]
+    served = [engine.generate([Request(prompt, model_id("qlora"), 32)])[0].text for prompt in prompts]
+    assert served == [
+        loop.generate(scored, tokenizer, [prompt], 32, batch_size=1).texts[0] for prompt in prompts
+    ]

@@ -69,15 +69,7 @@ def _trained(method: str, served_base: str, winners_dir, quantize_4bit: bool | N
 def test_openai_client_lists_models_and_completes(server):
     client = _client(server)
     ids = {model.id for model in client.models.list()}
-    assert ids == {
-        "base",
-        "qg-lora-test",
-        "qg-qlora-test",
-        "qg-adalora-test",
-        "qg-ia3-test",
-        "qg-prompt-tuning-test",
-        "qg-full-test",
-    }
+    assert ids == {"base", *map(model_id, METHODS)}
     completion = client.completions.create(model="qg-lora-test", prompt="Hello", max_tokens=5)
     assert (
         completion.choices[0].finish_reason in ("stop", "length") and completion.usage.completion_tokens <= 5

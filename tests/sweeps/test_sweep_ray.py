@@ -18,7 +18,6 @@ import pytest
 
 from sweeps.settings import default_methods
 from trainables import trial
-from trainables.methods import METHODS
 
 pytestmark = pytest.mark.slow
 
@@ -61,21 +60,6 @@ def test_smoke_sweep_end_to_end(smoke_sweep, tiny_model):
     assert trials["truncated_rate"].is_between(0.0, 1.0).all()
     assert pl.read_parquet(sweep_dir / "trials.parquet").height == trials.height
     assert "quality" in done.stdout and "trials.csv" in done.stdout  # the closing summary
-
-
-OPT_IN = [name for name, method in METHODS.items() if not method.in_default_sweep]
-
-
-def test_methods_left_out_of_the_default_sweep_are_one_option_away(tiny_model, tmp_path):
-    """They train, rank, and are picked to serve, as any method."""
-    done = _sweep(tiny_model, tmp_path, "--methods", ",".join(OPT_IN), "--name", "opt-in")
-    assert done.returncode == 0, done.stderr[-3000:]
-    sweep_dir = tmp_path / "qg" / "opt-in"
-    trained = pl.read_csv(sweep_dir / "trials.csv").filter(pl.col("method") != "base")
-    assert sorted(trained["method"]) == sorted(OPT_IN)
-    assert trained["status"].is_in(["completed", "stopped_early"]).all()
-    winners = json.loads((sweep_dir / "winners.json").read_text())["winners"]
-    assert winners and {winner["method"] for winner in winners} <= set(OPT_IN)
 
 
 def test_killed_driver_resumes_without_losing_or_rerunning_trials(tiny_model, tmp_path):
