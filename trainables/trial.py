@@ -5,6 +5,7 @@ checkpoint to resume from passed in, so it also runs outside Tune (tests, benchm
 Every trial leaves a self-describing trial_record.json; a failure becomes a record, not a crash.
 """
 
+import functools
 import importlib.metadata
 import json
 import math
@@ -37,7 +38,7 @@ SPEED_PROMPTS = 4
 FULL_VALIDATION_QUALITY = "quality_full_validation"
 VERSIONED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "ray", "datasets")
 # Failures that would fail again if retried; anything else is re-raised so Tune can retry it.
-# Out of memory on a GPU shared with other trials gets one retry first (_execute_once_more_on_shared_gpu_oom).
+# Out of memory on a GPU shared with other trials gets one retry first (_once_more_on_shared_gpu_oom).
 DETERMINISTIC_FAILURES = (ConfigError, DataError, loop.NonFiniteLoss, torch.OutOfMemoryError)
 
 Report = Callable[[dict, Path | None], None]
@@ -289,19 +290,17 @@ def execute(
     share = share or measure.Share.whole_machine()
     meter = measure.Meter.resumed_from(resume_from)
     try:
-        return _execute_once_more_on_shared_gpu_oom(values, report, resume_from, recorder, meter, share)
+        attempt = functools.partial(
+            _execute, values, resume_from=resume_from, recorder=recorder, meter=meter, share=share
+        )
+        return _once_more_on_shared_gpu_oom(attempt, report, share.shares_a_gpu)
     except Exception as error:
         recorder.update("failed", error=describe_failure(error))
         raise
 
 
-def _execute_once_more_on_shared_gpu_oom(
-    values: dict,
-    report: Report,
-    resume_from: Path | None,
-    recorder: Recorder,
-    meter: measure.Meter,
-    share: measure.Share,
+def _once_more_on_shared_gpu_oom(
+    attempt: Callable[[Report], dict], report: Report, shares_a_gpu: bool
 ) -> dict:
     """On a GPU shared with other trials, running out of memory may be a neighbour's doing: the
     trial then runs once more, from where this process started, before it counts as the
@@ -314,14 +313,14 @@ def _execute_once_more_on_shared_gpu_oom(
             report(metrics, checkpoint)
 
     try:
-        return _execute(values, report_once, resume_from, recorder, meter, share)
+        return attempt(report_once)
     except torch.OutOfMemoryError:
-        if not share.shares_a_gpu:
+        if not shares_a_gpu:
             raise
     # Outside the except block, so that the failed attempt's model and optimizer can be freed.
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return _execute(values, report_once, resume_from, recorder, meter, share)
+    return attempt(report_once)
 
 
 def _execute(
