@@ -18,8 +18,9 @@ from pathlib import Path
 
 import polars as pl
 
+from analysis.rank import is_trained
 from sweeps.spaces import hyperparameter_names
-from trainables.config import BASELINE, ConfigError
+from trainables.errors import ConfigError
 from trainables.trial import ADAPTER_DIR, FULL_VALIDATION_QUALITY, RECORD_FILE
 
 # Each method's searched hyperparameters under their own names (lora.learning_rate), as trials carry them.
@@ -29,6 +30,8 @@ MEASURED_FILE = "kept_checkpoint.json"
 # Where a sweep runs its baselines, and re-trains its finalists with more seeds (--finalist-seeds).
 BASELINES_DIR = "baselines"
 FINALISTS_DIR = "finalists"
+# Where --extend runs the trials it adds to a finished sweep: extension-1, extension-2, ...
+EXTENSION_PREFIX = "extension-"
 # Tune's state of an experiment (one file per run of its driver; the newest is the current one).
 EXPERIMENT_STATE = "experiment_state-*.json"
 # Held by a sweep's driver while Tune runs its trials; the kernel drops it when the driver dies.
@@ -128,7 +131,8 @@ def is_live(directory: Path) -> bool:
 
 def _sweep_of(record: Path) -> Path:
     experiment = record.parent.parent
-    return experiment.parent if experiment.name in (BASELINES_DIR, FINALISTS_DIR) else experiment
+    stage = experiment.name in (BASELINES_DIR, FINALISTS_DIR) or experiment.name.startswith(EXTENSION_PREFIX)
+    return experiment.parent if stage else experiment
 
 
 def _tune_error(trial_dir: Path, metadata: dict) -> str | None:
@@ -294,7 +298,8 @@ def load(experiment_dir: Path) -> pl.DataFrame:
             best_checkpoint=pl.concat_str(pl.col("trial_dir"), pl.lit("/"), pl.col("checkpoint_dir_name")),
         )
     )
-    baseline = pl.col("method") == BASELINE
+    # A baseline trial keeps no checkpoint: its figures are the trial's own, of its only model.
+    baseline = ~is_trained()
     measured_by_trial = baseline | (pl.col("best_step") == pl.col("steps"))
     return (
         frame.join(best, on="trial_dir", how="left")

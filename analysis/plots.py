@@ -12,12 +12,12 @@ from plotly.colors import qualitative
 from ray.tune.search.optuna import OptunaSearch
 
 from analysis.load import HYPERPARAMETERS
-from analysis.rank import BASELINE
 from analysis.tables import three_figures
+from sweeps import study as sweep_study
 from trainables.methods import METHODS
 
 # The same colour for a method in every figure.
-COLOURS = dict(zip(sorted([*METHODS, BASELINE]), itertools.cycle(qualitative.Plotly)))
+COLOURS = dict(zip(sorted(METHODS), itertools.cycle(qualitative.Plotly)))
 
 QUALITY_LABEL = "quality (validation)"
 HOVER = "trial %{customdata[0]} (%{customdata[1]})<br>%{customdata[2]}<extra></extra>"
@@ -58,7 +58,8 @@ def pareto(board: pl.DataFrame, x: str, x_label: str) -> go.Figure:
     shown = with_hover(board.filter(pl.col(x).is_not_null() & pl.col("best_quality").is_not_null()))
     figure = go.Figure()
     for (method,), group in sorted(shown.partition_by("method", as_dict=True).items()):
-        marker = {"symbol": "x" if method == BASELINE else "circle", "size": 10, "color": COLOURS[method]}
+        symbol = "circle" if METHODS[method].trains else "x"  # the baseline: a reference, not a candidate
+        marker = {"symbol": symbol, "size": 10, "color": COLOURS[method]}
         figure.add_trace(_trace(group, x, "best_quality", method, mode="markers", marker=marker))
     front = shown.filter("pareto").sort(x).with_columns(pl.col("best_quality").cum_max())
     if front.height:
@@ -113,8 +114,11 @@ def quality_by_method(board: pl.DataFrame) -> go.Figure:
 
 
 def search_study(directory: Path) -> optuna.Study | None:
-    """The Optuna study of the sweep, from the searcher state Ray Tune saves in the experiment
-    directory (as it does to resume); None before the search saved one."""
+    """The Optuna study of the sweep: the one kept in its directory (every trial, extensions
+    included), else, for a sweep from before studies were kept, the one in the searcher state Ray
+    Tune saves to resume; None before the search saved one."""
+    if kept := sweep_study.load(directory):
+        return kept
     if not any(directory.glob(SEARCHER_STATE)):
         return None
     searcher = OptunaSearch()
@@ -125,14 +129,30 @@ def search_study(directory: Path) -> optuna.Study | None:
 def search_plots(study: optuna.Study) -> list[go.Figure]:
     """Optuna's optimisation history and, once two trials completed, its parameter importances
     (over the dimensions every completed trial has: with one space per method, the method)."""
-    figures = [optuna.visualization.plot_optimization_history(study, target_name="quality")]
+    # A multi-objective study (--objectives) is plotted on its first objective; importances are
+    # computed for a target that is better when lower (PED-ANOVA's convention for a target).
+    first, lower_is_better = {}, {}
+    if len(study.directions) > 1:
+        sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+        first = {"target": lambda trial: trial.values[0]}
+        lower_is_better = {"target": lambda trial: sign * trial.values[0]}
+    target_name = (study.metric_names or ["quality"])[0]
+    figures = [optuna.visualization.plot_optimization_history(study, target_name=target_name, **first)]
     completed = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
     if len(completed) >= 2:
         with warnings.catch_warnings():
             # Each method's dimensions exist only in that method's trials, so PED-ANOVA warns for
             # almost every one that it has few trials; the title says so once instead.
             warnings.filterwarnings("ignore", "Some regimes for parameter", UserWarning)
-            importances = optuna.visualization.plot_param_importances(study, target_name="quality")
+            warnings.filterwarnings(
+                "ignore", ".*computes the importances of params to achieve low", UserWarning
+            )
+            # With few trials, or trials that all score alike (a first look with --smoke), its
+            # quantiles select the same trials and every importance comes out equal: the bars show it.
+            warnings.filterwarnings("ignore", "Target and region quantiles select the same set", UserWarning)
+            importances = optuna.visualization.plot_param_importances(
+                study, target_name=target_name, **lower_is_better
+            )
         title = f"Hyperparameter importances over {len(completed)} trials (rough with few trials per method)"
         figures.append(importances.update_layout(title=title))
     return [_styled(figure) for figure in figures]

@@ -2,7 +2,8 @@
 
 import polars as pl
 
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
+from trainables.methods import trained_methods
 
 # Objective column -> True when larger is better.
 OBJECTIVES: dict[str, bool] = {
@@ -18,7 +19,6 @@ WEIGHT_NAMES = {
     "size": "adapter_bytes",
 }
 DEFAULT_WEIGHTS = {"quality": 1.0, "latency": 0.1, "cost": 0.1, "size": 0.05}
-BASELINE = "base"
 
 
 def parse_weights(text: str) -> dict[str, float]:
@@ -37,12 +37,17 @@ def parse_weights(text: str) -> dict[str, float]:
     return weights
 
 
+def is_trained() -> pl.Expr:
+    """Trials of a method that trains: not the baseline's."""
+    return pl.col("method").is_in(trained_methods())
+
+
 def is_candidate() -> pl.Expr:
     """Trained trials with every objective measured: the ones that can win."""
     measured = pl.all_horizontal(
         pl.col(column).is_not_null() & pl.col(column).is_not_nan() for column in OBJECTIVES
     )
-    return (pl.col("method") != BASELINE) & pl.col("status").is_in(["completed", "stopped_early"]) & measured
+    return is_trained() & pl.col("status").is_in(["completed", "stopped_early"]) & measured
 
 
 def pareto_flags(frame: pl.DataFrame) -> pl.Series:

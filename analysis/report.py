@@ -71,6 +71,8 @@ def winner_entry(row: dict) -> dict:
         "method": row["method"],
         "base_model": row["model"],
         "quantize_4bit": METHODS[row["method"]].quantize_4bit,
+        # What `python -m serve.export --to` can write of it: a merged model, a portable LoRA.
+        "exports": list(METHODS[row["method"]].export_forms),
         "checkpoint_path": str(checkpoint),
         "adapter_path": str(checkpoint / trial.ADAPTER_DIR),
         "config": record["config"],
@@ -125,7 +127,7 @@ def judge(
     Every winner is compared with the base model (at each baseline's shots); the top winner also
     with the runner-up and with the best trial of each other method.
     """
-    baselines = board.filter((pl.col("method") == rank.BASELINE) & (pl.col("status") == "completed"))
+    baselines = board.filter(~rank.is_trained() & (pl.col("status") == "completed"))
     bases = _named_rows(baselines.sort("shots"), base_name)
     winner_rows = _named_rows(chosen, trial_name)
     others = _named_rows(best_of_other_methods(board, winners[0]["method"]), trial_name)
@@ -193,6 +195,7 @@ def write_html(
     winners: list[dict],
     verdict_text: list[str],
     figures: list[go.Figure],
+    spent_usd: float = 0.0,
 ) -> Path:
     task = board["task"].drop_nulls().first()
     model = board["model"].drop_nulls().first()
@@ -211,7 +214,8 @@ def write_html(
     failures = board.filter(pl.col("status") == "failed").select("trial_id", "method", "error")
     sections = [
         f"<h1>Sweep report: {html.escape(str(task))} on {html.escape(str(model))}</h1>",
-        f"<p>{board.height} trials, {failures.height} failed. Generated {datetime.datetime.now():%Y-%m-%d %H:%M}.</p>",
+        f"<p>{board.height} trials, {failures.height} failed; ${spent_usd:.4f} spent in all. "
+        f"Generated {datetime.datetime.now():%Y-%m-%d %H:%M}.</p>",
         "<h2>Verdict</h2>", _verdict_html(verdict_text),
         "<h2>Per method</h2><p>quality: on the whole validation split, the kept checkpoint of each trial.</p>",
         tables.to_html(summary, "per-method"),
@@ -257,7 +261,9 @@ def build(
 ) -> list[dict]:
     """Write every report file into directory; returns the winners. Raises NotAnExperiment."""
     rescore.measure_kept_checkpoints(load.load(directory), workers)
-    frame = rank.across_seeds(load.load(directory))
+    loaded = load.load(directory)
+    spent_usd = loaded["total_cost_usd"].fill_null(0.0).sum()  # every trial's, finalist re-runs too
+    frame = rank.across_seeds(loaded)
     board = rank.leaderboard(frame, weights)
     board.drop("trial_dir").write_csv(directory / "leaderboard.csv")
     board.write_parquet(directory / "leaderboard.parquet")
@@ -276,7 +282,7 @@ def build(
     (directory / WINNERS_FILE).write_text(
         json.dumps({"weights": weights, "winners": winners}, indent=2, default=str)
     )
-    write_html(directory, board, summary, winners, verdict_text, figures)
+    write_html(directory, board, summary, winners, verdict_text, figures, spent_usd)
     print(markdown_summary(summary, winners, verdict_text))
     if board.filter(rank.is_candidate()).is_empty():
         raise load.NotAnExperiment(

@@ -11,6 +11,7 @@ so rebuilding a report reuses it and a later checkpoint (a resumed sweep) replac
 
 import functools
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import polars as pl
 
 from analysis import load, rank
 from trainables import trial
+from trainables.methods import METHODS
 
 TEST_SCORES_FILE = "test_scores.json"
 BASELINE_CHECKPOINT = "untouched"  # a baseline keeps no checkpoint: the base model itself is scored
@@ -61,9 +63,15 @@ def _call(job: Callable[[], dict]) -> dict:
 def _collect(pending: dict, results: dict[int, dict], jobs: list, what: str) -> None:
     import ray
 
+    from sweeps.progress import CLEAR_LINE, fitted
+
     (ready,), _ = ray.wait(list(pending), num_returns=1)
     results[pending.pop(ready)] = ray.get(ready)
-    print(f"  scored {len(results)}/{len(jobs)} {what}", flush=True)
+    line = f"  scored {len(results)}/{len(jobs)} {what}"
+    if sys.stdout.isatty():  # one line, redrawn in place, as the sweep's status line
+        print(CLEAR_LINE + fitted(line), end="\n" if len(results) == len(jobs) else "", flush=True)
+    else:
+        print(line, flush=True)
 
 
 IN_PROCESS = Workers()
@@ -104,7 +112,7 @@ def _config(trial_dir: str) -> dict:
 def unmeasured() -> pl.Expr:
     """Trained trials that ended, whose kept checkpoint has no final measurements yet."""
     ended = pl.col("status").is_in(["completed", "stopped_early"])
-    trained = (pl.col("method") != rank.BASELINE) & pl.col("best_checkpoint").is_not_null()
+    trained = rank.is_trained() & pl.col("best_checkpoint").is_not_null()
     return ended & trained & pl.col("best_quality").is_null()
 
 
@@ -129,7 +137,7 @@ def _final_measurements(trial_dir: str, checkpoint: Path) -> dict:
 
 def _evaluate_on_test(row: dict) -> trial.Evaluation:
     config = _config(row["trial_dir"])
-    if row["method"] == rank.BASELINE:
+    if not METHODS[row["method"]].trains:
         return trial.score_base_model(config, split="test")
     return trial.score_checkpoint(config, Path(row["best_checkpoint"]), split="test")
 
@@ -145,8 +153,8 @@ def scores_on_test(rows: dict[str, dict], workers: Workers = IN_PROCESS) -> dict
     kept checkpoint, or the base model as a baseline trial prompted it (its shots)."""
 
     def cached(row: dict) -> Cached:
-        baseline = row["method"] == rank.BASELINE
-        checkpoint = BASELINE_CHECKPOINT if baseline else Path(row["best_checkpoint"]).name
+        trained = METHODS[row["method"]].trains
+        checkpoint = Path(row["best_checkpoint"]).name if trained else BASELINE_CHECKPOINT
         return Cached(
             Path(row["trial_dir"]) / TEST_SCORES_FILE, checkpoint, functools.partial(_test_scores, row)
         )

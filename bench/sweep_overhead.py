@@ -3,8 +3,9 @@
 python bench/sweep_overhead.py [sweep options...]   (default: the default qg sweep)
 
 Runs `python -m sweeps.run` as a user would, times it, then adds up the time each trial spent
-in its training loop and its evaluations (from the trial records). Ray Tune's own design target
-is an overhead of at most 20%.
+in its training loop and its evaluations (from the trial records), and where the rest went. Ray
+Tune's own design target is an overhead of at most 20%. Prints `evaluation_share: <share>` (of
+the trained trials' own wall time) and, last, `sweep_overhead: <share>`.
 """
 
 import subprocess
@@ -16,30 +17,56 @@ from pathlib import Path
 import polars as pl
 
 from analysis import load
-from sweeps import results
+from sweeps import results, run
+from trainables.methods import BASELINE
+
+
+def sweep_arguments(argv: list[str]) -> list[str]:
+    """The task first (qg when none is named), then the sweep's options."""
+    return argv if argv and not argv[0].startswith("-") else ["qg", *argv]
+
+
+def timed_sweep(arguments: list[str], storage: Path) -> tuple[float, Path]:
+    """Runs `python -m sweeps.run` as a user would, its output on this terminal: (wall s, sweep dir)."""
+    command = [sys.executable, "-m", "sweeps.run", *arguments, "--storage", str(storage), "--name", "bench"]
+    print("sweep:", " ".join(command[1:]), flush=True)
+    started = time.perf_counter()
+    subprocess.run(command, check=True)
+    return time.perf_counter() - started, next(storage.glob("*/bench"))
+
+
+def print_overhead(sweep_dir: Path, wall: float, concurrency: int) -> float:
+    """Prints where the sweep's trial-seconds went and the evaluation share; returns the overhead."""
+    trials = load.trials(sweep_dir)
+    trained = pl.col("method") != BASELINE
+    totals = trials.select(
+        pl.col("train_time_s").fill_null(0).sum().alias("train"),
+        pl.col("eval_time_s").fill_null(0).sum().alias("eval"),
+        pl.col("wall_time_s").fill_null(0).sum().alias("trial_wall"),
+        pl.col("eval_time_s").filter(trained).fill_null(0).sum().alias("trained_eval"),
+        pl.col("wall_time_s").filter(trained).fill_null(0).sum().alias("trained_wall"),
+    ).row(0, named=True)
+    inside = totals["train"] + totals["eval"]
+    capacity = wall * concurrency
+    print(
+        f"{len(trials)} trials, wall {wall:.0f} s x concurrency {concurrency} = {capacity:.0f} trial-seconds: "
+        f"training {totals['train']:.0f} s + evaluating {totals['eval']:.0f} s = {inside:.0f} s; in trials "
+        f"around them (loading, tokenizing, checkpoints) {totals['trial_wall'] - inside:.0f} s; outside any "
+        f"trial's clock (Ray, worker start-up, phase gaps, verdict scoring, idle slots) "
+        f"{capacity - totals['trial_wall']:.0f} s"
+    )
+    print(f"evaluation_share: {totals['trained_eval'] / max(totals['trained_wall'], 1e-9):.3f}")
+    overhead = 1 - inside / capacity
+    print(f"sweep_overhead: {overhead:.3f}")
+    return overhead
 
 
 def main() -> None:
-    sweep_args = sys.argv[1:] or ["qg"]
-    storage = Path(tempfile.mkdtemp(prefix="sweep-overhead-"))
-    concurrency = (
-        int(sweep_args[sweep_args.index("--concurrency") + 1]) if "--concurrency" in sweep_args else 2
-    )
-    command = [sys.executable, "-m", "sweeps.run", *sweep_args, "--storage", str(storage), "--name", "bench"]
-    started = time.perf_counter()
-    subprocess.run(command, check=True)
-    wall = time.perf_counter() - started
-    trials = load.trials(storage / sweep_args[0] / "bench")
-    inside = trials.select(
-        (pl.col("train_time_s").fill_null(0) + pl.col("eval_time_s").fill_null(0)).sum()
-    ).item()
-    capacity = wall * concurrency
-    print(
-        f"sweep {' '.join(sweep_args)}: {len(trials)} trials, wall {wall:.0f} s x concurrency {concurrency} "
-        f"= {capacity:.0f} trial-seconds; inside training + evaluation {inside:.0f} s; "
-        f"overhead {1 - inside / capacity:.1%} (Ray Tune's target: <= 20%)"
-    )
-    print(results.summary(trials))
+    arguments = sweep_arguments(sys.argv[1:])
+    settings = run.settings_of(run.parser().parse_args(arguments))
+    wall, sweep_dir = timed_sweep(arguments, Path(tempfile.mkdtemp(prefix="sweep-overhead-")))
+    print(results.summary(load.trials(sweep_dir)))
+    print_overhead(sweep_dir, wall, settings.concurrency)
 
 
 if __name__ == "__main__":

@@ -10,21 +10,14 @@ and schedule for the same number of steps, alternating in one process. Tokens ar
 import argparse
 import time
 
-import torch
-from datasets import Dataset
-from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+import by_hand  # bench/by_hand.py: the Trainer + PEFT side
 
 from trainables import loop, models, trial
 from trainables.methods import METHODS
 
 
-def _fresh_peft_model(plan, model_path):
-    torch.manual_seed(0)
-    return trial.load_trainable_model(plan, model_path)
-
-
 def ours(plan, model_path, features, pad_id) -> float:
-    model = _fresh_peft_model(plan, model_path)
+    model = by_hand.fresh_model(plan, model_path)
     optimizer, scheduler = loop.make_optimizer(model, plan.config, plan.total_steps)
     state = loop.TrainState()
     started = time.perf_counter()
@@ -35,41 +28,8 @@ def ours(plan, model_path, features, pad_id) -> float:
     return state.tokens / (time.perf_counter() - started)
 
 
-class _CountingCollator(DataCollatorForSeq2Seq):
-    real_tokens = 0
-
-    def __call__(self, features, return_tensors=None):
-        _CountingCollator.real_tokens += sum(len(f["input_ids"]) for f in features)
-        return super().__call__(features, return_tensors)
-
-
 def hf_trainer(plan, model_path, features, tokenizer, output_dir) -> float:
-    model = _fresh_peft_model(plan, model_path)
-    config = plan.config
-    arguments = TrainingArguments(
-        output_dir=output_dir,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        max_steps=plan.total_steps,
-        learning_rate=config.learning_rate,
-        warmup_steps=int(config.warmup_ratio * plan.total_steps),
-        lr_scheduler_type="linear",
-        max_grad_norm=config.max_grad_norm,
-        logging_steps=10_000,
-        save_strategy="no",
-        report_to=[],
-        bf16=torch.cuda.is_available(),
-        dataloader_num_workers=0,
-        seed=config.seed,
-    )
-    collator = _CountingCollator(tokenizer, label_pad_token_id=loop.IGNORE_INDEX, padding=True)
-    _CountingCollator.real_tokens = 0
-    trainer = Trainer(
-        model=model, args=arguments, train_dataset=Dataset.from_list(features), data_collator=collator
-    )
-    started = time.perf_counter()
-    trainer.train()
-    return _CountingCollator.real_tokens / (time.perf_counter() - started)
+    return by_hand.train_with_trainer(plan, model_path, features, tokenizer, output_dir).tokens_per_s
 
 
 def main() -> None:
@@ -97,9 +57,10 @@ def main() -> None:
         )
     best_ours, best_trainer = max(results["ours"]), max(results["trainer"])
     print(
-        f"{args.method} on {args.model}, {args.steps} steps x batch {args.batch_size}: "
-        f"ours {best_ours:.0f} tok/s, Trainer+PEFT {best_trainer:.0f} tok/s, ratio {best_ours / best_trainer:.2f}"
+        f"{args.method} on {args.model}, {args.steps} steps x batch {args.batch_size}, best of {args.rounds} "
+        f"rounds: ours {best_ours:.0f} tok/s, Trainer+PEFT {best_trainer:.0f} tok/s"
     )
+    print(f"train_throughput_ratio: {best_ours / best_trainer:.2f}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ class Adapter:
     quality: float | None
     standalone: bool = False  # a whole model (its own weights), not an adapter on the base
     shares_mixed_batch: bool = False  # answers in one batch with other such adapters on its base
+    served_together_when_equal: tuple[str, ...] = ()  # config fields adapters on one base must share
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ def load_registry(experiment_dir: Path, top: int | None = None) -> Registry:
             quality=(winner.get("validation") or {}).get("quality"),
             standalone=method.standalone,
             shares_mixed_batch=method.shares_mixed_batch,
+            served_together_when_equal=method.served_together_when_equal,
         )
         missing = [name for name in method.saved_files if not (adapter.path / name).is_file()]
         if missing:

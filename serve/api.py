@@ -17,6 +17,8 @@ class _Strict(BaseModel):
 class SamplingFields(_Strict):
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
+    # vLLM's extension: EOS is held back until this many tokens (answers of a fixed length, for benchmarks).
+    min_tokens: int = Field(0, ge=0)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None

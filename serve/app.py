@@ -2,7 +2,8 @@
 
 The gateway authenticates, validates and counts tokens, so bad requests never reach a model.
 Each model replica holds the base model once; adapters are Ray Serve multiplexed models, loaded
-on first use and evicted least-recently-used, and concurrent requests are batched across adapters.
+on first use and evicted least-recently-used, and concurrent requests are batched across adapters
+at every decoding step (serve.engine).
 A fully fine-tuned winner is multiplexed the same way, as a whole model of its own.
 """
 
@@ -45,6 +46,7 @@ class Limits:
     max_batch_size: int = 16
     batch_wait_s: float = 0.01
     max_adapters_per_replica: int = 8
+    mix_adapters: bool = True  # False: each adapter's requests batch apart (to measure what mixing gains)
     replicas: int = 1
     gpus_per_replica: float = 0.0
 
@@ -79,7 +81,13 @@ def model_server(limits: Limits):
     class AdapterServer:
         def __init__(self, registry: Registry):
             self.registry = registry
-            self.engine = AdapterEngine(registry.base_model, registry.quantized_bases)
+            self.engine = AdapterEngine(
+                registry.base_model,
+                registry.quantized_bases,
+                max_batch_size=limits.max_batch_size,
+                batch_wait_s=limits.batch_wait_s,
+                mix_adapters=limits.mix_adapters,
+            )
 
         @serve.multiplexed(max_num_models_per_replica=limits.max_adapters_per_replica)
         async def load_adapter(self, adapter_id: str) -> _Resident:
@@ -88,27 +96,26 @@ def model_server(limits: Limits):
                 read = partial(read_model, adapter_id, adapter.path)
             else:
                 read = partial(
-                    read_adapter, adapter_id, adapter.path, adapter.quantize_4bit, adapter.shares_mixed_batch
+                    read_adapter,
+                    adapter_id,
+                    adapter.path,
+                    adapter.quantize_4bit,
+                    adapter.shares_mixed_batch,
+                    adapter.served_together_when_equal,
                 )
             loaded = await asyncio.to_thread(read)
             self.engine.add(loaded)
             return _Resident(self.engine, loaded)
 
-        @serve.batch(max_batch_size=limits.max_batch_size, batch_wait_timeout_s=limits.batch_wait_s)
-        async def _generate(self, requests: list[EngineRequest]) -> list[Completion]:
-            results: list[Completion | None] = [None] * len(requests)
-            # More adapters in a batch than a replica holds: load and run them a replica-full at a time.
-            while pending := [i for i, done in enumerate(results) if done is None]:
-                wanted = list(dict.fromkeys(requests[i].adapter for i in pending if requests[i].adapter))
-                for adapter_id in wanted[: limits.max_adapters_per_replica]:
-                    await self.load_adapter(adapter_id)
-                outputs = await asyncio.to_thread(self.engine.generate, [requests[i] for i in pending])
-                for index, output in zip(pending, outputs, strict=True):
-                    results[index] = output
-            return results
-
         async def complete(self, request: EngineRequest) -> Completion:
-            return await self._generate(request)
+            # The engine batches across requests at every decoding step; an adapter evicted before
+            # its request got in (more adapters in flight than a replica holds) is loaded again.
+            while True:
+                if request.adapter:
+                    await self.load_adapter(request.adapter)
+                done = await asyncio.wrap_future(self.engine.submit(request))
+                if done is not None:
+                    return done
 
     return AdapterServer
 
@@ -190,9 +197,18 @@ def gateway(limits: Limits, api_key: str | None):
                     f"max_tokens {max_tokens} is above the cap of {limits.max_tokens}",
                     param="max_tokens",
                 )
+            if body.min_tokens > max_tokens:
+                raise ApiError(
+                    400, f"min_tokens {body.min_tokens} is above max_tokens {max_tokens}", param="min_tokens"
+                )
             sampling = Sampling(body.temperature, body.top_p, body.seed)
             return EngineRequest(
-                prompt, self._check_model(body.model), max_tokens, sampling, body.stop_sequences()
+                prompt,
+                self._check_model(body.model),
+                max_tokens,
+                sampling,
+                body.stop_sequences(),
+                min_tokens=body.min_tokens,
             )
 
         @app.get("/healthz")

@@ -1,58 +1,43 @@
-"""The base model in memory and the adapters on it: batched generation for any mix of adapters.
+"""The base model in memory and the adapters on it: iteration-level batching for any mix of adapters.
 
 Each adapter runs on the base it was trained and scored on: QLoRA adapters on a 4-bit base, the
 others on the full-precision one, so a replica holds one base of each precision its adapters need.
 PEFT keeps several adapters of one type side by side in one PeftModel, and adapters on the same
-base whose method allows it (LoRA's, not DoRA's) even share a batch (`adapter_names`). Adapters of
-different types cannot be injected into the same modules at once, so each base keeps one type
-active: a batch is grouped by base and type, and switching type unloads the injected layers (the
-base weights are never touched or copied) and injects the other type's adapters from memory.
+base whose method allows it (LoRA's, not DoRA's) even share a batch, one adapter per row with the
+base model's rows beside them: each row's update comes from the adapters' stacked factors
+(serve.gathered_lora), not from PEFT's `adapter_names` loop. Adapters of different types cannot
+be injected into the same modules at once, so each base keeps one type active, and switching type
+unloads the injected layers (the base weights are never touched or copied) and injects the other
+type's adapters from memory. A fully fine-tuned winner has weights of its own: it is held as a
+separate model beside the base.
 
-A fully fine-tuned winner has weights of its own: it is held as a separate model beside the base,
-and its requests are a batch of their own.
+One thread decodes (serve.decoding): between two decoding steps, waiting requests that can share
+the running batch join it and finished ones leave, so no request waits for the longest one. What
+can share a batch is a *lane*: mixed-batch adapters of one type on one base, with the base model's
+own requests; or one adapter of another method; or one standalone model. While another lane's
+request waits, the running batch admits no one and drains, so every request gets its turn.
 """
 
+import contextlib
 import functools
 import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import dataclass, field
-from itertools import groupby
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import PeftConfig, PeftModelForCausalLM, PeftType, set_peft_model_state_dict
+from peft import PeftConfig, PeftModel, PeftModelForCausalLM, PeftType, set_peft_model_state_dict
 from safetensors.torch import load_file
-from transformers import StoppingCriteria, StoppingCriteriaList
 
+from serve.decoding import Completion, Request, Row, RunningBatch, Sampling
+from serve.gathered_lora import GatheredLora
 from trainables import loop, models
 
+__all__ = ["AdapterEngine", "Completion", "LoadedAdapter", "LoadedModel", "Request", "Sampling"]
+
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-
-
-@dataclass(frozen=True)
-class Sampling:
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    seed: int | None = None
-
-
-@dataclass
-class Request:
-    prompt: str
-    adapter: str | None  # None: the base model
-    max_tokens: int
-    sampling: Sampling = field(default_factory=Sampling)
-    stop: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str  # "stop" (EOS or a stop string) or "length"
 
 
 @dataclass
@@ -65,10 +50,17 @@ class LoadedAdapter:
     quantize_4bit: bool  # trained on the 4-bit base (QLoRA), so served on it
     shares_mixed_batch: bool  # its method lets it answer in a batch mixed with other such adapters
     load_seconds: float
+    # Config fields the adapters injected into one base together must share (VeRA: rank and seed).
+    served_together_when_equal: tuple[str, ...] = ()
 
     @property
     def peft_type(self) -> PeftType:
         return self.config.peft_type
+
+    @property
+    def injection_kind(self) -> tuple:
+        """Adapters of one kind can be injected into a base together."""
+        return (self.peft_type, *(getattr(self.config, name) for name in self.served_together_when_equal))
 
 
 @dataclass
@@ -87,7 +79,11 @@ def read_model(adapter_id: str, directory: Path) -> LoadedModel:
 
 
 def read_adapter(
-    adapter_id: str, directory: Path, quantize_4bit: bool, shares_mixed_batch: bool
+    adapter_id: str,
+    directory: Path,
+    quantize_4bit: bool,
+    shares_mixed_batch: bool,
+    served_together_when_equal: tuple[str, ...] = (),
 ) -> LoadedAdapter:
     started = time.perf_counter()
     weights_file = directory / ADAPTER_WEIGHTS
@@ -96,48 +92,24 @@ def read_adapter(
     config = PeftConfig.from_pretrained(str(directory))
     config.inference_mode = True
     weights = load_file(str(weights_file))
+    seconds = time.perf_counter() - started
     return LoadedAdapter(
-        adapter_id, config, weights, quantize_4bit, shares_mixed_batch, time.perf_counter() - started
+        adapter_id, config, weights, quantize_4bit, shares_mixed_batch, seconds, served_together_when_equal
     )
 
 
-def _truncate_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
-    cuts = [text.index(marker) for marker in stop if marker and marker in text]
-    return (text[: min(cuts)], True) if cuts else (text, False)
-
-
-class _RowEnds(StoppingCriteria):
-    """Ends each row of a batch where its own request ends: at its max_tokens or at a stop string.
-
-    Without it, every row runs to the batch's longest max_tokens and a stop string is only cut
-    off afterwards, so the tokens past the stop cost time and were counted.
-    """
-
-    def __init__(self, requests: list[Request], prompt_width: int, tokenizer):
-        self.requests, self.prompt_width, self.tokenizer = requests, prompt_width, tokenizer
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        generated = input_ids[:, self.prompt_width :]
-        ended = [
-            generated.shape[1] >= request.max_tokens or (bool(request.stop) and self._has_stop(row, request))
-            for request, row in zip(self.requests, generated.tolist(), strict=True)
-        ]
-        return torch.tensor(ended, device=input_ids.device)
-
-    def _has_stop(self, row: list[int], request: Request) -> bool:
-        # On the decoded text, as the answer is cut: a stop string may span or split tokens.
-        return _truncate_at_stop(self.tokenizer.decode(row, skip_special_tokens=True), request.stop)[1]
-
-
 class _Base:
-    """One base model and the adapters injected into it, all of one PEFT type at a time."""
+    """One base model and the adapters injected into it, all of one kind (PEFT type, and for VeRA
+    rank and seed) at a time."""
 
     def __init__(self, load: Callable[[], torch.nn.Module], quantize_4bit: bool):
         self.load, self.quantize_4bit = load, quantize_4bit
         self.model = load().eval()
         self.peft: PeftModelForCausalLM | None = None
-        self.active_type: PeftType | None = None
+        self.active_kind: tuple | None = None  # LoadedAdapter.injection_kind of those injected
         self.injected: set[str] = set()
+        self.mixing: set[str] = set()  # the injected adapters that share mixed batches
+        self.gathered: GatheredLora | None = None  # their stacked factors, while mixing holds any
 
     def remove(self, adapter_id: str) -> None:
         if adapter_id not in self.injected:
@@ -147,8 +119,14 @@ class _Base:
         else:
             self.peft.delete_adapter(adapter_id)
             self.injected.discard(adapter_id)
+            self.mixing.discard(adapter_id)
+            if self.gathered is not None:
+                self.gathered.sync(self.mixing)  # its stacked factors go too
 
     def restore(self) -> None:
+        if self.gathered is not None:
+            self.gathered.close()  # its hooks, on the layers about to go
+            self.gathered = None
         if self.peft is not None and self.quantize_4bit:
             # Injecting LoRA layers into bitsandbytes 4-bit layers rewrites their quantization
             # statistics (absmax), so a 4-bit base that held adapters no longer answers as the one
@@ -158,12 +136,16 @@ class _Base:
         elif self.peft is not None and not self.peft.active_peft_config.is_prompt_learning:
             # Prompt tuning wraps the base without touching its modules; the other types inject layers.
             self.peft.unload()  # removes the injected layers; base weights are untouched
-        self.peft, self.active_type, self.injected = None, None, set()
+        self.peft, self.active_kind, self.injected, self.mixing = None, None, set(), set()
 
-    def activate(self, adapters: list[LoadedAdapter]) -> PeftModelForCausalLM:
-        """A model whose adapters include `adapters`, all of one PEFT type."""
-        peft_type = adapters[0].peft_type
-        if self.active_type != peft_type:
+    def activate(self, adapters: list[LoadedAdapter], mixed: bool) -> torch.nn.Module:
+        """A model whose adapters include `adapters`, all of one injection kind.
+
+        mixed: each row answers by its own adapter (serve.gathered_lora; the rows' adapters are
+        set per forward by `rows`); otherwise the one adapter is made active.
+        """
+        kind = adapters[0].injection_kind
+        if self.active_kind != kind:
             self.restore()
         for adapter in adapters:
             if adapter.adapter_id in self.injected:
@@ -174,16 +156,80 @@ class _Base:
                 self.peft.add_adapter(adapter.adapter_id, adapter.config)
             set_peft_model_state_dict(self.peft, adapter.weights, adapter_name=adapter.adapter_id)
             self.injected.add(adapter.adapter_id)
-            self.active_type = peft_type
+            if adapter.shares_mixed_batch:
+                self.mixing.add(adapter.adapter_id)
+            self.active_kind = kind
         self.peft.eval()
-        if not adapters[0].shares_mixed_batch:  # a batch of its own: the one active adapter
-            self.peft.set_adapter(adapters[0].adapter_id)
+        if mixed:
+            return self._gather()
+        if self.gathered is not None:
+            self.gathered.disengage()
+        self.peft.set_adapter(adapters[0].adapter_id)
         return self.peft
+
+    def for_base_rows(self) -> torch.nn.Module:
+        """The model that answers base-model rows: the bare base, or the gathered one (rows of
+        adapters sharing mixed batches may run beside them).
+
+        Adapters that cannot answer per row (another type, or DoRA alone) are unloaded first;
+        the base's weights are the same either way, so rows already running are unaffected.
+        """
+        if self.peft is not None and not self.mixing:
+            self.restore()
+        return self.model if self.peft is None else self._gather()
+
+    def lane_model(self) -> torch.nn.Module:
+        """The model that the running lane's decoding steps call."""
+        if self.peft is None:
+            return self.model
+        if self.gathered is not None and self.gathered.engaged:
+            return self.peft.get_base_model()
+        return self.peft
+
+    def rows(self, adapter_ids: list[str | None]):
+        """Around a forward: each row's adapter (None: the base) for the gathered layers."""
+        if self.gathered is None or not self.gathered.engaged:
+            return contextlib.nullcontext()
+        return self.gathered.rows(self.gathered.row_slots(adapter_ids, self.model.device))
+
+    def _gather(self) -> torch.nn.Module:
+        """The injected model with the mixing adapters' factors stacked and PEFT's own switched off:
+        called directly, bypassing PeftModel's forward (its per-forward scan of every module)."""
+        if self.gathered is None:
+            self.gathered = GatheredLora(self.peft)
+        self.gathered.sync(self.mixing)
+        self.gathered.engage()
+        return self.peft.get_base_model()
+
+
+@dataclass
+class _Waiting:
+    request: Request
+    ticket: Future  # resolved with the Completion, or None where the adapter is not (or no longer) added
+
+
+PREFILL_PADDING = 0.1  # the padding a prefill group may add, as a share of its prompts' tokens
+
+# A lane's key: ("base", 4-bit), ("mixed", 4-bit, injection kind), ("adapter", 4-bit, id) or
+# ("model", id). Requests of equal keys share a batch, and base rows share a mixed lane on their base.
+Lane = tuple
 
 
 class AdapterEngine:
-    def __init__(self, base_model: str, quantized_bases: tuple[bool, ...]):
-        """quantized_bases: for each base to hold, whether it is loaded in 4-bit (QLoRA's base)."""
+    def __init__(
+        self,
+        base_model: str,
+        quantized_bases: tuple[bool, ...],
+        max_batch_size: int = 16,
+        batch_wait_s: float = 0.0,
+        mix_adapters: bool = True,
+    ):
+        """quantized_bases: for each base to hold, whether it is loaded in 4-bit (QLoRA's base).
+
+        max_batch_size: rows decoded together. batch_wait_s: how long an idle engine waits for
+        companions of a first request before it starts. mix_adapters: False batches each adapter's
+        requests apart (the naive scheme, kept to measure what mixing gains).
+        """
         path = models.resolve(base_model)
         self.tokenizer = models.load_tokenizer(path)
         self.bases = {
@@ -195,12 +241,21 @@ class AdapterEngine:
         # `base` requests get the full-precision base, or the 4-bit one when it is the only one held.
         self.plain_base = self.bases[False] if False in self.bases else self.bases[True]
         self.device = self.plain_base.model.device
+        self.max_batch_size, self.batch_wait_s, self.mix_adapters = max_batch_size, batch_wait_s, mix_adapters
         self.adapters: dict[str, LoadedAdapter] = {}
         self.models: dict[str, LoadedModel] = {}  # standalone models, by id
-        self._lock = threading.Lock()  # one generate at a time: the injected layers are shared state
+        self.steps = 0  # decoding steps taken, prefills included
+        self._changed = threading.Condition()  # guards what follows; notified when work arrives
+        self._waiting: list[_Waiting] = []
+        self._retired: list[str] = []  # removed adapters whose injected layers are still to take out
+        self._closed = False
+        self._batch = RunningBatch(self.tokenizer, self.device)
+        self._lane: Lane | None = None
+        self._standalone: torch.nn.Module | None = None  # the running lane's model, when it is one
+        threading.Thread(target=self._decode_forever, name="decode", daemon=True).start()
 
     def add(self, adapter: LoadedAdapter | LoadedModel) -> None:
-        with self._lock:
+        with self._changed:
             held = self.models if isinstance(adapter, LoadedModel) else self.adapters
             held[adapter.adapter_id] = adapter
 
@@ -208,104 +263,222 @@ class AdapterEngine:
         return adapter_id in self.adapters or adapter_id in self.models
 
     def remove(self, adapter: LoadedAdapter | LoadedModel) -> None:
-        """Drops this very load of an adapter (a later reload of the same id stays)."""
-        adapter_id = adapter.adapter_id
-        with self._lock:
-            if isinstance(adapter, LoadedModel):
-                if self.models.get(adapter_id) is adapter:
-                    del self.models[adapter_id]
-                return
-            if self.adapters.get(adapter_id) is not adapter:
-                return
-            del self.adapters[adapter_id]
-            self.bases[adapter.quantize_4bit].remove(adapter_id)
+        """Drops this very load of an adapter (a later reload of the same id stays).
 
-    def _group_key(self, request: Request) -> tuple:
-        """Requests that can share one generate call."""
-        adapter = self.adapters.get(request.adapter) if request.adapter else None
-        if request.adapter in self.models:
-            kind = ("model", request.adapter)  # its own weights: a batch of its own
-        elif adapter is None:
-            kind = ("base",)
-        elif adapter.shares_mixed_batch:
-            kind = ("mixed", adapter.peft_type.value, adapter.quantize_4bit)  # one batch on one base
-        else:
-            kind = (adapter.peft_type.value, adapter.adapter_id)
-        return (*kind, request.sampling)
+        Requests that wait for it get None; rows already decoding with it finish first, and only
+        then are its layers taken out of the base.
+        """
+        adapter_id = adapter.adapter_id
+        with self._changed:
+            held = self.models if isinstance(adapter, LoadedModel) else self.adapters
+            if held.get(adapter_id) is not adapter:
+                return
+            del held[adapter_id]
+            if isinstance(adapter, LoadedAdapter):
+                self._retired.append(adapter_id)
+            self._changed.notify()
+
+    def submit(self, request: Request) -> Future:
+        """A future of the request's Completion (None where its adapter is not, or no longer, added).
+
+        Cancelling the future takes the request out, waiting or mid-decode.
+        """
+        ticket = Future()
+        with self._changed:
+            self._waiting.append(_Waiting(request, ticket))
+            self._changed.notify()
+        return ticket
 
     def generate(self, requests: list[Request]) -> list[Completion | None]:
         """Completions in request order; None where the adapter is not (or no longer) added."""
-        results: list[Completion | None] = [None] * len(requests)
-        with self._lock:
-            ready = [i for i, r in enumerate(requests) if r.adapter is None or self.has(r.adapter)]
-            order = sorted(ready, key=lambda i: repr(self._group_key(requests[i])))
-            for _, members in groupby(order, key=lambda i: repr(self._group_key(requests[i]))):
-                indices = list(members)
-                for index, completion in zip(
-                    indices, self._generate_group([requests[i] for i in indices]), strict=True
-                ):
-                    results[index] = completion
-        return results
+        tickets = [self.submit(request) for request in requests]
+        return [ticket.result() for ticket in tickets]
 
-    def _generate_group(self, requests: list[Request]) -> list[Completion]:
-        adapter_ids = sorted({r.adapter for r in requests if r.adapter})
-        kwargs = {}
-        switched_off = nullcontext()
-        if adapter_ids and adapter_ids[0] in self.models:
-            model = self.models[adapter_ids[0]].model
-        elif not adapter_ids:
-            model = self.plain_base.model
-            if self.plain_base.peft is not None:
-                # Base-model requests while adapters are injected run with the adapters switched off.
-                model = self.plain_base.peft
-                switched_off = model.disable_adapter()
-        else:
-            adapters = [self.adapters[adapter_id] for adapter_id in adapter_ids]
-            base = self.bases[adapters[0].quantize_4bit]
-            model = base.activate(adapters)
-            if adapters[0].shares_mixed_batch:
-                kwargs["adapter_names"] = [r.adapter for r in requests]
-        sampling = requests[0].sampling
-        if sampling.temperature > 0:
-            kwargs |= {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
-            if sampling.seed is not None:
-                torch.manual_seed(sampling.seed)
-        else:
-            kwargs["do_sample"] = False
-        inputs = self.tokenizer(
-            [r.prompt for r in requests], return_tensors="pt", padding=True, padding_side="left"
-        ).to(self.device)
-        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
-        with torch.inference_mode(), loop.autocast(self.device), switched_off:
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
+
+    # The decoding thread: everything below runs on it alone, so models and the batch need no lock.
+
+    def _decode_forever(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._closed or self._waiting or len(self._batch))
+                if self._closed:
+                    return
+                if not len(self._batch):
+                    self._gather_companions()
+                joining = self._admit()
+                retired = self._take_retired()
+            try:
+                for adapter_id in retired:
+                    self._uninject(adapter_id)
+                with torch.inference_mode(), loop.autocast(self.device):
+                    if joining:
+                        self._join(joining)
+                    if len(self._batch):
+                        self._answer(self._batch.step(self._forward(step=True)))
+            except Exception as error:  # the requests get the error; the engine carries on
+                self._fail(
+                    [waiting.ticket for waiting in joining] + [row.owner for row in self._batch.rows], error
+                )
+
+    def _gather_companions(self) -> None:
+        """An idle engine waits a moment for more requests, so that they prefill together."""
+        deadline = time.monotonic() + self.batch_wait_s
+        while len(self._waiting) < self.max_batch_size and not self._closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._changed.wait(left)
+
+    def _admit(self) -> list[_Waiting]:
+        """The waiting requests that join the running batch now, in arrival order.
+
+        A new lane takes every waiting request it can share (the oldest request's lane). A running
+        lane takes newcomers only while nobody waits for another lane: then it drains.
+        """
+        for waiting in [w for w in self._waiting if w.ticket.cancelled() or not self._present(w.request)]:
+            self._waiting.remove(waiting)
+            if not waiting.ticket.cancelled():
+                waiting.ticket.set_result(None)
+        running = len(self._batch) > 0
+        lane = self._lane if running else None
+        joinable = []
+        for waiting in self._waiting:
+            key = self._lane_of(waiting.request)
+            widened = key if lane is None else self._shared(lane, key)
+            if widened is None:
+                if running:
+                    return []  # another lane waits: drain
+                continue
+            lane = widened
+            joinable.append(waiting)
+        joining = joinable[: self.max_batch_size - len(self._batch)]
+        for waiting in joining:
+            self._waiting.remove(waiting)
+        if joining:
+            self._lane = lane
+        return joining
+
+    def _present(self, request: Request) -> bool:
+        return request.adapter is None or self.has(request.adapter)
+
+    def _lane_of(self, request: Request) -> Lane:
+        """Which requests can share a batch with this one."""
+        if request.adapter in self.models:
+            return ("model", request.adapter)  # its own weights
+        if request.adapter is None:
+            return ("base", self.plain_base.quantize_4bit)
+        adapter = self.adapters[request.adapter]
+        if adapter.shares_mixed_batch and self.mix_adapters:
+            return ("mixed", adapter.quantize_4bit, adapter.injection_kind)  # injected together
+        return ("adapter", adapter.quantize_4bit, adapter.adapter_id)
+
+    def _shared(self, lane: Lane, key: Lane) -> Lane | None:
+        """The lane once a request of `key` joins it, or None where it cannot."""
+        if key == lane:
+            return lane
+        kinds = {lane[0], key[0]}
+        if self.mix_adapters and kinds == {"base", "mixed"} and lane[1] == key[1]:  # on the same base
+            return lane if lane[0] == "mixed" else key
+        return None
+
+    def _take_retired(self) -> list[str]:
+        """Removed adapters that no running row uses any more (and were not added again)."""
+        in_use = {row.request.adapter for row in self._batch.rows}
+        done = [a for a in self._retired if a not in in_use]
+        self._retired = [a for a in self._retired if a in in_use]
+        return done
+
+    def _uninject(self, adapter_id: str) -> None:
+        for base in self.bases.values():
+            base.remove(adapter_id)
+
+    def _join(self, joining: list[_Waiting]) -> None:
+        model = self._prepare([waiting.request for waiting in joining])
+        for group in self._similar_lengths(joining):
+            requests = [waiting.request for waiting in group]
+            inputs = self._batch.prompts(requests)
+            prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+            rows = [Row(w.request, n, owner=w.ticket) for w, n in zip(group, prompt_tokens, strict=True)]
             call = loop.generation_call(model, inputs)  # prompt tuning's virtual tokens, put in once
-            output = call.model.generate(
-                **call.inputs,
-                max_new_tokens=max(r.max_tokens for r in requests),
-                pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.tokenizer.eos_token_id,
-                stopping_criteria=StoppingCriteriaList(
-                    [_RowEnds(requests, call.prompt_width, self.tokenizer)]
-                ),
-                **kwargs,
-            )
-        generated = output[:, call.prompt_width :].tolist()
-        return [
-            self._completion(r, row, n) for r, row, n in zip(requests, generated, prompt_tokens, strict=True)
-        ]
+            prompt = {
+                name: call.inputs[name]
+                for name in ("input_ids", "inputs_embeds", "attention_mask")
+                if name in call.inputs
+            }
+            forward = self._forward(step=False, newcomers=rows, model=call.model)
+            self._answer(self._batch.join(rows, forward, prompt))
 
-    def _decode(self, tokens: list[int]) -> str:
-        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+    def _similar_lengths(self, joining: list[_Waiting]) -> list[list[_Waiting]]:
+        """The newcomers in prefill groups whose padding adds at most PREFILL_PADDING to their tokens.
 
-    def _completion(self, request: Request, row: list[int], prompt_tokens: int) -> Completion:
-        eos = self.tokenizer.eos_token_id
-        row = row[: request.max_tokens]  # a row that ended first is padded to the batch's width
-        ended = eos in row
-        tokens = row[: row.index(eos)] if ended else row
-        text, stopped = _truncate_at_stop(self._decode(tokens), request.stop)
-        if stopped:
-            return Completion(text, prompt_tokens, self._tokens_behind(tokens, text), "stop")
-        return Completion(text, prompt_tokens, len(tokens) + ended, "stop" if ended else "length")
+        Prefilling prompts of unequal lengths together computes every padding position too; with
+        the prompts of a real workload that waste outweighs what one larger forward saves.
+        """
+        lengths = [len(ids) for ids in self.tokenizer([w.request.prompt for w in joining])["input_ids"]]
+        groups, tokens = [], 0
+        for index in sorted(range(len(joining)), key=lengths.__getitem__):
+            if groups and (len(groups[-1]) + 1) * lengths[index] <= (1 + PREFILL_PADDING) * (
+                tokens + lengths[index]
+            ):
+                groups[-1].append(joining[index])
+                tokens += lengths[index]
+            else:
+                groups.append([joining[index]])
+                tokens = lengths[index]
+        return groups
 
-    def _tokens_behind(self, tokens: list[int], text: str) -> int:
-        """How many leading tokens produced `text` (a stop string may begin inside the last one)."""
-        return next(n for n in range(len(tokens) + 1) if len(self._decode(tokens[:n])) >= len(text))
+    def _prepare(self, requests: list[Request]) -> torch.nn.Module:
+        """Loads what the lane's new requests need into their base; the model that prefills them."""
+        kind = self._lane[0]
+        if kind == "model":
+            self._standalone = self.models[requests[0].adapter].model
+            return self._standalone
+        base = self.bases[self._lane[1]]
+        adapters = [self.adapters[a] for a in dict.fromkeys(r.adapter for r in requests if r.adapter)]
+        if adapters:
+            return base.activate(adapters, mixed=kind == "mixed")
+        return base.for_base_rows()
+
+    def _forward(self, step: bool, newcomers: list[Row] | None = None, model=None):
+        """The forward of a prefill (newcomers, on `model`) or of a step (every row, on the lane's model)."""
+        rows = self._batch.rows if step else newcomers
+        kind = self._lane[0]
+        rows_context = contextlib.nullcontext
+        if kind == "model":
+            model = self._standalone
+        else:
+            base = self.bases[self._lane[1]]
+            if step:
+                model = base.lane_model()
+                if _is_prompt_learning(model):
+                    model = model.get_base_model()  # its virtual tokens went in at the prefill
+            if kind in ("base", "mixed"):
+                rows_context = functools.partial(base.rows, [row.request.adapter for row in rows])
+
+        def forward(**inputs) -> torch.Tensor:
+            with rows_context():
+                return model(**inputs, use_cache=True, logits_to_keep=1).logits
+
+        self.steps += 1
+        return forward
+
+    def _answer(self, finished: list[Row]) -> None:
+        cancelled = [row for row in self._batch.rows if row.owner.cancelled()]
+        self._batch.drop(cancelled)
+        for row in finished:
+            if not row.owner.cancelled():
+                row.owner.set_result(row.completion)
+
+    def _fail(self, tickets: list[Future], error: Exception) -> None:
+        self._batch = RunningBatch(self.tokenizer, self.device)
+        for ticket in tickets:
+            if not ticket.done():
+                ticket.set_exception(error)
+
+
+def _is_prompt_learning(model) -> bool:
+    return isinstance(model, PeftModel) and model.active_peft_config.is_prompt_learning

@@ -36,6 +36,11 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--max-queued-requests", type=int, default=DEFAULTS.max_queued_requests)
     cli.add_argument("--max-batch-size", type=int, default=DEFAULTS.max_batch_size)
     cli.add_argument("--batch-wait-s", type=float, default=DEFAULTS.batch_wait_s)
+    cli.add_argument(
+        "--separate-adapter-batches",
+        action="store_true",
+        help="batch each adapter's requests apart instead of mixing LoRA adapters (to measure what mixing gains)",
+    )
     return cli
 
 
@@ -53,7 +58,12 @@ def limits_from(args: argparse.Namespace, gpus: int) -> Limits:
         raise ConfigError(f"{', '.join(bad)}: must be positive")
     if args.batch_wait_s < 0:
         raise ConfigError("--batch-wait-s: must not be negative")
-    return Limits(**numbers, batch_wait_s=args.batch_wait_s, gpus_per_replica=1.0 if gpus else 0.0)
+    return Limits(
+        **numbers,
+        batch_wait_s=args.batch_wait_s,
+        mix_adapters=not args.separate_adapter_batches,
+        gpus_per_replica=1.0 if gpus else 0.0,
+    )
 
 
 def _interrupt(*_) -> None:

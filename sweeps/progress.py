@@ -1,8 +1,9 @@
 """The sweep's quiet terminal: one line per finished trial and, on a terminal, one live status line
-(trials done, running, stopped early and failed; the best quality so far and its method; dollars
-spent; elapsed time and an estimate of the time left) in place of Tune's tables (--verbose)."""
+(trials done, running, stopped early and failed; the best quality so far and its method; the
+sweep's dollars spent, of its budget when it has one; elapsed time and an estimate of the time left) in place of Tune's tables (--verbose)."""
 
 import math
+import shutil
 import sys
 import time
 
@@ -10,6 +11,12 @@ from ray import tune
 
 REDRAW_EVERY_S = 1.0
 CLEAR_LINE = "\r\x1b[K"
+
+
+def fitted(line: str) -> str:
+    """A line to redraw in place, cut to the terminal's width: "\r" returns to the start of a
+    wrapped line's last row only, so each redraw of a wider line would leave a row behind."""
+    return line[: shutil.get_terminal_size().columns - 1]
 
 
 def duration(seconds: float) -> str:
@@ -28,9 +35,11 @@ class SweepProgress(tune.Callback):
 
     # Tune pickles its callbacks with the experiment (to resume it): plain values only, no stream,
     # and wall-clock time, which a resumed sweep can still subtract from.
-    def __init__(self, stage: str, planned: int):
+    def __init__(self, stage: str, planned: int, budget_usd: float | None = None, spent_before: float = 0.0):
         self.stage = stage
         self.planned = planned
+        self.budget_usd = budget_usd  # --budget-usd, shown beside the sweep's running total
+        self.spent_before = spent_before  # what the sweep's earlier stages and trials cost
         self.started = time.time()
         self.last_drawn = 0.0
         self.outcomes: dict[str, str] = {}  # trial id -> completed, stopped early, failed
@@ -64,7 +73,7 @@ class SweepProgress(tune.Callback):
 
     def on_step_end(self, iteration, trials, **info):
         if self.live and time.time() - self.last_drawn >= REDRAW_EVERY_S:
-            self._write(CLEAR_LINE + self.status(trials), end="")
+            self._write(CLEAR_LINE + fitted(self.status(trials)), end="")
 
     def on_experiment_end(self, trials, **info):
         self._write(CLEAR_LINE + self.status(trials) if self.live else self.status(trials))
@@ -83,8 +92,13 @@ class SweepProgress(tune.Callback):
         )
         return (
             f"[{self.stage}] {done}/{self.planned} trials done ({counts}), {running} running | {best} | "
-            f"${sum(self.spent.values()):.4f} | {duration(elapsed)}{left}"
+            f"{self.dollars()} | {duration(elapsed)}{left}"
         )
+
+    def dollars(self) -> str:
+        """The sweep's running total, of its budget when it has one."""
+        total = self.spent_before + sum(self.spent.values())
+        return f"${total:.4f}" + (f" of ${self.budget_usd:g} budget" if self.budget_usd is not None else "")
 
     def _finished(self, line: str) -> None:
         self._write(f"{CLEAR_LINE if self.live else ''}[{self.stage}] trial {line}")

@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 
 from analysis import load, rank, report, rescore
-from sweeps import results
+from sweeps import extend, results, study
+from sweeps.objectives import NAMES as OBJECTIVE_NAMES
+from sweeps.objectives import Objective
 from sweeps.settings import (
     SweepSettings,
     available_train_size,
@@ -26,7 +28,8 @@ from sweeps.settings import (
 )
 from sweeps.spaces import DefineByRun, first_points, sampler
 from trainables import trial
-from trainables.config import BASELINE, ConfigError
+from trainables.errors import ConfigError
+from trainables.methods import BASELINE
 from trainables.tasks import TASKS
 
 BASELINES_DIR = load.BASELINES_DIR
@@ -58,6 +61,27 @@ def parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", default=None, help="continue the named (or latest) sweep"
     )
     cli.add_argument("--seed", type=int)
+    cli.add_argument(
+        "--objectives",
+        type=lambda text: text.split(","),
+        help=f"what the search optimises, comma-separated: any of {', '.join(OBJECTIVE_NAMES)} (default "
+        "quality); with several, Optuna samples multi-objectively and Pareto-aware successive halving "
+        "stops trials",
+    )
+    cli.add_argument(
+        "--scheduler",
+        choices=["asha", "pareto"],
+        help="early stopping: asha (on the first objective) or pareto (default: asha with one objective)",
+    )
+    cli.add_argument(
+        "--budget-usd", type=float, help="start no more trials once spent + committed dollars would pass this"
+    )
+    cli.add_argument(
+        "--extend",
+        type=int,
+        metavar="N",
+        help="add N trials to the named (or latest) finished sweep, continuing its Optuna study",
+    )
     cli.add_argument("--max-failures", type=int, help="retries of a trial that failed for a transient reason")
     cli.add_argument(
         "--finalist-seeds",
@@ -66,6 +90,11 @@ def parser() -> argparse.ArgumentParser:
     )
     cli.add_argument(
         "--smoke", action="store_true", default=None, help="a tiny budget, for tests and a first look"
+    )
+    cli.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="log every trial to this MLflow tracking URI (e.g. sqlite:///mlflow.db, http://host:5000)",
     )
     cli.add_argument(
         "--verbose", action="store_true", help="Tune's full output and every trial's log, not one status line"
@@ -81,7 +110,12 @@ def fail(message: str) -> int:
 def experiment_states(sweep_dir: Path) -> list[Path]:
     """The Tune experiment states a sweep has saved: its search's, and those of the stages with an
     experiment of their own (a sweep interrupted during its baselines has only theirs)."""
-    stages = [sweep_dir, sweep_dir / BASELINES_DIR, sweep_dir / load.FINALISTS_DIR]
+    stages = [
+        sweep_dir,
+        sweep_dir / BASELINES_DIR,
+        sweep_dir / load.FINALISTS_DIR,
+        *extend.extension_dirs(sweep_dir),
+    ]
     return [state for stage in stages for state in stage.glob(EXPERIMENT_STATE)]
 
 
@@ -90,17 +124,18 @@ def last_saved(sweep_dir: Path) -> float:
 
 
 def experiment_dir(settings: SweepSettings) -> Path:
-    """The sweep's directory; for --resume without --name, the sweep of the task saved last."""
-    if settings.resume and settings.name is None:
+    """The sweep's directory; for --resume or --extend without --name, the sweep of the task saved last."""
+    earlier = "extend" if settings.extend else "resume" if settings.resume else None
+    if earlier and settings.name is None:
         started = [d for d in settings.task_dir.glob("*/") if experiment_states(d)]
         if not started:
-            raise ConfigError(f"resume: no earlier sweep of '{settings.task}' under {settings.task_dir}")
+            raise ConfigError(f"{earlier}: no earlier sweep of '{settings.task}' under {settings.task_dir}")
         return max(started, key=last_saved)
     directory = settings.task_dir / settings.experiment_name
     started = bool(experiment_states(directory))
-    if settings.resume and not started:
-        raise ConfigError(f"resume: no sweep to resume at {directory}")
-    if not settings.resume and started:
+    if earlier and not started:
+        raise ConfigError(f"{earlier}: no sweep to {earlier} at {directory}")
+    if not earlier and started:
         raise ConfigError(f"name: {directory} already holds a sweep; pass --resume or another --name")
     return directory
 
@@ -152,9 +187,25 @@ def evaluations_per_trial(settings: SweepSettings) -> int:
     return math.ceil(total_steps / config.eval_every)
 
 
+def trial_values(config: dict) -> dict:
+    """A trial's own config: a finalist's travels as one grid value."""
+    return config.get(FINALIST, config)
+
+
 def trial_dirname(trial) -> str:
-    config = trial.config.get(FINALIST, trial.config)
+    config = trial_values(trial.config)
     return f"{trial.trial_id}-{config.get('method')}"
+
+
+def tune_config(**options):
+    """Tune's settings for a phase of the sweep, with what every phase shares."""
+    from ray import tune
+
+    # A worker process runs trial after trial: a new trial otherwise starts a Python process and
+    # imports torch, transformers and peft (seconds) before its clock starts. Safe because a trial
+    # finds its directory in Tune's storage context, not its working directory, and starts its own
+    # peak-memory window (measure.reset_peak_memory).
+    return tune.TuneConfig(trial_dirname_creator=trial_dirname, reuse_actors=True, **options)
 
 
 def kept_checkpoint():
@@ -181,11 +232,34 @@ def quiet_libraries(verbose: bool) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # it logs each study it creates
 
 
-def terminal(verbose: bool, stage: str, planned: int) -> dict:
+def terminal(
+    verbose: bool, stage: str, planned: int, budget_usd: float | None = None, spent_before: float = 0.0
+) -> dict:
     """RunConfig's output settings: Tune's own (verbose) or one status line and a line per trial."""
     from sweeps.progress import SweepProgress  # imports Ray, which use_cluster_token must precede
 
-    return {"verbose": 1} if verbose else {"verbose": 0, "callbacks": [SweepProgress(stage, planned)]}
+    if verbose:
+        return {"verbose": 1}
+    return {"verbose": 0, "callbacks": [SweepProgress(stage, planned, budget_usd, spent_before)]}
+
+
+def outputs(
+    settings: SweepSettings,
+    directory: Path,
+    verbose: bool,
+    stage: str,
+    planned: int,
+    budget_usd: float | None = None,
+    spent_before: float = 0.0,
+) -> dict:
+    """RunConfig's output settings: the terminal's, and with --mlflow every trial logged to MLflow."""
+    shown = terminal(verbose, stage, planned, budget_usd, spent_before)
+    if settings.mlflow is None:
+        return shown
+    from sweeps.tracking import MlflowTrials  # imports Ray, which use_cluster_token must precede
+
+    tracked = MlflowTrials(settings.mlflow, directory, stage, trial_values)
+    return shown | {"callbacks": [*shown.get("callbacks", []), tracked]}
 
 
 def fit_or_resume(directory: Path, build_tuner, trainable) -> bool:
@@ -210,57 +284,134 @@ def run_baselines(settings: SweepSettings, directory: Path, trainable, verbose: 
         return tune.Tuner(
             trainable,
             param_space=space,
-            tune_config=tune.TuneConfig(
-                max_concurrent_trials=settings.concurrency, trial_dirname_creator=trial_dirname
-            ),
+            tune_config=tune_config(max_concurrent_trials=settings.concurrency),
             run_config=tune.RunConfig(
                 name=BASELINES_DIR,
                 storage_path=str(directory),
-                **terminal(verbose, "baselines", len(settings.baseline_shots)),
+                **outputs(settings, directory, verbose, "baselines", len(settings.baseline_shots)),
             ),
         )
 
     return fit_or_resume(directory / BASELINES_DIR, build, trainable)
 
 
-def run_search(settings: SweepSettings, directory: Path, trainable, verbose: bool) -> bool:
-    from ray import tune
+def steps_per_trial(settings: SweepSettings) -> int:
+    return trial_budget(settings, settings.methods[0], available_train_size(settings))[1]
+
+
+def spent_so_far(directory: Path) -> float:
+    """Dollars every trial of the sweep has cost so far (baselines, search, extensions)."""
+    return load.trials(directory)["cost_usd"].fill_null(0.0).sum()
+
+
+def early_stopping(settings: SweepSettings):
+    """ASHA on the first objective, or Pareto-aware successive halving over them all
+    (sweeps.schedulers); both halve at every rung, from grace_evals evaluations on."""
     from ray.tune.schedulers import ASHAScheduler
+
+    from sweeps.schedulers import ParetoSuccessiveHalving
+
+    evaluations = evaluations_per_trial(settings)
+    rungs = {
+        "max_t": evaluations,
+        "grace_period": min(settings.grace_evals, evaluations),
+        "reduction_factor": 2,
+    }
+    pareto = settings.scheduler == "pareto" or (settings.scheduler is None and len(settings.objectives) > 1)
+    if pareto:
+        return ParetoSuccessiveHalving(settings.objectives, **rungs)
+    first = Objective(settings.objectives[0])
+    return ASHAScheduler(metric=first.metric, mode=first.mode, **rungs)
+
+
+def search_algorithm(settings: SweepSettings, directory: Path, first: list[dict]):
+    """Optuna's TPE on the study kept in the sweep's directory, at most `concurrency` trials at once,
+    and, with --budget-usd, no trial started past the budget."""
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
+    from sweeps.budget import DollarBudget
+
+    objectives = [Objective(name) for name in settings.objectives]
+    earlier = study.load(directory)
+    # An extension's sampler draws afresh rather than replaying the random start of the search's.
+    optuna_sampler = sampler(settings.seed + (len(earlier.trials) if earlier else 0))
+    study.open_study(directory, objectives, optuna_sampler)
+    several = len(objectives) > 1
+    searcher = OptunaSearch(
+        space=DefineByRun(settings.methods, settings.search, settings.trial_constants()),
+        metric=[o.metric for o in objectives] if several else objectives[0].metric,
+        mode=[o.mode for o in objectives] if several else objectives[0].mode,
+        points_to_evaluate=first,
+        sampler=optuna_sampler,
+        study_name=study.STUDY_NAME,
+        storage=study.storage(directory),
+    )
+    limited = ConcurrencyLimiter(searcher, max_concurrent=settings.concurrency)
+    if settings.budget_usd is None:
+        return limited
+    return DollarBudget(limited, settings.budget_usd, steps_per_trial(settings), spent_so_far(directory))
+
+
+def search_tuner(
+    settings: SweepSettings,
+    directory: Path,
+    experiment: Path,
+    samples: int,
+    first: list[dict],
+    trainable,
+    verbose: bool,
+):
+    """The Tuner of the sweep's search (experiment: the sweep's directory) or of an extension of it
+    (experiment: its extension-<k> directory)."""
+    from ray import tune
+
+    stage = "search" if experiment == directory else experiment.name
+    return tune.Tuner(
+        trainable,
+        tune_config=tune_config(
+            search_alg=search_algorithm(settings, directory, first),
+            scheduler=early_stopping(settings),
+            num_samples=samples,
+            time_budget_s=settings.time_budget_s,
+        ),
+        run_config=tune.RunConfig(
+            name=experiment.name,
+            storage_path=str(experiment.parent),
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+            checkpoint_config=kept_checkpoint(),
+            **outputs(
+                settings, directory, verbose, stage, samples, settings.budget_usd, spent_so_far(directory)
+            ),
+        ),
+    )
+
+
+def run_search(settings: SweepSettings, directory: Path, trainable, verbose: bool) -> bool:
     def build():
-        evaluations = evaluations_per_trial(settings)
-        searcher = OptunaSearch(
-            space=DefineByRun(settings.methods, settings.search, settings.trial_constants()),
-            metric="quality",
-            mode="max",
-            points_to_evaluate=first_points(settings.methods)[: settings.samples],
-            sampler=sampler(settings.seed),
-        )
-        return tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                metric="quality",
-                mode="max",
-                search_alg=ConcurrencyLimiter(searcher, max_concurrent=settings.concurrency),
-                scheduler=ASHAScheduler(
-                    max_t=evaluations, grace_period=min(settings.grace_evals, evaluations), reduction_factor=2
-                ),
-                num_samples=settings.samples,
-                time_budget_s=settings.time_budget_s,
-                trial_dirname_creator=trial_dirname,
-            ),
-            run_config=tune.RunConfig(
-                name=directory.name,
-                storage_path=str(directory.parent),
-                failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                checkpoint_config=kept_checkpoint(),
-                **terminal(verbose, "search", settings.samples),
-            ),
-        )
+        first = first_points(settings.methods)[: settings.samples]
+        return search_tuner(settings, directory, directory, settings.samples, first, trainable, verbose)
 
     return fit_or_resume(directory, build, trainable)
+
+
+def run_extensions(settings: SweepSettings, directory: Path, trainable, verbose: bool) -> bool:
+    """With --extend N, a new extension of N trials (no method is enqueued first again: the study
+    already holds each method's trials); otherwise (--resume) the sweep's interrupted extensions go on."""
+    from ray import tune
+
+    if settings.extend is None:
+        finished = True
+        for earlier in extend.extension_dirs(directory):
+            if tune.Tuner.can_restore(str(earlier)):
+                finished = fit_or_resume(earlier, None, trainable) and finished
+        return finished
+    new = extend.next_extension_dir(directory)
+
+    def build():
+        return search_tuner(settings, directory, new, settings.extend, [], trainable, verbose)
+
+    return fit_or_resume(new, build, trainable)
 
 
 def finalist_configs(settings: SweepSettings, directory: Path) -> list[dict]:
@@ -289,15 +440,20 @@ def run_finalists(settings: SweepSettings, directory: Path, verbose: bool) -> bo
         return tune.Tuner(
             trainable,
             param_space={FINALIST: tune.grid_search(configs)},
-            tune_config=tune.TuneConfig(
-                max_concurrent_trials=settings.concurrency, trial_dirname_creator=trial_dirname
-            ),
+            tune_config=tune_config(max_concurrent_trials=settings.concurrency),
             run_config=tune.RunConfig(
                 name=load.FINALISTS_DIR,
                 storage_path=str(directory),
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                 checkpoint_config=kept_checkpoint(),
-                **terminal(verbose, "finalists", len(configs)),
+                **outputs(
+                    settings,
+                    directory,
+                    verbose,
+                    "finalists",
+                    len(configs),
+                    spent_before=spent_so_far(directory),
+                ),
             ),
         )
 
@@ -319,10 +475,15 @@ def sweep(settings: SweepSettings, directory: Path, verbose: bool = False) -> bo
     print(f"sweep: {settings.task} on {settings.model}, results in {directory}", flush=True)
     # While Tune runs, a trial without a final word is running; once it stops, such a trial is lost.
     with load.running_sweep(directory):
-        finished = run_baselines(settings, directory, trainable, verbose)
-        finished = finished and run_search(settings, directory, trainable, verbose)
-        if finished and settings.finalist_seeds > 1:
-            finished = run_finalists(settings, directory, verbose)
+        extend.save_settings(settings, directory)
+        if settings.extend:  # the sweep it extends has run its stages
+            finished = run_extensions(settings, directory, trainable, verbose)
+        else:
+            finished = run_baselines(settings, directory, trainable, verbose)
+            finished = finished and run_search(settings, directory, trainable, verbose)
+            finished = finished and run_extensions(settings, directory, trainable, verbose)
+            if finished and settings.finalist_seeds > 1:
+                finished = run_finalists(settings, directory, verbose)
     trials = load.trials(directory)
     results.write_tables(trials, directory)
     print(results.summary(trials))
@@ -338,13 +499,20 @@ def sweep(settings: SweepSettings, directory: Path, verbose: bool = False) -> bo
     return finished
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def settings_of(args: argparse.Namespace) -> SweepSettings:
+    """The sweep the parsed command line describes (ConfigError when it cannot be run)."""
     # --verbose changes what the terminal shows, not the sweep: it is no setting of the sweep's.
     cli_values = {key: value for key, value in vars(args).items() if key not in ("task", "config", "verbose")}
+    return resolve(args.task, args.config, cli_values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     try:
-        settings = resolve(args.task, args.config, cli_values)
+        settings = settings_of(args)
         directory = experiment_dir(settings)
+        if settings.extend:
+            settings = extend.extension_settings(settings, directory)
     except ConfigError as error:
         return fail(str(error))
     try:

@@ -7,7 +7,7 @@ import datetime
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -21,11 +21,13 @@ from pydantic import (
     model_validator,
 )
 
+from sweeps.objectives import NAMES as OBJECTIVE_NAMES
 from sweeps.presets import PRESETS
 from trainables import models
-from trainables.config import TrialConfig, known_task
+from trainables.config import TrialConfig
 from trainables.errors import ConfigError, describe
-from trainables.methods import METHODS, search_dimensions
+from trainables.methods import METHODS, search_dimensions, trained_methods
+from trainables.registries import known_task, trial_config
 from trainables.tasks import canonical_task, generation_budget, get_task, is_task_file
 
 SMOKE = {
@@ -98,19 +100,35 @@ class SweepSettings(BaseModel):
     baseline_shots: list[int] = [0, 2]
     max_failures: int = Field(1, ge=0, description="retries of a trial that failed for a transient reason")
     grace_evals: int = Field(1, ge=1, description="evaluations before ASHA may stop a trial")
+    # Several: Optuna samples multi-objectively and the Pareto-aware scheduler stops trials.
+    objectives: list[str] = Field(["quality"], description=f"any of {', '.join(OBJECTIVE_NAMES)}")
+    # Default: ASHA on quality with one objective, Pareto-aware successive halving with several.
+    scheduler: Literal["asha", "pareto"] | None = None
+    budget_usd: float | None = Field(None, gt=0, description="start no trial past this many dollars")
+    extend: int | None = Field(None, ge=1, description="trials added to a finished sweep")
     winners: int = Field(3, ge=1, description="adapters picked from the Pareto front for serving")
     # Off by default: each seed beyond the first re-trains up to `winners` trials to their end.
     finalist_seeds: int = Field(1, ge=1, description="seeds per finalist, which rank on their mean")
+    mlflow: str | None = Field(None, description="MLflow tracking URI every trial is logged to")
     search: SearchRanges = SearchRanges()
     trial: dict[str, Any] = {}
 
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, methods: list[str]) -> list[str]:
-        unknown = [m for m in methods if m not in METHODS]
+        # The baseline runs in a stage of its own (baseline_shots), never as a searched method.
+        unknown = [m for m in methods if m not in trained_methods()]
         if unknown or not methods:
-            raise ValueError(f"unknown {unknown or 'empty'}; known: {', '.join(METHODS)}")
+            raise ValueError(f"unknown {unknown or 'empty'}; known: {', '.join(trained_methods())}")
         return list(dict.fromkeys(methods))
+
+    @field_validator("objectives")
+    @classmethod
+    def _known_objectives(cls, objectives: list[str]) -> list[str]:
+        unknown = [name for name in objectives if name not in OBJECTIVE_NAMES]
+        if unknown or not objectives:
+            raise ValueError(f"unknown {unknown or 'empty'}; known: {', '.join(OBJECTIVE_NAMES)}")
+        return list(dict.fromkeys(objectives))
 
     @field_validator("task")
     @classmethod
@@ -134,7 +152,7 @@ class SweepSettings(BaseModel):
         problems = {}
         for method in info.data.get("methods") or METHODS:
             try:
-                TrialConfig.parse({"task": "qg", "method": method, **options})
+                trial_config({"task": "qg", "method": method, **options})
             except ConfigError as error:
                 problems[str(error).removeprefix("invalid config: ")] = None
         if problems:
@@ -246,6 +264,22 @@ def _unreachable(address: str) -> str | None:
     return None
 
 
+def _mlflow_problem(uri: str) -> str | None:
+    """Why MLflow cannot log to the URI: opening its store is what every stage's logger does first
+    (a database store is created here; a server is not contacted)."""
+    try:
+        from mlflow import MlflowClient
+    except ImportError:
+        return "needs MLflow's client: pip install -e '.[mlflow]'"
+    try:
+        MlflowClient(tracking_uri=uri)
+    # MLflow's own refusals (a file store without MLFLOW_ALLOW_FILE_STORE, an unknown scheme), and
+    # the database's or the file system's: each means the sweep could not log, and says why.
+    except Exception as error:
+        return f"cannot log to '{uri}': {str(error).splitlines()[0]}"
+    return None
+
+
 def available_train_size(settings: SweepSettings) -> int:
     """Training examples the task offers a trial, before any train_examples cap."""
     return len(get_task(settings.task).splits()["train"])
@@ -253,7 +287,7 @@ def available_train_size(settings: SweepSettings) -> int:
 
 def trial_budget(settings: SweepSettings, method: str, available: int) -> tuple[TrialConfig, int]:
     """A trial's config and its number of optimizer steps (which --epochs ties to the data size)."""
-    config = TrialConfig.parse(settings.trial_constants() | {"method": method})
+    config = trial_config(settings.trial_constants() | {"method": method})
     return config, config.total_steps(config.usable_train_size(available))
 
 
@@ -284,5 +318,7 @@ def check_environment(settings: SweepSettings) -> None:
         problems.append(f"model: {not_loadable}")
     if not _writable(Path(settings.storage).expanduser().resolve()):
         problems.append(f"storage: '{settings.storage}' cannot be written")
+    if settings.mlflow and (unusable := _mlflow_problem(settings.mlflow)):
+        problems.append(f"mlflow: {unusable}")
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))

@@ -26,10 +26,24 @@ def tiny_model(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def smoke_sweep(tiny_model, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+def smoke_storage(tmp_path_factory) -> Path:
+    """smoke_sweep's results root."""
+    return tmp_path_factory.mktemp("results")
+
+
+@pytest.fixture(scope="session")
+def smoke_mlflow(smoke_storage) -> str:
+    """The MLflow tracking URI smoke_sweep logs to: a database in its results root."""
+    return f"sqlite:///{smoke_storage / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tiny_model, smoke_storage, smoke_mlflow) -> tuple[subprocess.CompletedProcess, Path]:
     """One real `python -m sweeps.run qg --smoke` on the tiny model, its finalists re-trained with a
-    second seed, shared by the tests that read it."""
-    storage = tmp_path_factory.mktemp("results")
+    second seed, shared by the tests that read it. It searches quality and cost (the multi-objective
+    sampler and Pareto-aware early stopping) within a dollar budget it does not reach, and logs its
+    trials to MLflow (smoke_mlflow)."""
+    storage = smoke_storage
     command = [
         sys.executable,
         "-m",
@@ -40,6 +54,12 @@ def smoke_sweep(tiny_model, tmp_path_factory) -> tuple[subprocess.CompletedProce
         tiny_model,
         "--finalist-seeds",
         "2",
+        "--objectives",
+        "quality,cost",
+        "--budget-usd",
+        "100",
+        "--mlflow",
+        smoke_mlflow,
     ]
     done = subprocess.run(
         [*command, "--storage", str(storage), "--name", "smoke", "--concurrency", "2"],

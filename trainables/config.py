@@ -1,17 +1,49 @@
-"""The typed trial config: the one boundary where Ray Tune's dict becomes a validated object."""
+"""The typed trial config: the one boundary where Ray Tune's dict becomes a validated object.
+
+It knows no registry: the methods and tasks a config is checked against come in as `Known`
+(trainables.registries binds the real ones), so validating a config dict imports neither PEFT
+nor the task data (datasets, bert-score).
+"""
 
 import math
-from typing import Literal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from trainables.errors import ConfigError, problems
-from trainables.methods import METHODS
-from trainables.methods.base import Hyperparameters
-from trainables.tasks import canonical_task
 
-BASELINE = "base"  # the untouched base model, evaluated zero- or k-shot; trains nothing
 METHOD_SCOPE = "."  # lora.learning_rate: the learning rate of LoRA trials, a dimension of its own
+
+
+class Hyperparameters(BaseModel):
+    """A method's own hyperparameters; each method subclasses it with its fields and defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MethodFacts(Protocol):
+    """What the config reads of a registered method."""
+
+    name: str
+    hyperparameters: type[Hyperparameters]
+
+
+@dataclass(frozen=True)
+class Known:
+    """The registries a config is checked against."""
+
+    methods: Mapping[str, MethodFacts]
+    canonical_task: Callable[[str], str]  # a task's canonical name; KeyError naming the known ones
+
+
+def check_task(task: str, canonical_task: Callable[[str], str]) -> str:
+    """The task's canonical name, or a ValueError (what a pydantic validator raises) naming the known ones."""
+    try:
+        return canonical_task(task)
+    except KeyError as error:
+        raise ValueError(error.args[0]) from None
 
 
 class TrialConfig(BaseModel):
@@ -51,23 +83,24 @@ class TrialConfig(BaseModel):
 
     @field_validator("task")
     @classmethod
-    def _known_task(cls, task: str) -> str:
-        return known_task(task)
+    def _known_task(cls, task: str, info: ValidationInfo) -> str:
+        return check_task(task, info.context["known"].canonical_task)
 
     @field_validator("method")
     @classmethod
-    def _known_method(cls, method: str) -> str:
-        if method != BASELINE and method not in METHODS:
-            raise ValueError(f"unknown method '{method}'; known: {', '.join([*METHODS, BASELINE])}")
+    def _known_method(cls, method: str, info: ValidationInfo) -> str:
+        methods = info.context["known"].methods
+        if method not in methods:
+            raise ValueError(f"unknown method '{method}'; known: {', '.join(methods)}")
         return method
 
     @classmethod
-    def parse(cls, values: dict) -> "TrialConfig":
+    def parse(cls, values: dict, known: Known) -> "TrialConfig":
         """The typed config of a trial; every problem, the method's own fields included, at once."""
-        values = unscoped(values)
-        method = METHODS.get(values.get("method"))
+        values = unscoped(values, known.methods)
+        method = known.methods.get(values.get("method"))
         own = method.hyperparameters if method else Hyperparameters
-        former = _former_names(values, own)
+        former = _former_names(values, own, known.methods)
         found = [f"{key}: unknown option; did you mean {hint}?" for key, hint in former.items()]
         hyperparameters = Hyperparameters()
         try:
@@ -76,7 +109,9 @@ class TrialConfig(BaseModel):
             found += problems(error, prefix=f"{method.name}{METHOD_SCOPE}")
         shared = {k: v for k, v in values.items() if k not in own.model_fields and k not in former}
         try:
-            config = cls.model_validate(shared | {"hyperparameters": hyperparameters})
+            config = cls.model_validate(
+                shared | {"hyperparameters": hyperparameters}, context={"known": known}
+            )
         except ValidationError as error:
             found += problems(error)
         if found:
@@ -93,7 +128,7 @@ class TrialConfig(BaseModel):
         return max(1, math.ceil(self.epochs * batches_per_epoch / self.grad_accum))
 
 
-def unscoped(values: dict) -> dict:
+def unscoped(values: dict, methods: Mapping[str, MethodFacts]) -> dict:
     """Tune's dict names a method's searched hyperparameters `<method>.<field>` (so that the
     sampler models each method's own dimensions apart); the config names the field alone. Options
     of another registered method (a sweep's `trial:` block holds every method's) do not apply to
@@ -104,25 +139,20 @@ def unscoped(values: dict) -> dict:
         scope, _, field = key.rpartition(METHOD_SCOPE)
         if scope == method:
             kept[field] = value
-        elif scope not in METHODS:
+        elif scope not in methods:
             kept[key] = value
     return kept
 
 
-def _former_names(values: dict, own: type[Hyperparameters]) -> dict[str, str]:
+def _former_names(
+    values: dict, own: type[Hyperparameters], methods: Mapping[str, MethodFacts]
+) -> dict[str, str]:
     """Unknown keys that read as `<method>_<field>`, the names per-method options once had
     (adalora_tinit), each with the scoped name it now has (adalora.tinit)."""
     hints = {}
     for key in values.keys() - own.model_fields.keys() - TrialConfig.model_fields.keys():
-        for name, method in METHODS.items():
+        for name, method in methods.items():
             field = key.removeprefix(f"{name}_")
             if field != key and field in method.hyperparameters.model_fields:
                 hints[key] = f"{name}{METHOD_SCOPE}{field}"
     return hints
-
-
-def known_task(task: str) -> str:
-    try:
-        return canonical_task(task)
-    except KeyError as error:
-        raise ValueError(error.args[0]) from None

@@ -8,7 +8,8 @@ import json
 import sys
 
 from trainables import trial
-from trainables.config import BASELINE, ConfigError
+from trainables.errors import ConfigError
+from trainables.methods import BASELINE
 from trainables.tasks.data import DataError
 
 

@@ -18,7 +18,7 @@ from peft import PeftModel, PeftType
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from trainables.config import TrialConfig
-from trainables.methods import Method
+from trainables.methods import METHODS, Method
 from trainables.tasks.spec import Task
 
 IGNORE_INDEX = -100
@@ -34,14 +34,26 @@ class TrainState:
     step: int = 0
     tokens: int = 0
     seconds: float = 0.0
-    losses: list[float] = field(default_factory=list)  # since the last evaluation
+    # Each step's loss since the last evaluation, left on the device: reading a loss back to the
+    # host waits for the device to finish, so that happens once per evaluation, not per step.
+    losses: list[torch.Tensor] = field(default_factory=list)
     last_train_loss: float = math.nan
 
     def window_loss(self) -> float:
         """Mean training loss since the last evaluation (the previous one's, if none since)."""
         if self.losses:
-            self.last_train_loss = sum(self.losses) / len(self.losses)
+            self.last_train_loss = torch.stack(self.losses).mean().item()
         return self.last_train_loss
+
+    def check_finite(self) -> None:
+        """Raises NonFiniteLoss naming the first step since the last evaluation whose loss was not finite."""
+        if not self.losses:
+            return
+        finite = torch.isfinite(torch.stack(self.losses)).tolist()
+        if False in finite:
+            first = finite.index(False)
+            value = self.losses[first].item()
+            raise NonFiniteLoss(f"training loss became {value} at step {self.step - len(finite) + first + 1}")
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, prompt: str, target: str, max_length: int) -> dict:
@@ -96,6 +108,25 @@ def collate(features: list[dict], pad_id: int, device: torch.device) -> dict[str
     return {name: tensor.to(device) for name, tensor in batch.items()}
 
 
+def first_target(feature: dict) -> int:
+    return next(i for i, label in enumerate(feature["labels"]) if label != IGNORE_INDEX)
+
+
+def target_logits_only(model, rows: list[dict], batch: dict[str, torch.Tensor]) -> dict:
+    """The collated rows, asking the model for logits only where a target token is predicted:
+    from the position before the rows' first target token on. The prompt's logits are never used,
+    and the vocabulary projection and its softmax are a large part of a small model's step (and of
+    a large vocabulary's memory). The loss stays the model's own, so methods that add a term to it
+    (AdaLoRA's orthogonality) still do. Prompt tuning's virtual tokens shift every position, so
+    such models get the whole batch."""
+    peft_config = getattr(model, "active_peft_config", None)
+    if peft_config is not None and peft_config.is_prompt_learning:
+        return batch
+    start = max(min(first_target(row) for row in rows) - 1, 0)
+    width = batch["labels"].shape[1]
+    return batch | {"labels": batch["labels"][:, start:], "logits_to_keep": width - start}
+
+
 def _device(model) -> torch.device:
     return next(p.device for p in model.parameters())
 
@@ -105,8 +136,8 @@ def autocast(device: torch.device):
 
 
 def make_optimizer(model, config: TrialConfig, total_steps: int):
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    method = METHODS[config.method]
+    optimizer = method.optimizer(model, config.hyperparameters, config.learning_rate, config.weight_decay)
     warmup = math.floor(config.warmup_ratio * total_steps)
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
 
@@ -133,16 +164,16 @@ def train(
     model.train()
     while state.step < total_steps:
         started = time.perf_counter()
-        step_loss = 0.0
+        step_loss = torch.zeros((), device=device)
         for _ in range(config.grad_accum):
-            batch = collate([features[i] for i in next(stream)], pad_id, device)
+            rows = next(stream)
+            chosen = [features[i] for i in rows]
+            batch = target_logits_only(model, chosen, collate(chosen, pad_id, device))
             with autocast(device):
                 loss = model(**batch).loss
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"training loss became {loss.item()} at step {state.step + 1}")
             (loss / config.grad_accum).backward()
-            step_loss += loss.item() / config.grad_accum
-            state.tokens += int(batch["attention_mask"].sum())
+            step_loss += loss.detach().float() / config.grad_accum
+            state.tokens += sum(lengths[i] for i in rows)
         torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         optimizer.step()
         scheduler.step()
@@ -151,8 +182,12 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
         state.losses.append(step_loss)
+        evaluating = state.step % config.eval_every == 0 or state.step == total_steps
+        if evaluating and device.type == "cuda":
+            torch.cuda.synchronize(device)  # the window's queued work is training time, not evaluation's
         state.seconds += time.perf_counter() - started
-        if state.step % config.eval_every == 0 or state.step == total_steps:
+        if evaluating:
+            state.check_finite()
             on_eval(state)
             state.losses.clear()
             model.train()
@@ -170,11 +205,12 @@ def validation_loss(model, features: list[dict], batch_size: int, pad_id: int) -
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(features), batch_size):
-        batch = collate(features[start : start + batch_size], pad_id, device)
+        rows = features[start : start + batch_size]
+        batch = target_logits_only(model, rows, collate(rows, pad_id, device))
         labels = batch.pop("labels")
         with autocast(device):
             logits = model(**batch).logits
-        # Prompt tuning puts virtual tokens first: keep the positions of the real ones.
+        # Logits of the kept positions; prompt tuning's come after its virtual tokens' too.
         logits = logits[:, -labels.shape[1] :, :].float()
         total += torch.nn.functional.cross_entropy(
             logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"

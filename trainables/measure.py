@@ -67,11 +67,32 @@ def cost_usd(seconds: float, price_per_hour: float) -> float:
     return seconds / 3600 * price_per_hour
 
 
+# Linux keeps a process's peak resident set in /proc (VmHWM), and resets it on request.
+PROC_STATUS = Path("/proc/self/status")
+PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
+RESET_PEAK_RSS = "5"
+
+
+def reset_peak_memory() -> None:
+    """Starts a new peak-memory window: a worker process that runs one trial after another
+    (Ray Tune's reused actors) must not charge a trial with an earlier trial's peak."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    elif PROC_CLEAR_REFS.exists():
+        PROC_CLEAR_REFS.write_text(RESET_PEAK_RSS)
+
+
 def peak_memory_mb() -> float:
-    """CUDA max allocated on GPU; the process's peak resident set on CPU."""
+    """CUDA max allocated on GPU; on CPU the process's peak resident set since reset_peak_memory()
+    (VmHWM; where there is no /proc, since the process started)."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    if PROC_STATUS.exists():
+        high_water_kib = next(
+            line.split()[1] for line in PROC_STATUS.read_text().splitlines() if line.startswith("VmHWM:")
+        )
+        return int(high_water_kib) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # no /proc: macOS, in bytes
 
 
 def size_on_disk(directory: Path) -> int:
@@ -107,6 +128,7 @@ class Meter:
     a resumed or retried trial adds to what its checkpoint says the earlier processes spent."""
 
     def __init__(self, earlier: dict[str, float] | None = None) -> None:
+        reset_peak_memory()
         self.started = time.perf_counter()
         self.earlier = earlier or dict.fromkeys(SPENDING, 0.0)
         self.stopwatch = Stopwatch()

@@ -9,6 +9,7 @@ import functools
 import importlib.metadata
 import json
 import math
+import os
 import random
 import statistics
 import tempfile
@@ -21,9 +22,9 @@ import torch
 from peft import PeftModel, prepare_model_for_kbit_training
 from safetensors.torch import load_file, save_file
 
-from trainables import loop, measure, models
-from trainables.config import BASELINE, ConfigError, TrialConfig
-from trainables.methods import METHODS, BuildContext, Method
+from trainables import loop, measure, models, registries
+from trainables.config import ConfigError, TrialConfig
+from trainables.methods import BASELINE, METHODS, BuildContext, Method
 from trainables.tasks import get_task
 from trainables.tasks.data import DataError
 from trainables.tasks.spec import PER_EXAMPLE, Task
@@ -58,16 +59,14 @@ class Plan:
 
 
 def prepare(values: dict) -> Plan:
-    config = TrialConfig.parse(values)
+    config = registries.trial_config(values)
     task = get_task(config.task)
     splits = task.splits()
     uncapped_train = splits["train"]
     splits["train"] = uncapped_train.select(range(config.usable_train_size(len(uncapped_train))))
-    if config.method == BASELINE:
-        total_steps, problems = 0, []
-    else:
-        total_steps = config.total_steps(len(splits["train"]))
-        problems = METHODS[config.method].problems(config.hyperparameters, total_steps)
+    method = METHODS[config.method]
+    total_steps = config.total_steps(len(splits["train"])) if method.trains else 0
+    problems = method.problems(config.hyperparameters, total_steps)
     if not_loadable := models.unloadable_reason(config.model):
         problems.append(f"model: {not_loadable}")
     if problems:
@@ -346,7 +345,8 @@ def _execute(
             "attention": models.attention_implementation(),
         }
 
-    if config.method == BASELINE:
+    method = METHODS[config.method]
+    if not method.trains:  # the baseline: the untouched base model, k-shot
         model = models.load_model(model_path)
         prefix = few_shot_prefix(plan.task, plan.splits["train"], config.shots, config.seed)
         with meter.stopwatch.phase("eval"):
@@ -368,7 +368,6 @@ def _execute(
     trainable, total = parameter_counts(model)
     features = loop.encode_examples(plan.task, tokenizer, plan.splits["train"], config.max_length)
     optimizer, scheduler = loop.make_optimizer(model, config, plan.total_steps)
-    method = METHODS[config.method]
     state = (
         restore_checkpoint(resume_from, method, model, optimizer, scheduler)
         if resume_from
@@ -441,7 +440,11 @@ def run(config: dict) -> None:
     # The trial's directory in the sweep's storage (a local or shared path, as checkpoints reach
     # it), not get_trial_dir(): that is staging on the trial's node, synced only from the driver's.
     record_dir = Path(context.get_storage().trial_fs_path)
-    identity = {"trial_id": context.get_trial_id(), "node_id": ray.get_runtime_context().get_node_id()}
+    identity = {
+        "trial_id": context.get_trial_id(),
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "worker_pid": os.getpid(),  # Tune reuses a worker process for trial after trial
+    }
     held = context.get_trial_resources().required_resources
     share = measure.Share(gpus=held.get("GPU", 0.0), cpus=held.get("CPU", 0.0))
 

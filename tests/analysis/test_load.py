@@ -151,9 +151,7 @@ def test_in_flight_trials_of_a_live_sweep_are_running_and_lost_once_its_driver_i
                 frame = load.load(sweep_dir)
             except load.NotAnExperiment:  # no record yet
                 frame = pl.DataFrame(schema=load.TRIALS_SCHEMA | {"best_checkpoint": pl.String})
-            searching = frame.filter(
-                (pl.col("method") != rank.BASELINE) & pl.col("best_checkpoint").is_not_null()
-            )
+            searching = frame.filter(rank.is_trained() & pl.col("best_checkpoint").is_not_null())
             if searching.height:  # a search trial in flight, with a kept checkpoint to rank it on
                 break
             time.sleep(2)

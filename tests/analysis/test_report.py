@@ -1,15 +1,13 @@
 import json
 import re
-import shutil
 from pathlib import Path
 
 import plotly.offline
 import polars as pl
 import pytest
 from peft import PeftModel
-from playwright.sync_api import sync_playwright
 
-from analysis import load, report
+from analysis import browser, load, report
 from trainables import models, trial
 from trainables.methods import METHODS
 
@@ -18,7 +16,6 @@ pytestmark = pytest.mark.slow
 # The report's four figures, then Optuna's optimisation history and parameter importances.
 FIGURES = 6
 ARTIFACTS = Path(__file__).parents[2] / "test-artifacts"
-BROWSER = next(filter(None, map(shutil.which, ["chromium", "chromium-browser"])), None)
 
 
 def test_sweep_ends_with_a_self_contained_report_that_names_every_method(smoke_sweep):
@@ -53,24 +50,20 @@ def test_the_terminal_shows_one_line_per_trial_and_each_stage_s_state_on_two_scr
         "Trial status",
         "snapshotting",
         "Some regimes for parameter",
+        "Target and region quantiles",
     ):
         assert noise not in done.stdout + done.stderr
 
 
 # Before test_report_cli_rebuilds_with_other_weights rewrites the report without its verdict.
-@pytest.mark.skipif(BROWSER is None, reason="no Chromium on PATH: install Debian's chromium (.ci/run does)")
+@pytest.mark.skipif(
+    browser.CHROMIUM is None, reason="no Chromium on PATH: install Debian's chromium (.ci/run does)"
+)
 def test_the_report_draws_every_plot_in_a_real_browser(smoke_sweep):
     _, sweep_dir = smoke_sweep
     board = pl.read_parquet(sweep_dir / "leaderboard.parquet")
-    errors = []
-    with sync_playwright() as playwright:
-        # --no-sandbox: Chromium's sandbox refuses to start as root, as in CI containers.
-        browser = playwright.chromium.launch(executable_path=BROWSER, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.on("console", lambda message: message.type == "error" and errors.append(message.text))
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.route("http*://**", lambda route: route.abort())  # offline: the page must need nothing else
-        page.goto((sweep_dir / "report.html").as_uri())
+    with browser.opened(sweep_dir / "report.html") as opened:
+        page = opened.page
         drawn = page.eval_on_selector_all(
             ".plotly-graph-div",
             "plots => plots.map(plot => plot.querySelectorAll('svg.main-svg .trace').length)",
@@ -82,9 +75,8 @@ def test_the_report_draws_every_plot_in_a_real_browser(smoke_sweep):
         hover = pareto.locator(".hoverlayer").text_content()
         page.locator("#leaderboard th", has_text="position").click()
         positions = page.locator("#leaderboard tbody td:first-child").all_text_contents()
-        browser.close()
     assert len(drawn) == FIGURES and all(elements > 0 for elements in drawn), drawn
-    assert errors == []
+    assert opened.errors == []
     trial_id, method = hover.removeprefix("trial ").split(" ", 1)
     row = board.filter(pl.col("trial_id") == trial_id)
     assert method.startswith(f"({row['method'].item()})") and "=" in method  # and its hyperparameters

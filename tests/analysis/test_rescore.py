@@ -4,10 +4,12 @@ import functools
 import json
 import os
 import shutil
+import sys
 
 import pytest
 
 from analysis import load, rescore
+from sweeps.progress import CLEAR_LINE
 from trainables import trial
 
 VALUES = {"task": "qg", "method": "lora", "max_steps": 6, "eval_every": 3, "eval_examples": 4,
@@ -49,17 +51,25 @@ def test_the_report_measures_a_kept_checkpoint_that_is_not_the_last(tiny_model, 
     assert rescore.measure_kept_checkpoints(load.load(tmp_path)) == 0  # kept beside the trial, not redone
 
 
-def test_workers_score_as_ray_tasks_side_by_side_and_keep_the_jobs_order():
+def test_workers_score_as_ray_tasks_side_by_side_and_keep_the_jobs_order(capsys, monkeypatch):
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         workers = rescore.Workers({"cpu": 1, "gpu": 0}, concurrency=2)
         ordered = workers.run([functools.partial(dict, index=index) for index in range(5)], "jobs")
+        logged = capsys.readouterr().out
+        monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # on a terminal: one line redrawn
         processes = workers.run([os.getpid] * 4, "jobs")
+        shown = capsys.readouterr().out
     finally:
         ray.shutdown()
     assert ordered == [{"index": index} for index in range(5)]
+    assert logged == "scoring 5 jobs\n" + "".join(f"  scored {done}/5 jobs\n" for done in range(1, 6))
+    assert (
+        shown
+        == "scoring 4 jobs\n" + "".join(f"{CLEAR_LINE}  scored {done}/4 jobs" for done in range(1, 5)) + "\n"
+    )
     assert os.getpid() not in processes  # scored in Ray's workers, not in the driver
 
 

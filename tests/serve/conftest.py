@@ -8,8 +8,8 @@ import torch
 
 from serve.launch import start_server, stop_server
 from trainables import models
-from trainables.config import TrialConfig
-from trainables.methods import METHODS, BuildContext
+from trainables.methods import METHODS, BuildContext, trained_methods
+from trainables.registries import trial_config
 
 API_KEY = "test-key"
 
@@ -19,10 +19,11 @@ def model_id(method: str) -> str:
     return f"qg-{method.replace('_', '-')}-test"
 
 
-def _adapter(base: str, method: str, directory) -> None:
-    """What the method saves, with random trained weights, so each winner answers differently."""
+def _adapter(base: str, method: str, directory, **options) -> None:
+    """What the method saves, with random trained weights, so each winner answers differently;
+    options: trial options (`<method>.<field>`) other than the defaults."""
     spec = METHODS[method]
-    config = TrialConfig.parse({"task": "qg", "method": method, "model": base})
+    config = trial_config({"task": "qg", "method": method, "model": base, **options})
     model = spec.wrap(
         models.load_model(base, quantize_4bit=spec.quantize_4bit),
         config.hyperparameters,
@@ -38,7 +39,10 @@ def _adapter(base: str, method: str, directory) -> None:
                 parameter.add_(noise * 0.05)
             else:
                 offset = 1.0 if "ia3" in name else 0.0  # IA3 scales: around 1
-                parameter.copy_(noise * 0.5 + offset)
+                # VeRA's scaling vectors multiply fixed random projections: spread wider, so that
+                # its update outweighs the base's on the tiny model as a LoRA's does.
+                spread = 2.0 if "vera_lambda" in name else 0.5
+                parameter.copy_(noise * spread + offset)
     spec.save(model, models.load_tokenizer(base), directory)
 
 
@@ -65,7 +69,7 @@ def served_base(tiny_model, tmp_path_factory) -> str:
 def winners_dir(served_base, tmp_path_factory):
     directory = tmp_path_factory.mktemp("experiment")
     winners = []
-    for method in METHODS:
+    for method in trained_methods():
         _adapter(served_base, method, directory / method)
         winners.append({
             "id": model_id(method), "task": "qg", "method": method,

@@ -1,7 +1,9 @@
 """The engine in this process: what generation does inside a replica, which HTTP cannot show."""
 
-from serve.engine import AdapterEngine, Request, read_adapter
-from tests.serve.conftest import model_id
+import time
+
+from serve.engine import AdapterEngine, Request, Sampling, read_adapter
+from tests.serve.conftest import _adapter, model_id
 from trainables import loop, models
 from trainables.methods import METHODS
 
@@ -33,7 +35,11 @@ def test_a_row_stops_generating_at_its_stop_string(served_base, winners_dir):
 def test_one_batch_of_every_adapter_answers_as_each_reloaded_alone(served_base, winners_dir):
     """Adapters whose method shares mixed batches answer in one generate call, the others (DoRA)
     each in a call of their own: every answer is the one its reloaded adapter gives alone."""
-    on_base = [name for name, method in METHODS.items() if not method.standalone and not method.quantize_4bit]
+    on_base = [
+        name
+        for name, method in METHODS.items()
+        if method.trains and not method.standalone and not method.quantize_4bit
+    ]
     engine = AdapterEngine(served_base, (False,))
     for name in on_base:
         engine.add(read_adapter(model_id(name), winners_dir / name, False, METHODS[name].shares_mixed_batch))
@@ -71,3 +77,62 @@ def test_a_qlora_adapter_evicted_and_loaded_again_answers_as_scored(served_base,
     assert served == [
         loop.generate(scored, tokenizer, [prompt], 32, batch_size=1).texts[0] for prompt in prompts
     ]
+
+
+def test_requests_sent_mid_decode_join_the_running_batch_and_answer_as_alone(served_base, winners_dir):
+    """Iteration-level batching: requests of other adapters, of the base, of other lengths, with a
+    stop string or seeded sampling, sent while a long request decodes, join its batch between two
+    steps and are answered before it ends; each answer is the one its request gets alone."""
+    mixing = [
+        name for name, method in METHODS.items() if method.shares_mixed_batch and not method.quantize_4bit
+    ]
+    engine = AdapterEngine(served_base, (False,))
+    for name in mixing:
+        engine.add(read_adapter(model_id(name), winners_dir / name, False, True))
+    first, last = model_id(mixing[0]), model_id(mixing[-1])
+    long = Request("Question 2: is it raining in town number 2?", first, max_tokens=64)
+    joining = [
+        Request(PROMPT, last, max_tokens=8),
+        Request("Question 3: how windy is town number 3?", None, max_tokens=16),
+        Request("Question 4: what is the weather like in town number 4?", first, max_tokens=24, stop=("e",)),
+        Request(PROMPT, last, max_tokens=12, sampling=Sampling(temperature=1.0, seed=3)),
+    ]
+    alone = [engine.generate([request])[0] for request in [long, *joining]]
+    assert alone[0].finish_reason == "length" and alone[3].finish_reason == "stop"
+    started = engine.steps
+    long_ticket = engine.submit(long)
+    while engine.steps < started + 4:  # the long request is mid-decode
+        time.sleep(0.001)
+    together = [ticket.result() for ticket in [engine.submit(request) for request in joining]]
+    assert not long_ticket.done()  # the others did not wait for it
+    assert [long_ticket.result(), *together] == alone
+    engine.close()
+    # Alone in the engine is alone in plain generate (greedy on the reloaded adapter or the base).
+    tokenizer = models.load_tokenizer(served_base)
+    plain = {
+        model_id(name): METHODS[name].load_trained(served_base, winners_dir / name, False) for name in mixing
+    }
+    plain[None] = models.load_model(served_base)
+    for request, completion in zip([long, *joining[:2]], alone, strict=False):
+        expected = loop.generate(plain[request.adapter], tokenizer, [request.prompt], request.max_tokens, 1)
+        assert completion.text == expected.texts[0]
+
+
+def test_vera_adapters_of_other_projection_seeds_take_turns_on_one_base(served_base, winners_dir, tmp_path):
+    """VeRA adapters on one base share its projections, so PEFT refuses one of another seed beside
+    them: the engine injects each kind in turn, and each answers as its reloaded adapter alone."""
+    _adapter(served_base, "vera", tmp_path / "seed-1", **{"vera.projection_seed": 1})
+    folders = {"vera-seed-0": winners_dir / "vera", "vera-seed-1": tmp_path / "seed-1"}
+    engine = AdapterEngine(served_base, (False,))
+    for name, folder in folders.items():
+        engine.add(read_adapter(name, folder, False, False, METHODS["vera"].served_together_when_equal))
+    served = [c.text for c in engine.generate([Request(PROMPT, name, 16) for name in folders] * 2)]
+    tokenizer = models.load_tokenizer(served_base)
+    alone = [
+        loop.generate(
+            METHODS["vera"].load_trained(served_base, folder, False), tokenizer, [PROMPT], 16, 1
+        ).texts[0]
+        for folder in folders.values()
+    ]
+    assert served == alone * 2
+    assert alone[0] != alone[1]  # another seed, other projections: another answer

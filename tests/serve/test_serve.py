@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from serve.launch import start_server, stop_server
 from tests.serve.conftest import API_KEY, model_id
 from trainables import loop, models
-from trainables.methods import METHODS
+from trainables.methods import METHODS, trained_methods
 from trainables.tasks import generation_budget, get_task
 
 pytestmark = pytest.mark.slow
@@ -69,7 +69,7 @@ def _trained(method: str, served_base: str, winners_dir, quantize_4bit: bool | N
 def test_openai_client_lists_models_and_completes(server):
     client = _client(server)
     ids = {model.id for model in client.models.list()}
-    assert ids == {"base", *map(model_id, METHODS)}
+    assert ids == {"base", *map(model_id, trained_methods())}
     completion = client.completions.create(model="qg-lora-test", prompt="Hello", max_tokens=5)
     assert (
         completion.choices[0].finish_reason in ("stop", "length") and completion.usage.completion_tokens <= 5
@@ -82,7 +82,9 @@ def test_openai_client_lists_models_and_completes(server):
 
 def test_every_method_serves_and_each_winner_answers_with_its_own_weights(server):
     client = _client(server)
-    answers = {model: _complete(client, model, PROMPTS[0]) for model in ["base", *map(model_id, METHODS)]}
+    answers = {
+        model: _complete(client, model, PROMPTS[0]) for model in ["base", *map(model_id, trained_methods())]
+    }
     assert len(set(answers.values())) == len(answers), answers
 
 
@@ -162,7 +164,7 @@ def test_served_answers_equal_plain_generate_after_type_switches_and_reloads(
     prompt = PROMPTS[3]
     expected = {
         model_id(method): _greedy(_trained(method, served_base, winners_dir), tokenizer, prompt, 32)
-        for method in METHODS
+        for method in trained_methods()
     } | {"base": _greedy(models.load_model(served_base), tokenizer, prompt, 32)}
     client = _client(server)
     rounds = [{model: _complete(client, model, prompt, 32) for model in expected} for _ in range(2)]
@@ -194,6 +196,12 @@ def test_full_winner_is_served_as_its_own_model(server, winners_dir):
     [
         ("/v1/completions", {"model": "base", "prompt": "x " * 400}, API_KEY, 413),
         ("/v1/completions", {"model": "base", "prompt": "hi", "max_tokens": 65}, API_KEY, 400),
+        (
+            "/v1/completions",
+            {"model": "base", "prompt": "hi", "max_tokens": 4, "min_tokens": 5},
+            API_KEY,
+            400,
+        ),
         ("/v1/completions", b'{"model": "base", "prompt": ', API_KEY, 422),
         ("/v1/completions", {"model": "base", "prompt": 7, "max_tokens": "many"}, API_KEY, 422),
         ("/v1/completions", {"model": "../../etc/passwd", "prompt": "hi"}, API_KEY, 404),

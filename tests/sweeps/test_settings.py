@@ -9,7 +9,7 @@ from sweeps import run
 from sweeps.settings import SearchRanges, default_methods, resolve, trial_budget
 from sweeps.spaces import DefineByRun
 from trainables import models
-from trainables.methods import METHODS, search_dimensions
+from trainables.methods import METHODS, search_dimensions, trained_methods
 
 
 def test_precedence_defaults_preset_yaml_cli(tmp_path):
@@ -45,6 +45,12 @@ def test_smoke_shrinks_the_budget_and_still_tries_every_method(tmp_path):
         (["qg", "--storage", "/proc/no-such-dir"], "storage: '/proc/no-such-dir' cannot be written"),
         (["qg", "--address", "127.0.0.1:1"], "address: cannot reach a Ray cluster at '127.0.0.1:1'"),
         (["qg", "--resume", "--name", "never-ran"], "resume: no sweep to resume"),
+        (["qg", "--mlflow", "nope://store"], "mlflow: cannot log to 'nope://store': "),
+        # MLflow 3 keeps its file store only for those who opt in (MLFLOW_ALLOW_FILE_STORE).
+        (
+            ["qg", "--mlflow", "file:///no-such/mlruns"],
+            "cannot log to 'file:///no-such/mlruns': The filesystem",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, message):
@@ -93,7 +99,7 @@ def test_existing_sweep_name_needs_resume(tmp_path, capsys):
     assert "already holds a sweep; pass --resume" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(trained_methods()))
 def test_every_method_searches_its_hyperparameters_and_shares_search_keys_alike(method):
     spec = METHODS[method]
     assert spec.dimensions, "nothing to search"
@@ -116,7 +122,7 @@ def test_a_method_option_fixed_for_the_sweep_reaches_only_its_own_trials(tmp_pat
 
 def test_define_by_run_space_samples_each_methods_own_dimensions():
     ranges = SearchRanges()
-    space = DefineByRun(list(METHODS), ranges, {"task": "qg"})
+    space = DefineByRun(trained_methods(), ranges, {"task": "qg"})
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     seen = {}
     for _ in range(60):
@@ -124,7 +130,7 @@ def test_define_by_run_space_samples_each_methods_own_dimensions():
         assert space(trial) == {"task": "qg"}
         seen.setdefault(trial.params["method"], []).append(trial.params)
         study.tell(trial, 0.0)
-    assert set(seen) == set(METHODS)
+    assert set(seen) == set(trained_methods())
     for params in seen["ia3"]:
         assert set(params) == {"method", "ia3.learning_rate"}  # IA3 has no dropout
     for params in seen["full"]:

@@ -8,7 +8,8 @@ import pytest
 
 from sweeps.settings import SearchRanges
 from sweeps.spaces import DefineByRun, hyperparameter_names, sampler
-from trainables.config import ConfigError, TrialConfig
+from trainables.config import ConfigError
+from trainables.registries import trial_config
 
 # A synthetic objective whose best learning rate lies two decades apart for the two methods.
 BEST_LEARNING_RATE = {"lora": 3e-4, "prompt_tuning": 5e-2}
@@ -63,12 +64,12 @@ def test_scoped_names_cover_every_dimension_and_map_back_to_the_config():
         "full.learning_rate",
     } <= set(names)
     assert "learning_rate" not in names and len(names) == len(set(names))
-    config = TrialConfig.parse({"task": "qg", "method": "lora", "lora.learning_rate": 0.003, "lora.rank": 4})
+    config = trial_config({"task": "qg", "method": "lora", "lora.learning_rate": 0.003, "lora.rank": 4})
     assert config.learning_rate == 0.003 and config.hyperparameters.rank == 4
     # Another method's option is not this trial's; a scope that names no method is refused.
     assert (
-        TrialConfig.parse({"task": "qg", "method": "lora", "prompt_tuning.learning_rate": 0.1}).learning_rate
+        trial_config({"task": "qg", "method": "lora", "prompt_tuning.learning_rate": 0.1}).learning_rate
         == 2e-4
     )
     with pytest.raises(ConfigError, match=r"lorra\.learning_rate: unknown option"):
-        TrialConfig.parse({"task": "qg", "method": "lora", "lorra.learning_rate": 0.1})
+        trial_config({"task": "qg", "method": "lora", "lorra.learning_rate": 0.1})

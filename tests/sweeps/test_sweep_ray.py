@@ -62,8 +62,19 @@ def test_smoke_sweep_end_to_end(smoke_sweep, tiny_model):
     assert "quality" in done.stdout and "trials.csv" in done.stdout  # the closing summary
 
 
+def test_reused_workers_keep_each_trials_record_in_its_own_directory(smoke_sweep):
+    _, sweep_dir = smoke_sweep
+    searched = [json.loads(path.read_text()) for path in sweep_dir.glob(f"*/{trial.RECORD_FILE}")]
+    # Two worker processes at a time ran every searched trial, one after another.
+    assert len({record["worker_pid"] for record in searched}) < len(searched)
+    for path in sweep_dir.glob(f"**/{trial.RECORD_FILE}"):
+        record = json.loads(path.read_text())
+        assert path.parent.name.startswith(record["trial_id"][:8]), path
+        assert record["config"]["method"] in path.parent.name, path
+
+
 def test_killed_driver_resumes_without_losing_or_rerunning_trials(tiny_model, tmp_path):
-    samples = 6
+    samples = 4
     budget = ["--name", "resumable", "--samples", str(samples), "--concurrency", "1", "--max-steps", "6"]
     driver = _sweep(tiny_model, tmp_path, *budget, background=True)
     sweep_dir = tmp_path / "qg" / "resumable"
@@ -141,7 +152,11 @@ def test_every_trial_of_a_two_node_cluster_has_its_record_in_storage(tiny_model,
             _ray_node(temp_dirs[0], "--head", f"--port={port}", "--include-dashboard=false", env=env)
         )
         nodes.append(_ray_node(temp_dirs[1], f"--address=127.0.0.1:{port}", env=env))
-        done = _sweep(tiny_model, tmp_path, "--name", "cluster", "--address", f"127.0.0.1:{port}", env=env)
+        # Two methods: a trial for each node; what each trial trains does not matter here.
+        two_trials = ["--methods", "lora,ia3"]
+        done = _sweep(
+            tiny_model, tmp_path, "--name", "cluster", *two_trials, "--address", f"127.0.0.1:{port}", env=env
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         # Ray gives each trial a working directory on the node that runs it.
         working_dirs = "session_latest/artifacts/*/*/working_dirs/*"

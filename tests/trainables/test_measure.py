@@ -28,3 +28,16 @@ def test_a_given_price_is_the_trials_own():
 @pytest.mark.parametrize(("gpus", "shares"), [(0, False), (0.25, True), (0.5, True), (1, False), (2, False)])
 def test_only_a_fraction_of_a_gpu_is_shared(gpus, shares):
     assert measure.Share(gpus=gpus, cpus=1).shares_a_gpu is shares
+
+
+@pytest.mark.skipif(
+    not measure.PROC_CLEAR_REFS.exists() or torch.cuda.is_available(), reason="Linux CPU peak RSS"
+)
+def test_each_trial_in_a_reused_worker_has_its_own_peak_memory():
+    measure.reset_peak_memory()
+    resident = measure.peak_memory_mb()  # what the process holds now, earlier tests included
+    earlier_trial = torch.ones(100 * 2**20)  # 400 MiB, touched
+    del earlier_trial
+    assert measure.peak_memory_mb() > resident + 300  # the earlier trial's peak
+    measure.Meter()  # the next trial starts in the same process
+    assert measure.peak_memory_mb() < resident + 100

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trainables import loop, models, trial
-from trainables.methods import METHODS
+from trainables.methods import METHODS, trained_methods
 
 # The learning rate that moves a method within a few steps on random weights: LoRA's, unless a
 # method needs another (a new LoRA variant needs no row).
@@ -20,7 +20,7 @@ def learning_rate(method: str) -> float:
     return LEARNING_RATES.get(method, 1e-2)
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(trained_methods()))
 def test_method_trains_and_loss_goes_down(tiny_model, method):
     reports = []
     values = {
@@ -31,6 +31,7 @@ def test_method_trains_and_loss_goes_down(tiny_model, method):
         "max_steps": 8,
         "eval_every": 4,
         "eval_examples": 4,
+        "full_eval_examples": 4,  # the final whole-split evaluation too: what is checked is training
         "batch_size": 4,
         "train_examples": 4,  # one fixed batch: the loss moves by learning, not by batch noise
         "warmup_ratio": 0.0,
@@ -43,6 +44,27 @@ def test_method_trains_and_loss_goes_down(tiny_model, method):
     assert (final["trainable_share"] == 1) == METHODS[method].standalone  # only full trains every weight
     assert final["adapter_bytes"] > 0 and final["latency_s"] > 0 and final["train_tokens_per_s"] > 0
     assert {"quality", "val_loss", "perplexity", "format_valid_rate", "cost_usd"} <= final.keys()
+
+
+@pytest.mark.parametrize("method", sorted(trained_methods()))
+def test_the_loss_from_target_logits_alone_is_the_loss_from_every_logit(tiny_model, method):
+    plan = trial.prepare({"task": "qg", "method": method, "model": tiny_model, "max_steps": 8})
+    tokenizer = models.load_tokenizer(tiny_model)
+    rows = loop.encode_examples(plan.task, tokenizer, plan.splits["train"].select(range(4)), 128)
+    model = trial.load_trainable_model(plan, tiny_model)
+    with torch.no_grad():  # away from the identity start, so that the adapter counts
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn_like(parameter) * 0.05)
+    model.train()  # the training loss, with what a method adds to it (AdaLoRA's orthogonality)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.eval()  # but the same network in both passes
+    batch = loop.collate(rows, tokenizer.pad_token_id, torch.device("cpu"))
+    kept = loop.target_logits_only(model, rows, batch)
+    prompt_learning = getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False)
+    assert kept["labels"].shape[1] < batch["labels"].shape[1] or prompt_learning
+    assert torch.allclose(model(**kept).loss, model(**batch).loss, rtol=1e-5)
 
 
 def test_qlora_really_runs_bitsandbytes_4bit_layers(tiny_model):
@@ -67,20 +89,20 @@ def test_prompt_tuning_starts_from_the_task_instruction(tiny_model):
     assert config.prompt_tuning_init_text == plan.task.instruction
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(trained_methods()))
 def test_saved_adapter_reloads_for_scoring(tiny_model, tmp_path, method):
     def keep(metrics, checkpoint):
         if checkpoint is not None:
             shutil.copytree(checkpoint, tmp_path / "checkpoint", dirs_exist_ok=True)
 
+    # The whole split, capped at the 4 rows the trial's own evaluation scores.
     values = {"task": "qg", "method": method, "model": tiny_model, "max_steps": 2, "eval_every": 2,
-              "eval_examples": 4, "batch_size": 4, "learning_rate": learning_rate(method)}  # fmt: skip
+              "eval_examples": 4, "full_eval_examples": 4, "batch_size": 4,
+              "learning_rate": learning_rate(method)}  # fmt: skip
     trained = trial.execute(values, keep)
-    # The whole split, capped at the 4 rows the trial's own evaluation scored.
-    capped = values | {"full_eval_examples": 4}
-    scores = trial.score_checkpoint(capped, tmp_path / "checkpoint", split="validation").metrics
+    scores = trial.score_checkpoint(values, tmp_path / "checkpoint", split="validation").metrics
     assert scores["val_loss"] == pytest.approx(trained["val_loss"], rel=1e-4)  # the trained model again
-    untouched = trial.score_base_model(capped, split="validation").metrics
+    untouched = trial.score_base_model(values, split="validation").metrics
     assert scores["val_loss"] != pytest.approx(untouched["val_loss"], rel=1e-4)  # not the base model
     assert 0.0 <= scores["format_valid_rate"] <= 1.0
 

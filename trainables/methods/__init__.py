@@ -3,7 +3,20 @@
 Adding a method is its module here and one line below; tests are parametrized over the registry.
 """
 
-from trainables.methods import adalora, dora, full, ia3, lora, prompt_tuning, qlora, rslora
+from trainables.methods import (
+    adalora,
+    baseline,
+    dora,
+    full,
+    ia3,
+    lora,
+    lora_plus,
+    pissa,
+    prompt_tuning,
+    qlora,
+    rslora,
+    vera,
+)
 from trainables.methods.base import BuildContext, Dimension, Method
 
 METHODS: dict[str, Method] = {
@@ -17,8 +30,19 @@ METHODS: dict[str, Method] = {
         full.METHOD,
         dora.METHOD,
         rslora.METHOD,
+        pissa.METHOD,
+        vera.METHOD,
+        lora_plus.METHOD,
+        baseline.METHOD,
     )
 }
+
+BASELINE = baseline.METHOD.name  # the baseline stage's trials run it
+
+
+def trained_methods() -> list[str]:
+    """Every method but the baseline: the ones whose trials can win."""
+    return [name for name, method in METHODS.items() if method.trains]
 
 
 def search_dimensions() -> dict[str, Dimension]:
@@ -31,4 +55,12 @@ def search_dimensions() -> dict[str, Dimension]:
     return dimensions
 
 
-__all__ = ["METHODS", "BuildContext", "Dimension", "Method", "search_dimensions"]
+__all__ = [
+    "BASELINE",
+    "METHODS",
+    "BuildContext",
+    "Dimension",
+    "Method",
+    "search_dimensions",
+    "trained_methods",
+]

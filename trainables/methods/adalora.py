@@ -3,6 +3,7 @@
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from peft import AdaLoraConfig, PeftModel, TaskType
 from pydantic import Field
 
@@ -88,6 +89,15 @@ def _restore_state(model: PeftModel, state: dict) -> None:
         setattr(allocator, name, state[name])
 
 
+def _lora_factors(layer, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SVD-form update B diag(E) A as plain LoRA factors: the singular values E and the scaling
+    folded into B; the singular values the allocation pruned (E = 0) are left out."""
+    kept = layer.lora_E[adapter].flatten() != 0
+    scale = layer.scaling[adapter] / (layer.ranknum[adapter] + 1e-5)
+    lora_b = layer.lora_B[adapter] * layer.lora_E[adapter].T * scale
+    return layer.lora_A[adapter][kept], lora_b[:, kept]
+
+
 METHOD = Method(
     "adalora",
     with_peft(_adalora),
@@ -98,4 +108,5 @@ METHOD = Method(
     restore_training_state=_restore_state,
     problems=_problems,
     search_problems=_search_problems,
+    lora_factors=_lora_factors,
 )

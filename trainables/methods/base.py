@@ -12,20 +12,14 @@ from typing import Any
 
 import torch
 from peft import PeftConfig, PeftModel, get_peft_model
-from pydantic import BaseModel, ConfigDict
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trainables import models
+from trainables.config import Hyperparameters
 
 # What a PEFT method saves, and what full fine-tuning saves: safetensors only, never pickles.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MODEL_FILES = ("config.json", "model.safetensors")
-
-
-class Hyperparameters(BaseModel):
-    """A method's own hyperparameters; each method subclasses it with its fields and defaults."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 @dataclass(frozen=True)
@@ -65,6 +59,19 @@ class Dimension:
             trial.suggest_float(self.field, *bounds, log=self.log)
 
 
+def adamw(
+    model: torch.nn.Module, hyperparameters: Hyperparameters, learning_rate: float, weight_decay: float
+):
+    """Every trainable weight in one AdamW group: the optimizer of every method without its own."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
+
+
+def lora_factors(layer: torch.nn.Module, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) of a LoRA layer's update B @ A, its scaling folded into B (rsLoRA's alpha / sqrt(r) too)."""
+    return layer.lora_A[adapter].weight, layer.lora_B[adapter].weight * layer.scaling[adapter]
+
+
 def save_adapter(model, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
     model.save_pretrained(directory)
 
@@ -102,10 +109,30 @@ class Method:
     # Serving: its adapters on one base answer one batch together, each row its own adapter
     # (PEFT's mixed-adapter batches); otherwise each adapter's requests are a batch of their own.
     shares_mixed_batch: bool = False
+    # Serving: the adapter config fields that adapters injected into one base together must share
+    # (VeRA's projections are shared: same rank and seed); adapters that differ take turns.
+    served_together_when_equal: tuple[str, ...] = ()
+    # What it trains; the baseline (the untouched base model, k-shot) trains nothing.
+    trains: bool = True
+    # The optimizer over the wrapped model (LoRA+ gives B a larger learning rate than A).
+    optimizer: Callable[[torch.nn.Module, Hyperparameters, float, float], torch.optim.Optimizer] = adamw
+    # Export (serve/export.py). mergeable: its update merges into the base weights (merge_and_unload)
+    # with the same outputs. lora_factors: each adapted layer's update as exact low-rank factors
+    # (A, B), scaling folded in; None when the update is no plain LoRA (DoRA's magnitudes, IA3).
+    mergeable: bool = True
+    lora_factors: Callable[[torch.nn.Module, str], tuple[torch.Tensor, torch.Tensor]] | None = None
     # In the default sweep (for base models with fewer parameters than default_below_params, when
     # set); otherwise the method is opt-in through --methods.
     in_default_sweep: bool = True
     default_below_params: int | None = None
+
+    @property
+    def export_forms(self) -> tuple[str, ...]:
+        """What `python -m serve.export --to` can write of its winners."""
+        return (
+            *(["merged"] if self.mergeable and self.trains else []),
+            *(["lora"] if self.lora_factors else []),
+        )
 
 
 def with_peft(peft_config: Callable[[Hyperparameters, BuildContext], PeftConfig]):

@@ -9,6 +9,7 @@ from trainables.methods.base import (
     Dimension,
     Hyperparameters,
     Method,
+    lora_factors,
     with_peft,
 )
 
@@ -45,4 +46,5 @@ METHOD = Method(
     hyperparameters=LoraHyperparameters,
     dimensions=DIMENSIONS,
     shares_mixed_batch=True,
+    lora_factors=lora_factors,
 )

@@ -36,4 +36,5 @@ METHOD = Method(
     with_peft(_prompt_tuning),
     hyperparameters=PromptTuningHyperparameters,
     dimensions=DIMENSIONS,
+    mergeable=False,  # virtual tokens in front of the prompt: no weight to merge them into
 )
