@@ -1,5 +1,8 @@
 """Cost: a trial pays for the share of the machine it holds."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -34,10 +37,17 @@ def test_only_a_fraction_of_a_gpu_is_shared(gpus, shares):
     not measure.PROC_CLEAR_REFS.exists() or torch.cuda.is_available(), reason="Linux CPU peak RSS"
 )
 def test_each_trial_in_a_reused_worker_has_its_own_peak_memory():
-    measure.reset_peak_memory()
-    resident = measure.peak_memory_mb()  # what the process holds now, earlier tests included
-    earlier_trial = torch.ones(100 * 2**20)  # 400 MiB, touched
-    del earlier_trial
-    assert measure.peak_memory_mb() > resident + 300  # the earlier trial's peak
-    measure.Meter()  # the next trial starts in the same process
-    assert measure.peak_memory_mb() < resident + 100
+    # In a fresh process: in this one, memory freed by earlier tests stays resident and hides a peak.
+    script = """
+import torch
+from trainables import measure
+measure.reset_peak_memory()
+resident = measure.peak_memory_mb()
+earlier_trial = torch.ones(100 * 2**20)  # 400 MiB, touched
+del earlier_trial
+assert measure.peak_memory_mb() > resident + 300, "the earlier trial's peak"
+measure.Meter()  # the next trial starts in the same process
+assert measure.peak_memory_mb() < resident + 100, "the next trial's own peak"
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
