@@ -12,6 +12,7 @@ so rebuilding a report reuses it and a later checkpoint (a resumed sweep) replac
 import functools
 import json
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from trainables import trial
 from trainables.methods import METHODS
 
 TEST_SCORES_FILE = "test_scores.json"
+EVALUATION_SECONDS = "evaluation_seconds"  # the time a kept result took to evaluate, loading aside
 BASELINE_CHECKPOINT = "untouched"  # a baseline keeps no checkpoint: the base model itself is scored
 
 
@@ -132,20 +134,36 @@ def measure_kept_checkpoints(frame: pl.DataFrame, workers: Workers = IN_PROCESS)
 
 
 def _final_measurements(trial_dir: str, checkpoint: Path) -> dict:
-    return {"metrics": trial.measure_checkpoint(_config(trial_dir), checkpoint)}
+    loaded = trial.load_checkpoint(_config(trial_dir), checkpoint, "validation")
+    started = time.perf_counter()
+    metrics = loaded.final_measurements()
+    return {"metrics": metrics, EVALUATION_SECONDS: time.perf_counter() - started}
 
 
-def _evaluate_on_test(row: dict) -> trial.Evaluation:
+def _loaded_for_test(row: dict) -> trial.Loaded:
     config = _config(row["trial_dir"])
     if not METHODS[row["method"]].trains:
-        return trial.score_base_model(config, split="test")
-    return trial.score_checkpoint(config, Path(row["best_checkpoint"]), split="test")
+        return trial.load_base_model(config, split="test")
+    return trial.load_checkpoint(config, Path(row["best_checkpoint"]), split="test")
 
 
 def _test_scores(row: dict) -> dict:
-    evaluation = _evaluate_on_test(row)
+    loaded = _loaded_for_test(row)
+    started = time.perf_counter()
+    evaluation = loaded.evaluate()
     metrics = {key: value for key, value in evaluation.metrics.items() if key != "sample_output"}
-    return {"metrics": metrics, "per_example": evaluation.per_example}
+    return {
+        "metrics": metrics,
+        "per_example": evaluation.per_example,
+        EVALUATION_SECONDS: time.perf_counter() - started,
+    }
+
+
+def evaluation_seconds(sweep_dir: Path) -> float:
+    """Seconds the verdict's scoring spent evaluating (its models' loading not counted), summed
+    over every result it kept in the sweep's trial directories."""
+    kept = [*sweep_dir.glob(f"**/{load.MEASURED_FILE}"), *sweep_dir.glob(f"**/{TEST_SCORES_FILE}")]
+    return sum(json.loads(path.read_text()).get(EVALUATION_SECONDS, 0.0) for path in kept)
 
 
 def scores_on_test(rows: dict[str, dict], workers: Workers = IN_PROCESS) -> dict[str, dict]:

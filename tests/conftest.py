@@ -69,3 +69,16 @@ def smoke_sweep(tiny_model, smoke_storage, smoke_mlflow) -> tuple[subprocess.Com
         timeout=1200,
     )
     return done, storage / "qg" / "smoke"
+
+
+# Session fixtures that take minutes to build: under pytest-xdist, the tests that use one share a
+# worker, so that it is built once rather than once per worker.
+COSTLY_SHARED_FIXTURES = ("smoke_sweep", "winners_dir")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items):
+    for item in items:
+        used = [name for name in COSTLY_SHARED_FIXTURES if name in getattr(item, "fixturenames", ())]
+        if used:
+            item.add_marker(pytest.mark.xdist_group(used[0]))

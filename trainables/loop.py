@@ -18,6 +18,7 @@ from peft import PeftModel, PeftType
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from trainables.config import TrialConfig
+from trainables.dropout import use_cpu_dropout
 from trainables.methods import METHODS, Method
 from trainables.tasks.spec import Task
 
@@ -95,17 +96,18 @@ def micro_batches(lengths: list[int], batch_size: int, seed: int) -> Iterator[li
 
 
 def collate(features: list[dict], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Rows padded on the right, with no attention mask: under the causal mask no real token
+    attends to a pad after it, and pads carry no label, so a padding mask would change no loss or
+    gradient; without one, attention runs its causal kernel (SDPA's flash path on the CPU too)
+    instead of a masked one."""
     width = max(len(f["input_ids"]) for f in features)
     input_ids = torch.full((len(features), width), pad_id, dtype=torch.long)
     labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(features), width), dtype=torch.long)
     for row, feature in enumerate(features):
         length = len(feature["input_ids"])
         input_ids[row, :length] = torch.tensor(feature["input_ids"])
         labels[row, :length] = torch.tensor(feature["labels"])
-        attention_mask[row, :length] = 1
-    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
-    return {name: tensor.to(device) for name, tensor in batch.items()}
+    return {"input_ids": input_ids.to(device), "labels": labels.to(device)}
 
 
 def first_target(feature: dict) -> int:
@@ -161,6 +163,7 @@ def train(
         micro_batches(lengths, config.batch_size, config.seed), state.step * config.grad_accum, None
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
+    use_cpu_dropout(model)
     model.train()
     while state.step < total_steps:
         started = time.perf_counter()
@@ -194,16 +197,28 @@ def train(
     return state
 
 
-@torch.no_grad()
-def validation_loss(model, features: list[dict], batch_size: int, pad_id: int) -> float:
-    """Mean cross-entropy per target token (teacher forcing).
+@dataclass(frozen=True)
+class TargetLosses:
+    """Each row's summed cross-entropy over its target tokens (teacher forcing), and their count."""
 
-    Computed from the logits rather than the model's loss, which for AdaLoRA adds a training
-    regulariser (and fails on an adapter loaded for inference).
-    """
+    sums: list[float]
+    tokens: list[int]
+
+    def head(self, rows: int) -> "TargetLosses":
+        return TargetLosses(self.sums[:rows], self.tokens[:rows])
+
+    def mean(self) -> float:
+        """Mean cross-entropy per target token."""
+        return sum(self.sums) / max(sum(self.tokens), 1)
+
+
+@torch.no_grad()
+def target_losses(model, features: list[dict], batch_size: int, pad_id: int) -> TargetLosses:
+    """Computed from the logits rather than the model's loss, which for AdaLoRA adds a training
+    regulariser (and fails on an adapter loaded for inference)."""
     device = _device(model)
     model.eval()
-    total, count = 0.0, 0
+    sums, tokens = [], []
     for start in range(0, len(features), batch_size):
         rows = features[start : start + batch_size]
         batch = target_logits_only(model, rows, collate(rows, pad_id, device))
@@ -212,19 +227,33 @@ def validation_loss(model, features: list[dict], batch_size: int, pad_id: int) -
             logits = model(**batch).logits
         # Logits of the kept positions; prompt tuning's come after its virtual tokens' too.
         logits = logits[:, -labels.shape[1] :, :].float()
-        total += torch.nn.functional.cross_entropy(
-            logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-        ).item()
-        count += int((labels[:, 1:] != IGNORE_INDEX).sum())
-    return total / max(count, 1)
+        targets = labels[:, 1:]
+        losses = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+        )
+        sums += losses.sum(dim=1).tolist()
+        tokens += (targets != IGNORE_INDEX).sum(dim=1).tolist()
+    return TargetLosses(sums, tokens)
 
 
 @dataclass(frozen=True)
 class Generations:
     texts: list[str]
-    new_tokens: int
+    row_tokens: list[int]  # each row's new tokens, up to and including its EOS
     seconds: float
-    truncated: int  # rows the budget cut: max_new_tokens tokens and no EOS
+    cut: list[bool]  # each row: whether the budget cut it (max_new_tokens tokens and no EOS)
+
+    @property
+    def new_tokens(self) -> int:
+        return sum(self.row_tokens)
+
+    @property
+    def truncated(self) -> int:
+        return sum(self.cut)
+
+    def head(self, rows: int) -> "Generations":
+        """The first rows' generations (the time is the whole batch's: only the rows are cut)."""
+        return Generations(self.texts[:rows], self.row_tokens[:rows], self.seconds, self.cut[:rows])
 
 
 def is_truncated(row: list[int], max_new_tokens: int, eos_token_id: int) -> bool:
@@ -286,7 +315,7 @@ def generate(
     """
     device = _device(model)
     model.eval()
-    texts, new_tokens, seconds, truncated = [], 0, 0.0, 0
+    texts, row_tokens, seconds, cut = [], [], 0.0, []
     for start in range(0, len(prompts), batch_size):
         inputs = tokenizer(
             prompts[start : start + batch_size], return_tensors="pt", padding=True, padding_side="left"
@@ -306,7 +335,7 @@ def generate(
         generated = output[:, call.prompt_width :]
         for row in generated.tolist():
             length = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
-            new_tokens += length
-            truncated += is_truncated(row, max_new_tokens, tokenizer.eos_token_id)
+            row_tokens.append(length)
+            cut.append(is_truncated(row, max_new_tokens, tokenizer.eos_token_id))
             texts.append(tokenizer.decode(row[:length], skip_special_tokens=True))
-    return Generations(texts, new_tokens, seconds, truncated)
+    return Generations(texts, row_tokens, seconds, cut)

@@ -91,6 +91,47 @@ class Evaluation:
     # The primary metric of each example, in split order: what test verdicts bootstrap. Kept out of
     # the metrics, which Tune reports and records.
     per_example: list[float]
+    # What the metrics were computed from, so that a head of the rows can be scored without
+    # generating again.
+    examples: list[dict]
+    losses: loop.TargetLosses
+    generations: loop.Generations
+    max_new_tokens: int
+
+    def head(self, task: Task, rows: int) -> "Evaluation":
+        """The evaluation of the first `rows` rows alone. Generation and losses run batch by batch
+        in row order, so when `rows` is a multiple of the batch size, these are the figures a
+        separate evaluation of those rows would give."""
+        return scored(
+            task,
+            self.examples[:rows],
+            self.losses.head(rows),
+            self.generations.head(rows),
+            self.max_new_tokens,
+        )
+
+
+def scored(
+    task: Task,
+    examples: list[dict],
+    losses: loop.TargetLosses,
+    generations: loop.Generations,
+    max_new_tokens: int,
+) -> Evaluation:
+    scores = task.score(generations.texts, examples)
+    per_example = scores.pop(PER_EXAMPLE)[task.primary_metric]
+    val_loss = losses.mean()
+    metrics = {
+        "val_loss": val_loss,
+        "perplexity": math.exp(min(val_loss, 50.0)),
+        **scores,
+        "quality": scores[task.primary_metric],
+        "sample_output": generations.texts[0],
+        # Answers cut by the budget score badly whatever the method; a high rate flags the budget.
+        "truncated_rate": generations.truncated / len(examples),
+        "max_new_tokens": max_new_tokens,
+    }
+    return Evaluation(metrics, per_example, examples, losses, generations, max_new_tokens)
 
 
 def evaluation_rows(plan: Plan, whole_split: bool) -> list[dict]:
@@ -105,23 +146,25 @@ def evaluate(model, tokenizer, plan: Plan, prefix: str, whole_split: bool = Fals
     config, task = plan.config, plan.task
     examples = evaluation_rows(plan, whole_split)
     features = loop.encode_examples(task, tokenizer, examples, config.max_length, prefix)
-    val_loss = loop.validation_loss(model, features, config.eval_batch_size, tokenizer.pad_token_id)
+    losses = loop.target_losses(model, features, config.eval_batch_size, tokenizer.pad_token_id)
     prompts = [prefix + task.format_prompt(example) for example in examples]
     max_new_tokens = task.generation_budget(tokenizer, plan.uncapped_train)
     generations = loop.generate(model, tokenizer, prompts, max_new_tokens, config.eval_batch_size)
-    scores = task.score(generations.texts, examples)
-    per_example = scores.pop(PER_EXAMPLE)[task.primary_metric]
-    metrics = {
-        "val_loss": val_loss,
-        "perplexity": math.exp(min(val_loss, 50.0)),
-        **scores,
-        "quality": scores[task.primary_metric],
-        "sample_output": generations.texts[0],
-        # Answers cut by the budget score badly whatever the method; a high rate flags the budget.
-        "truncated_rate": generations.truncated / len(examples),
-        "max_new_tokens": max_new_tokens,
-    }
-    return Evaluation(metrics, per_example)
+    return scored(task, examples, losses, generations, max_new_tokens)
+
+
+def evaluate_last(model, tokenizer, plan: Plan, prefix: str) -> dict:
+    """A trial's last evaluation: the periodic one's metrics (on the rows every evaluation used,
+    so the scheduler compares like with like) and the final measurements. When the periodic rows
+    are the head of the whole split, as by default, they are scored from the whole split's
+    generations rather than generated twice."""
+    whole = evaluate(model, tokenizer, plan, prefix, whole_split=True)
+    periodic_rows, batch_size = plan.config.eval_examples, plan.config.eval_batch_size
+    if periodic_rows <= len(whole.examples) and periodic_rows % batch_size == 0:
+        periodic = whole.head(plan.task, periodic_rows)
+    else:
+        periodic = evaluate(model, tokenizer, plan, prefix)
+    return periodic.metrics | final_measurements(model, tokenizer, plan, prefix, whole)
 
 
 def measure_speed(model, tokenizer, plan: Plan, prefix: str) -> dict:
@@ -147,10 +190,10 @@ def measure_speed(model, tokenizer, plan: Plan, prefix: str) -> dict:
     }
 
 
-def final_measurements(model, tokenizer, plan: Plan, prefix: str) -> dict:
+def final_measurements(model, tokenizer, plan: Plan, prefix: str, whole: Evaluation | None = None) -> dict:
     """Taken once per trial, on the model it ends with: what ranks it (quality on the whole
-    validation split) and its speed."""
-    whole = evaluate(model, tokenizer, plan, prefix, whole_split=True)
+    validation split, `whole` when already evaluated) and its speed."""
+    whole = whole or evaluate(model, tokenizer, plan, prefix, whole_split=True)
     return {
         FULL_VALIDATION_QUALITY: whole.metrics["quality"],
         "full_validation_examples": len(whole.per_example),
@@ -178,35 +221,45 @@ def parameter_counts(model) -> tuple[int, int]:
     return sum(p.numel() for p in parameters if p.requires_grad), sum(p.numel() for p in parameters)
 
 
-def load_checkpoint(values: dict, checkpoint: Path, split: str) -> tuple[Plan, object, object]:
-    """(plan, trained model, tokenizer) of a trial's checkpoint, to be evaluated on a split."""
+@dataclass(frozen=True)
+class Loaded:
+    """A model loaded to be scored on the whole of one split (test: only for the verdict)."""
+
+    plan: Plan
+    model: object
+    tokenizer: object
+    prefix: str = ""  # the few-shot examples in front of every prompt
+
+    def evaluate(self) -> Evaluation:
+        return evaluate(self.model, self.tokenizer, self.plan, self.prefix, whole_split=True)
+
+    def final_measurements(self) -> dict:
+        return final_measurements(self.model, self.tokenizer, self.plan, self.prefix)
+
+
+def load_checkpoint(values: dict, checkpoint: Path, split: str) -> Loaded:
+    """A trial's trained adapter (or model) from its checkpoint."""
     plan = prepare(values | {"eval_split": split})
     model_path = models.resolve(plan.config.model)
     method = METHODS[plan.config.method]
     model = method.load_trained(model_path, checkpoint / ADAPTER_DIR, method.quantize_4bit)
-    return plan, model, models.load_tokenizer(model_path)
+    return Loaded(plan, model, models.load_tokenizer(model_path))
 
 
-def score_checkpoint(values: dict, checkpoint: Path, split: str = "test") -> Evaluation:
-    """Evaluate a trained adapter (or model) on the whole of a split (test: only for the verdict)."""
-    plan, model, tokenizer = load_checkpoint(values, checkpoint, split)
-    return evaluate(model, tokenizer, plan, "", whole_split=True)
-
-
-def measure_checkpoint(values: dict, checkpoint: Path) -> dict:
-    """final_measurements of a kept checkpoint the trial itself did not measure (ASHA stopped the
-    trial, or its best evaluation came before its last)."""
-    plan, model, tokenizer = load_checkpoint(values, checkpoint, "validation")
-    return final_measurements(model, tokenizer, plan, "")
-
-
-def score_base_model(values: dict, split: str = "test") -> Evaluation:
-    """Evaluate the untouched base model (k-shot when `shots` is set) on the whole of a split."""
+def load_base_model(values: dict, split: str) -> Loaded:
+    """The untouched base model, prompted as a baseline trial prompts it (k-shot when `shots` is set)."""
     plan = prepare(values | {"method": BASELINE, "eval_split": split})
     model_path = models.resolve(plan.config.model)
     prefix = few_shot_prefix(plan.task, plan.splits["train"], plan.config.shots, plan.config.seed)
-    model, tokenizer = models.load_model(model_path), models.load_tokenizer(model_path)
-    return evaluate(model, tokenizer, plan, prefix, whole_split=True)
+    return Loaded(plan, models.load_model(model_path), models.load_tokenizer(model_path), prefix)
+
+
+def score_checkpoint(values: dict, checkpoint: Path, split: str = "test") -> Evaluation:
+    return load_checkpoint(values, checkpoint, split).evaluate()
+
+
+def score_base_model(values: dict, split: str = "test") -> Evaluation:
+    return load_base_model(values, split).evaluate()
 
 
 def save_checkpoint(
@@ -350,8 +403,7 @@ def _execute(
         model = models.load_model(model_path)
         prefix = few_shot_prefix(plan.task, plan.splits["train"], config.shots, config.seed)
         with meter.stopwatch.phase("eval"):
-            metrics = evaluate(model, tokenizer, plan, prefix).metrics
-            metrics |= final_measurements(model, tokenizer, plan, prefix)
+            metrics = evaluate_last(model, tokenizer, plan, prefix)
         metrics |= {
             "step": 0,
             "train_time_s": 0.0,
@@ -379,9 +431,10 @@ def _execute(
         nonlocal last
         final = state.step == plan.total_steps
         with meter.stopwatch.phase("eval"):
-            metrics = evaluate(model, tokenizer, plan, "").metrics
             if final:
-                metrics |= final_measurements(model, tokenizer, plan, "")
+                metrics = evaluate_last(model, tokenizer, plan, "")
+            else:
+                metrics = evaluate(model, tokenizer, plan, "").metrics
         with tempfile.TemporaryDirectory() as scratch:
             checkpoint = Path(scratch)
             save_checkpoint(checkpoint, method, model, tokenizer, optimizer, scheduler, state)

@@ -146,10 +146,10 @@ def test_a_full_fine_tuning_trial_is_scored_from_its_saved_model(smoke_sweep):
     runs = load.load(sweep_dir).filter((pl.col("method") == "full") & pl.col("best_checkpoint").is_not_null())
     row = runs.row(0, named=True)
     config = json.loads((Path(row["trial_dir"]) / trial.RECORD_FILE).read_text())["config"]
-    plan, model, tokenizer = trial.load_checkpoint(config, Path(row["best_checkpoint"]), "validation")
-    assert not isinstance(model, PeftModel)
+    loaded = trial.load_checkpoint(config, Path(row["best_checkpoint"]), "validation")
+    assert not isinstance(loaded.model, PeftModel)
     # On the rows the trial itself evaluated, the reloaded model scores what the trained one did.
-    again = trial.evaluate(model, tokenizer, plan, "").metrics
+    again = trial.evaluate(loaded.model, loaded.tokenizer, loaded.plan, "").metrics
     curves = load.curves(sweep_dir)
     then = curves.filter((pl.col("trial_dir") == row["trial_dir"]) & (pl.col("step") == row["best_step"]))
     assert again["val_loss"] == pytest.approx(then["val_loss"].item(), rel=1e-5)

@@ -92,12 +92,15 @@ def test_killed_driver_resumes_without_losing_or_rerunning_trials(tiny_model, tm
     resumed = _sweep(tiny_model, tmp_path, *budget[:-4], "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = _records(sweep_dir)
-    assert len(after) == samples
     for trial_id, before in finished.items():
         assert after[trial_id]["status"] == "completed"
         assert after[trial_id]["metrics"]["train_time_s"] == before["metrics"]["train_time_s"], "retrained"
-    trials = pl.read_csv(sweep_dir / "trials.csv")
-    assert trials.filter(pl.col("method") != "base").height == samples
+    trained = pl.read_csv(sweep_dir / "trials.csv").filter(pl.col("method") != "base")
+    # Tune snapshots the experiment at most every 10 s: a trial that started after the last
+    # snapshot is unknown to the resumed sweep, which runs another in its place. Its record stays,
+    # marked lost, and it is not counted among the sweep's samples.
+    assert trained.filter(pl.col("status") != "lost").height == samples
+    assert trained.filter(pl.col("status") == "lost").height == len(after) - samples <= 1
 
 
 def _free_port() -> int:

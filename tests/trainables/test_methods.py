@@ -67,6 +67,32 @@ def test_the_loss_from_target_logits_alone_is_the_loss_from_every_logit(tiny_mod
     assert torch.allclose(model(**kept).loss, model(**batch).loss, rtol=1e-5)
 
 
+@pytest.mark.parametrize("method", sorted(trained_methods()))
+def test_right_padded_batches_need_no_padding_mask(tiny_model, method):
+    """collate leaves the attention mask out: with right padding, the loss and every gradient are
+    those with a padding mask."""
+    plan = trial.prepare({"task": "qg", "method": method, "model": tiny_model, "max_steps": 8})
+    tokenizer = models.load_tokenizer(tiny_model)
+    rows = loop.encode_examples(plan.task, tokenizer, plan.splits["train"].select(range(4)), 1024)
+    lengths = [len(row["input_ids"]) for row in rows]
+    assert len(set(lengths)) > 1  # the batch is padded
+    batch = loop.collate(rows, tokenizer.pad_token_id, torch.device("cpu"))
+    padding_mask = (torch.arange(max(lengths)) < torch.tensor(lengths)[:, None]).long()
+    model = trial.load_trainable_model(plan, tiny_model)
+    model.eval()  # no dropout: the same network in both passes
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+
+    def loss_and_gradients(**extra):
+        loss = model(**batch, **extra).loss
+        return loss.detach(), torch.autograd.grad(loss, trainable)
+
+    unmasked, unmasked_gradients = loss_and_gradients()
+    masked, masked_gradients = loss_and_gradients(attention_mask=padding_mask)
+    assert torch.allclose(unmasked, masked, rtol=1e-5)
+    for without, with_mask in zip(unmasked_gradients, masked_gradients, strict=True):
+        assert torch.allclose(without, with_mask, rtol=1e-4, atol=1e-7)
+
+
 def test_qlora_really_runs_bitsandbytes_4bit_layers(tiny_model):
     plan = trial.prepare({"task": "qg", "method": "qlora", "model": tiny_model})
     model = trial.load_trainable_model(plan, tiny_model)

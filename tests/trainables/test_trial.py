@@ -274,3 +274,25 @@ def test_fixed_length_generation_runs_past_eos(tiny_model):
     assert loop.generate(model, tokenizer, prompts, max_new_tokens=5, batch_size=1).new_tokens == 2
     timed = loop.generate(model, tokenizer, prompts, max_new_tokens=5, batch_size=1, fixed_length=True)
     assert timed.new_tokens == 10
+
+
+def test_the_last_evaluation_scores_its_periodic_rows_from_the_whole_splits_generations(
+    tiny_model, monkeypatch
+):
+    plan = trial.prepare({**BASE, "model": tiny_model, "eval_batch_size": 2})
+    tokenizer, model = models.load_tokenizer(tiny_model), models.load_model(tiny_model)
+    alone = trial.evaluate(model, tokenizer, plan, "").metrics
+    real_generate, generated_rows = loop.generate, []
+
+    def counted(model, tokenizer, prompts, *args, **kwargs):
+        if not kwargs.get("fixed_length"):  # the latency probe generates one prompt at a time
+            generated_rows.append(len(prompts))
+        return real_generate(model, tokenizer, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "generate", counted)
+    last = trial.evaluate_last(model, tokenizer, plan, "")
+
+    assert generated_rows == [BASE["full_eval_examples"]]  # the whole split once; its head not again
+    assert last[trial.FULL_VALIDATION_QUALITY] is not None
+    for name, value in alone.items():
+        assert last[name] == (value if isinstance(value, str) else pytest.approx(value)), name
