@@ -233,16 +233,29 @@ def _strict_json(path: Path) -> io.BytesIO:
     return io.BytesIO(NON_FINITE.sub(b" null", written[: written.rfind(b"\n") + 1]))
 
 
+def trial_curve(results: Path, trial_dir: Path) -> pl.DataFrame:
+    """Every evaluation in a trial's result.json (Tune's, wherever it is), as of the trial directory."""
+    return pl.read_ndjson(_strict_json(results), schema=CURVES_SCHEMA).with_columns(
+        trial_dir=pl.lit(str(trial_dir))
+    )
+
+
 def curves(experiment_dir: Path) -> pl.DataFrame:
     """Every evaluation of every trial, with the trial directory it came from."""
     files = sorted(path for path in experiment_dir.glob("**/result.json") if path.stat().st_size)
-    frames = [
-        pl.read_ndjson(_strict_json(path), schema=CURVES_SCHEMA).with_columns(
-            trial_dir=pl.lit(str(path.parent))
-        )
-        for path in files
-    ]
+    frames = [trial_curve(path, path.parent) for path in files]
     return pl.concat(frames) if frames else pl.DataFrame(schema=CURVES_SCHEMA | {"trial_dir": pl.String})
+
+
+def best_kept(curves: pl.DataFrame, experiment_dir: Path) -> pl.DataFrame:
+    """Each trial's best evaluation whose checkpoint is still on disk under the directory (a sweep's
+    or one trial's): the checkpoint it serves."""
+    return (
+        curves.join(_kept_checkpoints(experiment_dir), on=["trial_dir", "checkpoint_dir_name"], how="inner")
+        .sort("quality", descending=True, nulls_last=True)
+        .group_by("trial_dir", maintain_order=True)
+        .first()
+    )
 
 
 def _kept_checkpoints(experiment_dir: Path) -> pl.DataFrame:
@@ -283,20 +296,13 @@ def load(experiment_dir: Path) -> pl.DataFrame:
     frame = trials(experiment_dir)
     if frame.is_empty():
         raise NotAnExperiment(f"{experiment_dir}: no trials found (is it a sweep's experiment directory?)")
-    best = (
-        curves(experiment_dir)
-        .join(_kept_checkpoints(experiment_dir), on=["trial_dir", "checkpoint_dir_name"], how="inner")
-        .sort("quality", descending=True, nulls_last=True)
-        .group_by("trial_dir", maintain_order=True)
-        .first()
-        .select(
-            "trial_dir",
-            "checkpoint_dir_name",
-            *(pl.col(column).alias(f"checkpoint_{column}") for column in AT_CHECKPOINT),
-            subset_quality=pl.col("quality"),
-            best_step=pl.col("step"),
-            best_checkpoint=pl.concat_str(pl.col("trial_dir"), pl.lit("/"), pl.col("checkpoint_dir_name")),
-        )
+    best = best_kept(curves(experiment_dir), experiment_dir).select(
+        "trial_dir",
+        "checkpoint_dir_name",
+        *(pl.col(column).alias(f"checkpoint_{column}") for column in AT_CHECKPOINT),
+        subset_quality=pl.col("quality"),
+        best_step=pl.col("step"),
+        best_checkpoint=pl.concat_str(pl.col("trial_dir"), pl.lit("/"), pl.col("checkpoint_dir_name")),
     )
     # A baseline trial keeps no checkpoint: its figures are the trial's own, of its only model.
     baseline = ~is_trained()

@@ -46,16 +46,22 @@ class Workers:
         print(f"scoring {len(jobs)} {what}", flush=True)
         if self.resources is None or not ray.is_initialized():
             return [job() for job in jobs]
-        remote = ray.remote(_call).options(num_cpus=self.resources["cpu"], num_gpus=self.resources["gpu"])
         results: dict[int, dict] = {}
         pending: dict = {}
         for index, job in enumerate(jobs):
             if len(pending) >= self.concurrency:
                 _collect(pending, results, jobs, what)
-            pending[remote.remote(job)] = index
+            pending[self.submit(job)] = index
         while pending:
             _collect(pending, results, jobs, what)
         return [results[index] for index in range(len(jobs))]
+
+    def submit(self, job: Callable[[], dict]):
+        """The job as a Ray task holding a trial's resources: its result's ObjectRef."""
+        import ray
+
+        remote = ray.remote(_call).options(num_cpus=self.resources["cpu"], num_gpus=self.resources["gpu"])
+        return remote.remote(job)
 
 
 def _call(job: Callable[[], dict]) -> dict:
@@ -95,6 +101,11 @@ class Cached:
             return saved
         return None
 
+    def keep(self, result: dict) -> dict:
+        kept = {"checkpoint": self.checkpoint} | result
+        self.path.write_text(json.dumps(kept, default=str))
+        return kept
+
 
 def _all_cached(items: list[Cached], workers: Workers, what: str) -> list[dict]:
     """Each item's kept result; the missing ones are computed by `workers` and kept."""
@@ -102,8 +113,7 @@ def _all_cached(items: list[Cached], workers: Workers, what: str) -> list[dict]:
     missing = [index for index, result in enumerate(saved) if result is None]
     computed = workers.run([items[index].compute for index in missing], what)
     for index, result in zip(missing, computed, strict=True):
-        saved[index] = {"checkpoint": items[index].checkpoint} | result
-        items[index].path.write_text(json.dumps(saved[index], default=str))
+        saved[index] = items[index].keep(result)
     return saved
 
 
@@ -118,19 +128,41 @@ def unmeasured() -> pl.Expr:
     return ended & trained & pl.col("best_quality").is_null()
 
 
-def measure_kept_checkpoints(frame: pl.DataFrame, workers: Workers = IN_PROCESS) -> int:
-    """Measures every kept checkpoint that unmeasured() selects; returns how many it measured."""
-    todo = frame.filter(unmeasured()).select("trial_dir", "best_checkpoint")
-    items = [
+def _kept_checkpoint_measurements(frame: pl.DataFrame) -> list[Cached]:
+    return [
         Cached(
             Path(trial_dir) / load.MEASURED_FILE,
             Path(best_checkpoint).name,
             functools.partial(_final_measurements, trial_dir, Path(best_checkpoint)),
         )
-        for trial_dir, best_checkpoint in todo.iter_rows()
+        for trial_dir, best_checkpoint in frame.select("trial_dir", "best_checkpoint").iter_rows()
     ]
-    _all_cached(items, workers, "kept checkpoints on the whole validation split")
+
+
+def measure_kept_checkpoints(frame: pl.DataFrame, workers: Workers = IN_PROCESS) -> int:
+    """Measures every kept checkpoint that unmeasured() selects; returns how many it measured."""
+    todo = frame.filter(unmeasured())
+    _all_cached(
+        _kept_checkpoint_measurements(todo), workers, "kept checkpoints on the whole validation split"
+    )
     return todo.height
+
+
+def ended_trial_measurement(trial_dir: Path, results: Path) -> Cached | None:
+    """What a trial that has just ended still needs measured: its kept checkpoint, when its last
+    evaluation did not measure it and nothing has since; else None. `results`: its result.json
+    where Tune's logger writes it (a staging directory, synced to trial_dir later)."""
+    best = load.best_kept(load.trial_curve(results, trial_dir), trial_dir)
+    if best.is_empty():
+        return None
+    step, checkpoint = best.select("step", "checkpoint_dir_name").row(0)
+    last = json.loads((trial_dir / trial.RECORD_FILE).read_text())["metrics"]
+    if last.get("step") == step and last.get(trial.FULL_VALIDATION_QUALITY) is not None:
+        return None
+    (measurement,) = _kept_checkpoint_measurements(
+        pl.DataFrame({"trial_dir": [str(trial_dir)], "best_checkpoint": [str(trial_dir / checkpoint)]})
+    )
+    return measurement if measurement.saved() is None else None
 
 
 def _final_measurements(trial_dir: str, checkpoint: Path) -> dict:

@@ -366,7 +366,13 @@ def search_tuner(
     (experiment: its extension-<k> directory)."""
     from ray import tune
 
+    from sweeps.early_measurements import MeasureEndedTrials
+
     stage = "search" if experiment == directory else experiment.name
+    shown = outputs(
+        settings, directory, verbose, stage, samples, settings.budget_usd, spent_so_far(directory)
+    )
+    early = MeasureEndedTrials(scoring_workers(settings))
     return tune.Tuner(
         trainable,
         tune_config=tune_config(
@@ -380,9 +386,7 @@ def search_tuner(
             storage_path=str(experiment.parent),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=kept_checkpoint(),
-            **outputs(
-                settings, directory, verbose, stage, samples, settings.budget_usd, spent_so_far(directory)
-            ),
+            **shown | {"callbacks": [*shown.get("callbacks", []), early]},
         ),
     )
 

@@ -51,6 +51,39 @@ def test_the_report_measures_a_kept_checkpoint_that_is_not_the_last(tiny_model, 
     assert rescore.measure_kept_checkpoints(load.load(tmp_path)) == 0  # kept beside the trial, not redone
 
 
+def test_a_trial_that_just_ended_has_its_kept_checkpoint_measured_from_tunes_staged_results(
+    tiny_model, tmp_path
+):
+    """What sweeps.early_measurements does when Tune says a trial ended, before the verdict."""
+    sweep_dir = tmp_path / "sweep"
+    trial_dir = sweep_dir / "t1-lora"
+    _trial_whose_best_checkpoint_came_first(tiny_model, trial_dir)
+    # Tune's logger writes result.json in a staging directory first; the trial directory gets it later.
+    staged = tmp_path / "staging" / "result.json"
+    staged.parent.mkdir()
+    (trial_dir / "result.json").rename(staged)
+
+    measurement = rescore.ended_trial_measurement(trial_dir, staged)
+    assert measurement.checkpoint == "checkpoint_000000"
+    measurement.keep(measurement.compute())
+    assert rescore.ended_trial_measurement(trial_dir, staged) is None  # kept: not measured again
+
+    staged.rename(trial_dir / "result.json")
+    assert rescore.measure_kept_checkpoints(load.load(sweep_dir)) == 0  # the verdict finds it kept
+    assert load.load(sweep_dir).row(0, named=True)["best_quality"] is not None
+
+
+def test_a_trial_whose_last_evaluation_measured_its_kept_checkpoint_needs_nothing_more(tiny_model, tmp_path):
+    trial.execute(VALUES | {"model": tiny_model}, lambda metrics, checkpoint: None, record_dir=tmp_path)
+    last = json.loads((tmp_path / trial.RECORD_FILE).read_text())["metrics"]
+    (tmp_path / "checkpoint_000001" / trial.ADAPTER_DIR).mkdir(parents=True)  # its last, kept
+    result = {"trial_id": "t1", "method": "lora", "step": last["step"], "quality": last["quality"]}
+    (tmp_path / "result.json").write_text(
+        json.dumps(result | {"checkpoint_dir_name": "checkpoint_000001"}) + "\n"
+    )
+    assert rescore.ended_trial_measurement(tmp_path, tmp_path / "result.json") is None
+
+
 def test_workers_score_as_ray_tasks_side_by_side_and_keep_the_jobs_order(capsys, monkeypatch):
     import ray
 
