@@ -3,6 +3,7 @@
 import sys
 from pathlib import Path
 
+import polars as pl
 import ray
 from ray.tune import Callback
 
@@ -24,9 +25,14 @@ class MeasureEndedTrials(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         results = Path(trial.local_path) / "result.json"  # Tune's logger writes it there first
-        measurement = (
-            rescore.ended_trial_measurement(Path(trial.path), results) if results.is_file() else None
-        )
+        try:
+            measurement = (
+                rescore.ended_trial_measurement(Path(trial.path), results) if results.is_file() else None
+            )
+        except (OSError, ValueError, KeyError, pl.exceptions.PolarsError) as error:
+            # An unreadable file must not end the sweep: the verdict measures the trial after the search.
+            print(f"measuring {Path(trial.path).name} early: {error}", file=sys.stderr)
+            return
         if measurement is not None:
             self._pending[self.workers.submit(measurement.compute)] = measurement
 
