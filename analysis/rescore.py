@@ -128,23 +128,19 @@ def unmeasured() -> pl.Expr:
     return ended & trained & pl.col("best_quality").is_null()
 
 
-def _kept_checkpoint_measurements(frame: pl.DataFrame) -> list[Cached]:
-    return [
-        Cached(
-            Path(trial_dir) / load.MEASURED_FILE,
-            Path(best_checkpoint).name,
-            functools.partial(_final_measurements, trial_dir, Path(best_checkpoint)),
-        )
-        for trial_dir, best_checkpoint in frame.select("trial_dir", "best_checkpoint").iter_rows()
-    ]
+def _kept_checkpoint_measurement(trial_dir: str, checkpoint: Path) -> Cached:
+    return Cached(
+        Path(trial_dir) / load.MEASURED_FILE,
+        checkpoint.name,
+        functools.partial(_final_measurements, trial_dir, checkpoint),
+    )
 
 
 def measure_kept_checkpoints(frame: pl.DataFrame, workers: Workers = IN_PROCESS) -> int:
     """Measures every kept checkpoint that unmeasured() selects; returns how many it measured."""
-    todo = frame.filter(unmeasured())
-    _all_cached(
-        _kept_checkpoint_measurements(todo), workers, "kept checkpoints on the whole validation split"
-    )
+    todo = frame.filter(unmeasured()).select("trial_dir", "best_checkpoint")
+    items = [_kept_checkpoint_measurement(trial_dir, Path(best)) for trial_dir, best in todo.iter_rows()]
+    _all_cached(items, workers, "kept checkpoints on the whole validation split")
     return todo.height
 
 
@@ -159,9 +155,7 @@ def ended_trial_measurement(trial_dir: Path, results: Path) -> Cached | None:
     last = json.loads((trial_dir / trial.RECORD_FILE).read_text())["metrics"]
     if last.get("step") == step and last.get(trial.FULL_VALIDATION_QUALITY) is not None:
         return None
-    (measurement,) = _kept_checkpoint_measurements(
-        pl.DataFrame({"trial_dir": [str(trial_dir)], "best_checkpoint": [str(trial_dir / checkpoint)]})
-    )
+    measurement = _kept_checkpoint_measurement(str(trial_dir), trial_dir / checkpoint)
     return measurement if measurement.saved() is None else None
 
 

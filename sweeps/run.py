@@ -258,8 +258,12 @@ def outputs(
         return shown
     from sweeps.tracking import MlflowTrials  # imports Ray, which use_cluster_token must precede
 
-    tracked = MlflowTrials(settings.mlflow, directory, stage, trial_values)
-    return shown | {"callbacks": [*shown.get("callbacks", []), tracked]}
+    return with_callback(shown, MlflowTrials(settings.mlflow, directory, stage, trial_values))
+
+
+def with_callback(run_options: dict, callback) -> dict:
+    """RunConfig options with one more Tune callback after those they hold."""
+    return run_options | {"callbacks": [*run_options.get("callbacks", []), callback]}
 
 
 def fit_or_resume(directory: Path, build_tuner, trainable) -> bool:
@@ -369,10 +373,6 @@ def search_tuner(
     from sweeps.early_measurements import MeasureEndedTrials
 
     stage = "search" if experiment == directory else experiment.name
-    shown = outputs(
-        settings, directory, verbose, stage, samples, settings.budget_usd, spent_so_far(directory)
-    )
-    early = MeasureEndedTrials(scoring_workers(settings))
     return tune.Tuner(
         trainable,
         tune_config=tune_config(
@@ -386,7 +386,12 @@ def search_tuner(
             storage_path=str(experiment.parent),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=kept_checkpoint(),
-            **shown | {"callbacks": [*shown.get("callbacks", []), early]},
+            **with_callback(
+                outputs(
+                    settings, directory, verbose, stage, samples, settings.budget_usd, spent_so_far(directory)
+                ),
+                MeasureEndedTrials(scoring_workers(settings)),
+            ),
         ),
     )
 
