@@ -3,6 +3,7 @@ import json
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -67,6 +68,20 @@ def test_tiny_model_loads_through_from_pretrained_and_generates(tiny_model):
     inputs = tokenizer(["Is Lisbon safe?"], return_tensors="pt")
     output = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert output.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+def test_each_embedded_model_name_is_its_own_cached_build(isolated_cache, monkeypatch):
+    tiny = {
+        "embedded": embedded.tiny_spec(steps=1),
+        "embedded-copying": embedded.tiny_spec(steps=1, copying_circuit=True),
+    }
+    assert tiny.keys() == models.EMBEDDED_MODELS.keys()
+    monkeypatch.setattr(models, "EMBEDDED_MODELS", tiny)
+    plain, copying = (Path(models.resolve(name)) for name in tiny)
+    assert plain != copying and {plain.parent, copying.parent} == {isolated_cache / "models"}
+    assert json.loads((copying / embedded.SPEC_FILE).read_text())["copying_circuit"] is True
+    assert models.unloadable_reason("embedded-copying") is None
+    assert embedded.COPYING_SPEC.copying_circuit and not embedded.DEFAULT_SPEC.copying_circuit
 
 
 def test_missing_local_model_path_is_reported(tmp_path):
