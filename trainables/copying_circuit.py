@@ -46,10 +46,10 @@ CONTENT_PAIRS = 12
 # positions (a margin of 0.25 of the peak; the best weighting found by a linear program, 0.31).
 FASTEST_PAIR_WEIGHT, NEXT_PAIRS = 0.5, 15
 
-Region = tuple[slice, slice]
+Region = tuple[slice, ...]  # an index into a parameter: rows, or rows and columns
 
 
-def previous_token_scores(inv_freq: torch.Tensor, positions: int) -> torch.Tensor:
+def previous_token_scores(inv_freq: torch.Tensor, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The per-pair weights of a previous-token query, and the score it gives each offset
     (offset 1, the previous token, scores 1.0)."""
     weights = torch.zeros(len(inv_freq), dtype=torch.double)

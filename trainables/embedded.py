@@ -67,12 +67,7 @@ DEFAULT_SPEC = EmbeddedSpec()
 COPYING_SPEC = replace(DEFAULT_SPEC, steps=400, copying_circuit=True)
 # Random weights in seconds, for tests: never the cached default.
 TINY_SPEC = EmbeddedSpec(
-    vocab_size=512,
-    hidden_size=64,
-    intermediate_size=128,
-    num_layers=2,
-    num_heads=2,
-    steps=0,
+    vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, steps=0
 )
 
 
@@ -250,7 +245,7 @@ def _pretrain(
     blocks: torch.Tensor,
     spec: EmbeddedSpec,
     snapshot: Callable[[int], None],
-    kept: dict,
+    kept: dict[torch.nn.Parameter, list[copying_circuit.Region]],
 ) -> None:
     hooks = copying_circuit.keep_while_training(kept)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=0.01)
