@@ -75,7 +75,16 @@ def prepare(values: dict) -> Plan:
 
 
 def versions() -> dict[str, str]:
-    return {name: importlib.metadata.version(name) for name in VERSIONED_PACKAGES}
+    """The versions a trial ran with; a package this process lacks (a trial run by hand, without
+    Ray) is recorded as absent rather than failing the trial."""
+
+    def version(name: str) -> str:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "absent"
+
+    return {name: version(name) for name in VERSIONED_PACKAGES}
 
 
 def few_shot_prefix(task: Task, train, shots: int, seed: int) -> str:

@@ -1,6 +1,8 @@
-"""CUDA paths: bf16 + FlashAttention 2, and 4-bit NF4 on the GPU. Skipped without CUDA."""
+"""CUDA paths: bf16 (with FlashAttention 2 where flash-attn is installed), and 4-bit NF4 on the GPU.
+Skipped without CUDA. The trials use qa: its metrics need no BERTScore weights."""
 
 import importlib.util
+import math
 
 import pytest
 import torch
@@ -20,11 +22,19 @@ def test_bf16_and_flash_attention_2(tiny_model):
 
 
 @needs_cuda
-def test_qlora_trains_in_4bit_on_cuda(tiny_model):
+def test_a_model_loads_in_bf16_on_cuda_with_the_attention_the_machine_has(tiny_model):
+    model = models.load_model(tiny_model)
+    assert model.device.type == "cuda" and model.dtype == torch.bfloat16
+    assert model.config._attn_implementation == models.attention_implementation()
+
+
+@needs_cuda
+@pytest.mark.parametrize("method", ["qlora", "lora"])
+def test_a_trial_trains_on_cuda(tiny_model, method):
     final = trial.execute(
         {
-            "task": "qg",
-            "method": "qlora",
+            "task": "qa",
+            "method": method,
             "model": tiny_model,
             "max_steps": 4,
             "eval_every": 4,
@@ -33,3 +43,4 @@ def test_qlora_trains_in_4bit_on_cuda(tiny_model):
         lambda metrics, checkpoint: None,
     )
     assert final["status"] == "completed" and final["peak_memory_mb"] > 0
+    assert final["train_tokens_per_s"] > 0 and math.isfinite(final["train_loss"])
