@@ -16,20 +16,17 @@ from transformers import (
 from trainables import embedded
 
 EMBEDDED = "embedded"
-# The models the project builds itself, by name.
-EMBEDDED_MODELS = {EMBEDDED: embedded.DEFAULT_SPEC, "embedded-copying": embedded.COPYING_SPEC}
 
 
 def resolve(model: str) -> str:
-    """An embedded model's name becomes its build (the shipped one, or built on first use and
-    cached); anything else goes to from_pretrained."""
-    spec = EMBEDDED_MODELS.get(model)
-    return str(embedded.ensure_built(spec)) if spec else model
+    """`embedded` becomes the shipped model (or, for changed train data, its cached build);
+    anything else goes to from_pretrained."""
+    return str(embedded.ensure_built()) if model == EMBEDDED else model
 
 
 def unloadable_reason(model: str) -> str | None:
     """A reason the model cannot be loaded, checked cheaply before any expensive work; None if fine."""
-    if model in EMBEDDED_MODELS:
+    if model == EMBEDDED:
         return None
     path = Path(model)
     is_local = path.exists() or model.startswith((".", "/", "~"))
