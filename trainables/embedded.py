@@ -340,17 +340,21 @@ def tiny_spec(**overrides) -> EmbeddedSpec:
     return replace(TINY_SPEC, **overrides)
 
 
+# The spec's fields the command line can change, for experiments and the bit-for-bit test.
+CLI_SPEC_FIELDS = {
+    "steps": "pretraining steps",
+    "batch_size": "blocks of 512 tokens a step",
+    "renamed_copies": "copies of each train row with invented names",
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     cli = argparse.ArgumentParser(
         prog="python -m trainables.embedded",
         description="Build the embedded model into a directory (by default the shipped one's recipe).",
     )
     cli.add_argument("out_dir", type=Path)
-    for field, help_text in (
-        ("steps", "pretraining steps"),
-        ("batch_size", "blocks of 512 tokens a step"),
-        ("renamed_copies", "copies of each train row with invented names"),
-    ):
+    for field, help_text in CLI_SPEC_FIELDS.items():
         default = getattr(DEFAULT_SPEC, field)
         cli.add_argument(f"--{field.replace('_', '-')}", type=int, help=f"{help_text} (default {default})")
     cli.add_argument("--snapshot-every", type=int, help="also save the model every N steps (learning curves)")
@@ -358,11 +362,7 @@ def main(argv: list[str] | None = None) -> None:
         "--device", default="cpu", choices=("cpu", "cuda"), help="cuda: bf16 matrix products, not bit for bit"
     )
     args = cli.parse_args(argv)
-    overrides = {
-        field: getattr(args, field)
-        for field in ("steps", "batch_size", "renamed_copies")
-        if getattr(args, field) is not None
-    }
+    overrides = {field: getattr(args, field) for field in CLI_SPEC_FIELDS if getattr(args, field) is not None}
     spec = replace(DEFAULT_SPEC, **overrides)
     build(spec, args.out_dir, args.snapshot_every, args.device)
     print(f"built {args.out_dir} (version key {version_key(spec)})")
