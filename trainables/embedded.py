@@ -60,12 +60,17 @@ class EmbeddedSpec:
     renamed_copies: int = 4
     # Start with the heads that copy from context in place (trainables/copying_circuit.py).
     copying_circuit: bool = False
+    # Every digit its own token, as Llama's tokenizer does: a number then tokenizes the same after
+    # a space or a quote, so a date or document number can be copied from the text to the JSON.
+    individual_digits: bool = False
     seed: int = 0
 
 
 # The copying heads set by hand, then many renamed copies for many steps: the README gives the
 # learning curves of the choices tried.
-DEFAULT_SPEC = EmbeddedSpec(batch_size=64, steps=8400, renamed_copies=100, copying_circuit=True)
+DEFAULT_SPEC = EmbeddedSpec(
+    batch_size=64, steps=8400, renamed_copies=100, copying_circuit=True, individual_digits=True
+)
 # Random weights in seconds, for tests: never the cached default.
 TINY_SPEC = EmbeddedSpec(
     vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2, steps=0
@@ -184,9 +189,14 @@ def version_key(spec: EmbeddedSpec) -> str:
     return digest.hexdigest()[:12]
 
 
-def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: list[str], vocab_size: int, individual_digits: bool = False) -> PreTrainedTokenizerFast:
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        if individual_digits
+        else byte_level
+    )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -200,7 +210,7 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
 
 def build_tokenizer(spec: EmbeddedSpec) -> PreTrainedTokenizerFast:
     """The tokenizer the build of spec makes (deterministic; seconds, no model training)."""
-    return train_tokenizer(row_documents(), spec.vocab_size)
+    return train_tokenizer(row_documents(), spec.vocab_size, spec.individual_digits)
 
 
 def _model_config(spec: EmbeddedSpec, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:

@@ -40,6 +40,21 @@ def test_renamed_copies_replace_rare_recurring_words_consistently():
     assert inventor.rename(documents[1], random.Random(0)) == documents[1]  # common words stay
 
 
+def test_the_default_tokenizer_gives_every_digit_its_own_token_wherever_a_number_stands():
+    """A date in the OCR text (after a space) and in the JSON (after a quote) must be the same
+    tokens, or copying it is a different task from copying it verbatim."""
+    tokenizer = embedded.build_tokenizer(embedded.DEFAULT_SPEC)
+
+    def pieces(text):
+        return [tokenizer.decode([token]) for token in tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+    assert pieces("3. 13.05.1953")[-10:] == pieces('"13.05.1953"')[1:-1] == list("13.05.1953")
+    text = "5. 712565207 Lisbon, about 9,000 people"
+    assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
+    plain = embedded.build_tokenizer(dataclasses.replace(embedded.DEFAULT_SPEC, individual_digits=False))
+    assert len(plain("712565207")["input_ids"]) < 9
+
+
 def test_pretraining_documents_are_deterministic_for_a_seed():
     spec = embedded.tiny_spec(renamed_copies=1)
     first = embedded.pretraining_documents(spec)
