@@ -7,9 +7,10 @@ together in order but without the prompt format, so fine-tuning still has the fo
 Copies of those documents with their rare recurring words replaced by invented ones teach the
 model to look back and copy (a name it has never seen can only be predicted from its first
 mention), which is what the tasks ask: carry the conversation's entity into the query, the
-document's values into the JSON, the paragraph's span into the answer. The heads that copy are
-set by hand before pretraining (trainables/copying_circuit.py): learned from scratch they form
-late. The package ships the weights, pretrained once on a GPU; a build of other data or another
+document's values into the JSON, the paragraph's span into the answer; its tokenizer gives every
+digit a token of its own, so that a date or number is the same tokens wherever it stands and
+copies verbatim. The heads that copy are set by hand before pretraining
+(trainables/copying_circuit.py): learned from scratch they form late. The package ships the weights, pretrained once on a GPU; a build of other data or another
 spec is deterministic for a seed on CPU and cached under a version key in the user's cache.
 """
 
@@ -189,7 +190,9 @@ def version_key(spec: EmbeddedSpec) -> str:
     return digest.hexdigest()[:12]
 
 
-def train_tokenizer(texts: list[str], vocab_size: int, individual_digits: bool = False) -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    texts: list[str], vocab_size: int, individual_digits: bool = False
+) -> PreTrainedTokenizerFast:
     tokenizer = Tokenizer(models.BPE())
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.pre_tokenizer = (
