@@ -10,8 +10,9 @@ mention), which is what the tasks ask: carry the conversation's entity into the 
 document's values into the JSON, the paragraph's span into the answer; its tokenizer gives every
 digit a token of its own, so that a date or number is the same tokens wherever it stands and
 copies verbatim. The heads that copy are set by hand before pretraining
-(trainables/copying_circuit.py): learned from scratch they form late. The package ships the weights, pretrained once on a GPU; a build of other data or another
-spec is deterministic for a seed on CPU and cached under a version key in the user's cache.
+(trainables/copying_circuit.py): learned from scratch they form late. The package ships the
+weights, pretrained once on a GPU; a build of other data or another spec is deterministic for a
+seed on CPU and cached under a version key in the user's cache.
 """
 
 import argparse
@@ -40,8 +41,8 @@ BUILDER_VERSION = 2
 SPEC_FILE = "embedded_spec.json"
 VERSION_FILE = "version_key.txt"
 # DEFAULT_SPEC pretrained once on a GPU with
-# `python -m trainables.embedded trainables/embedded_model --device cuda`: about 7 minutes on an
-# H200, far more than 2 CPU cores can do (about 10 s a step there), so the weights ship.
+# `python -m trainables.embedded trainables/embedded_model --device cuda`: about 6 minutes on an
+# H100, far more than 2 CPU cores can do (about 10 s a step there), so the weights ship.
 SHIPPED_DIR = Path(__file__).resolve().parent / "embedded_model"
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 
