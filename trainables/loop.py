@@ -57,19 +57,21 @@ class TrainState:
             raise NonFiniteLoss(f"training loss became {value} at step {self.step - len(finite) + first + 1}")
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, prompt: str, target: str, max_length: int) -> dict:
-    """Prompt + target + EOS; the loss only sees the target. Long prompts lose their start."""
+def encode(tokenizer: PreTrainedTokenizerBase, prompt: str, target: str, max_length: int | None) -> dict:
+    """Prompt + target + EOS; the loss only sees the target. Beyond max_length, the target keeps at
+    most half of it and the prompt loses its start; None: no limit."""
     prompt_ids = tokenizer(prompt)["input_ids"]
     target_ids = [*tokenizer(target, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
-    target_ids = target_ids[: max_length // 2]
-    prompt_ids = prompt_ids[-(max_length - len(target_ids)) :]
+    if max_length is not None:
+        target_ids = target_ids[: max_length // 2]
+        prompt_ids = prompt_ids[-(max_length - len(target_ids)) :]
     return {
         "input_ids": prompt_ids + target_ids,
         "labels": [IGNORE_INDEX] * len(prompt_ids) + target_ids,
     }
 
 
-def encode_examples(task: Task, tokenizer, examples, max_length: int, prefix: str = "") -> list[dict]:
+def encode_examples(task: Task, tokenizer, examples, max_length: int | None, prefix: str = "") -> list[dict]:
     return [
         encode(tokenizer, prefix + task.format_prompt(example), task.format_target(example), max_length)
         for example in examples
@@ -114,6 +116,16 @@ def first_target(feature: dict) -> int:
     return next(i for i, label in enumerate(feature["labels"]) if label != IGNORE_INDEX)
 
 
+def prompt_ids(feature: dict) -> list[int]:
+    return feature["input_ids"][: first_target(feature)]
+
+
+def is_prompt_learning(model) -> bool:
+    """Whether the model puts virtual tokens in front of every input (prompt tuning and kin)."""
+    peft_config = getattr(model, "active_peft_config", None)
+    return peft_config is not None and peft_config.is_prompt_learning
+
+
 def target_logits_only(model, rows: list[dict], batch: dict[str, torch.Tensor]) -> dict:
     """The collated rows, asking the model for logits only where a target token is predicted:
     from the position before the rows' first target token on. The prompt's logits are never used,
@@ -121,8 +133,7 @@ def target_logits_only(model, rows: list[dict], batch: dict[str, torch.Tensor]) 
     a large vocabulary's memory). The loss stays the model's own, so methods that add a term to it
     (AdaLoRA's orthogonality) still do. Prompt tuning's virtual tokens shift every position, so
     such models get the whole batch."""
-    peft_config = getattr(model, "active_peft_config", None)
-    if peft_config is not None and peft_config.is_prompt_learning:
+    if is_prompt_learning(model):
         return batch
     start = max(min(first_target(row) for row in rows) - 1, 0)
     width = batch["labels"].shape[1]
@@ -205,7 +216,16 @@ class TargetLosses:
     tokens: list[int]
 
     def head(self, rows: int) -> "TargetLosses":
-        return TargetLosses(self.sums[:rows], self.tokens[:rows])
+        return self.taken(range(rows))
+
+    def taken(self, indices) -> "TargetLosses":
+        return TargetLosses([self.sums[i] for i in indices], [self.tokens[i] for i in indices])
+
+    @staticmethod
+    def joined(parts: list["TargetLosses"]) -> "TargetLosses":
+        return TargetLosses(
+            [s for part in parts for s in part.sums], [t for part in parts for t in part.tokens]
+        )
 
     def mean(self) -> float:
         """Mean cross-entropy per target token."""
@@ -253,7 +273,25 @@ class Generations:
 
     def head(self, rows: int) -> "Generations":
         """The first rows' generations (the time is the whole batch's: only the rows are cut)."""
-        return Generations(self.texts[:rows], self.row_tokens[:rows], self.seconds, self.cut[:rows])
+        return self.taken(range(rows))
+
+    def taken(self, indices) -> "Generations":
+        """These rows' generations, in this order (the time stays the whole batch's)."""
+        return Generations(
+            [self.texts[i] for i in indices],
+            [self.row_tokens[i] for i in indices],
+            self.seconds,
+            [self.cut[i] for i in indices],
+        )
+
+    @staticmethod
+    def joined(parts: list["Generations"]) -> "Generations":
+        return Generations(
+            [text for part in parts for text in part.texts],
+            [count for part in parts for count in part.row_tokens],
+            sum(part.seconds for part in parts),
+            [cut for part in parts for cut in part.cut],
+        )
 
 
 def is_truncated(row: list[int], max_new_tokens: int, eos_token_id: int) -> bool:
@@ -315,27 +353,132 @@ def generate(
     """
     device = _device(model)
     model.eval()
-    texts, row_tokens, seconds, cut = [], [], 0.0, []
+    batches = []
     for start in range(0, len(prompts), batch_size):
         inputs = tokenizer(
             prompts[start : start + batch_size], return_tensors="pt", padding=True, padding_side="left"
         ).to(device)
-        call = generation_call(model, inputs)
-        started = time.perf_counter()
-        with autocast(device):
-            output = call.model.generate(
-                **call.inputs,
-                max_new_tokens=max_new_tokens,
-                min_new_tokens=max_new_tokens if fixed_length else None,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-        seconds += time.perf_counter() - started
-        generated = output[:, call.prompt_width :]
-        for row in generated.tolist():
-            length = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
-            row_tokens.append(length)
-            cut.append(is_truncated(row, max_new_tokens, tokenizer.eos_token_id))
-            texts.append(tokenizer.decode(row[:length], skip_special_tokens=True))
+        batches.append(_generate_batch(model, tokenizer, inputs, max_new_tokens, fixed_length))
+    return Generations.joined(batches)
+
+
+def _generate_batch(
+    model, tokenizer, inputs: dict, max_new_tokens: int, fixed_length: bool = False, cache=None
+) -> Generations:
+    """One left-padded batch. cache: the key-value cache of all but each prompt's last token, when
+    a forward pass has already computed it; generation then starts at that token."""
+    call = generation_call(model, inputs)
+    started = time.perf_counter()
+    with autocast(_device(model)):
+        output = call.model.generate(
+            **call.inputs,
+            cache=cache,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens if fixed_length else None,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    seconds = time.perf_counter() - started
+    texts, row_tokens, cut = [], [], []
+    for row in output[:, call.prompt_width :].tolist():
+        length = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
+        row_tokens.append(length)
+        cut.append(is_truncated(row, max_new_tokens, tokenizer.eos_token_id))
+        texts.append(tokenizer.decode(row[:length], skip_special_tokens=True))
     return Generations(texts, row_tokens, seconds, cut)
+
+
+def row_batches(lengths: list[int], batch_size: int, head: int = 0) -> list[list[int]]:
+    """Batches of at most batch_size row indices, rows of similar length together (little padding
+    in the prompt's pass). None mixes the first `head` rows with the others: those rows are
+    batched as they would be alone, so their figures are those of their own evaluation."""
+    rows = len(lengths)
+    bounds = [0, head, rows] if 0 < head < rows else [0, rows]
+    batches = []
+    for begin, end in itertools.pairwise(bounds):
+        by_length = sorted(range(begin, end), key=lambda row: lengths[row], reverse=True)
+        batches += [by_length[start : start + batch_size] for start in range(0, len(by_length), batch_size)]
+    return batches
+
+
+@torch.no_grad()
+def losses_and_generations(
+    model, tokenizer, features: list[dict], max_new_tokens: int, batches: list[list[int]]
+) -> tuple[TargetLosses, Generations]:
+    """Each encoded row's target loss (teacher forcing) and the model's greedy answer to its
+    prompt, the same prompt tokens for both, in row order whatever the batches' order.
+
+    One forward pass per batch reads prompt and target together: its logits give the loss, and the
+    key-value cache it leaves, cut back to the prompt, is where generation starts. The prompt, most
+    of a row's tokens, is encoded once instead of once for the loss and again for generation.
+    Prompt tuning's virtual tokens go in front of every input (see generation_call), so such
+    models take the two passes apart.
+    """
+    device, pad_id = _device(model), tokenizer.pad_token_id
+    model.eval()
+    losses, generations = [], []
+    for batch in batches:
+        rows = [features[index] for index in batch]
+        if is_prompt_learning(model):
+            losses.append(target_losses(model, rows, len(rows), pad_id))
+            prompts = {"input_ids": [prompt_ids(row) for row in rows]}
+            inputs = tokenizer.pad(prompts, padding_side="left", return_tensors="pt").to(device)
+            generations.append(_generate_batch(model, tokenizer, inputs, max_new_tokens))
+            continue
+        encoded = PromptThenTarget.of(rows, pad_id, device)
+        with autocast(device):
+            output = model(**encoded.model_inputs(), use_cache=True, logits_to_keep=encoded.target_width + 1)
+        losses.append(encoded.losses(output.logits))
+        output.cache.crop(-(encoded.target_width + 1))  # back to all but the prompts' last column
+        prompts = encoded.prompts()
+        generations.append(_generate_batch(model, tokenizer, prompts, max_new_tokens, cache=output.cache))
+    batched_order = [row for batch in batches for row in batch]
+    row_order = sorted(range(len(batched_order)), key=batched_order.__getitem__)
+    return TargetLosses.joined(losses).taken(row_order), Generations.joined(generations).taken(row_order)
+
+
+@dataclass(frozen=True)
+class PromptThenTarget:
+    """A batch laid out for one pass that both scores targets and primes generation: each row's
+    prompt padded on the left up to prompt_width, its target after it, padded on the right. Every
+    prompt then ends at the same column, where a left-padded generation batch ends its prompts."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_width: int
+    target_width: int
+
+    @staticmethod
+    def of(rows: list[dict], pad_id: int, device: torch.device) -> "PromptThenTarget":
+        prompts = [prompt_ids(row) for row in rows]
+        targets = [row["input_ids"][len(prompt) :] for row, prompt in zip(rows, prompts, strict=True)]
+        prompt_width, target_width = max(map(len, prompts)), max(map(len, targets))
+        input_ids = torch.full((len(rows), prompt_width + target_width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for index, (prompt, target) in enumerate(zip(prompts, targets, strict=True)):
+            begin, end = prompt_width - len(prompt), prompt_width + len(target)
+            input_ids[index, begin:end] = torch.tensor(prompt + target)
+            attention_mask[index, begin:end] = 1
+        return PromptThenTarget(input_ids.to(device), attention_mask.to(device), prompt_width, target_width)
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        # Positions count real tokens only, as generate counts them for a left-padded batch.
+        positions = (self.attention_mask.cumsum(-1) - 1).masked_fill(self.attention_mask == 0, 0)
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": positions}
+
+    def losses(self, logits: torch.Tensor) -> TargetLosses:
+        """logits: those of the last prompt column and every target column but the last."""
+        targets = self.input_ids[:, self.prompt_width :].masked_fill(
+            self.attention_mask[:, self.prompt_width :] == 0, IGNORE_INDEX
+        )
+        per_token = torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+        )
+        return TargetLosses(per_token.sum(dim=1).tolist(), (targets != IGNORE_INDEX).sum(dim=1).tolist())
+
+    def prompts(self) -> dict[str, torch.Tensor]:
+        return {
+            "input_ids": self.input_ids[:, : self.prompt_width],
+            "attention_mask": self.attention_mask[:, : self.prompt_width],
+        }

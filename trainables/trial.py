@@ -109,8 +109,8 @@ class Evaluation:
 
     def head(self, task: Task, rows: int) -> "Evaluation":
         """The evaluation of the first `rows` rows alone. Generation and losses run batch by batch
-        in row order, so when `rows` is a multiple of the batch size, these are the figures a
-        separate evaluation of those rows would give."""
+        in row order, and no batch crosses the periodic rows' end, so for those rows these are the
+        figures a separate evaluation of them gives."""
         return scored(
             task,
             self.examples[:rows],
@@ -152,13 +152,16 @@ def evaluation_rows(plan: Plan, whole_split: bool) -> list[dict]:
 
 
 def evaluate(model, tokenizer, plan: Plan, prefix: str, whole_split: bool = False) -> Evaluation:
+    """Loss and answers from one encoding of each row. Its prompt is never cut (max_length bounds
+    training): the model answers the whole prompt, as it would a request. Batches never cross the
+    periodic rows' end, so the whole split's head is those rows' own evaluation."""
     config, task = plan.config, plan.task
     examples = evaluation_rows(plan, whole_split)
-    features = loop.encode_examples(task, tokenizer, examples, config.max_length, prefix)
-    losses = loop.target_losses(model, features, config.eval_batch_size, tokenizer.pad_token_id)
-    prompts = [prefix + task.format_prompt(example) for example in examples]
+    features = loop.encode_examples(task, tokenizer, examples, None, prefix)
     max_new_tokens = task.generation_budget(tokenizer, plan.uncapped_train)
-    generations = loop.generate(model, tokenizer, prompts, max_new_tokens, config.eval_batch_size)
+    prompt_lengths = [len(loop.prompt_ids(feature)) for feature in features]
+    batches = loop.row_batches(prompt_lengths, config.eval_batch_size, head=config.eval_examples)
+    losses, generations = loop.losses_and_generations(model, tokenizer, features, max_new_tokens, batches)
     return scored(task, examples, losses, generations, max_new_tokens)
 
 
@@ -168,8 +171,8 @@ def evaluate_last(model, tokenizer, plan: Plan, prefix: str) -> dict:
     are the head of the whole split, as by default, they are scored from the whole split's
     generations rather than generated twice."""
     whole = evaluate(model, tokenizer, plan, prefix, whole_split=True)
-    periodic_rows, batch_size = plan.config.eval_examples, plan.config.eval_batch_size
-    if periodic_rows <= len(whole.examples) and periodic_rows % batch_size == 0:
+    periodic_rows = plan.config.eval_examples
+    if periodic_rows <= len(whole.examples):
         periodic = whole.head(plan.task, periodic_rows)
     else:
         periodic = evaluate(model, tokenizer, plan, prefix)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from trainables import loop, models, trial
+from trainables.methods import trained_methods
 
 PROMPTS = ["The user asked the assistant why the roses look unhealthy.\nWhat soil is best for", "Tell me\n"]
 
@@ -34,3 +35,31 @@ def test_generation_equals_greedy_decoding_with_the_models_forward(method):
     model.eval()
     generated = loop.generate(model, tokenizer, PROMPTS, 12, batch_size=1, fixed_length=True)
     assert generated.texts == [_greedy_without_cache(model, tokenizer, [prompt], 12)[0] for prompt in PROMPTS]
+
+
+@pytest.mark.parametrize("method", sorted(trained_methods()))
+def test_one_encoding_gives_the_losses_and_answers_of_two_separate_passes(method):
+    """Evaluation's single pass over prompt and target (loss, then generation from its cache) against
+    the loss of a right-padded teacher-forced pass and generation from the left-padded prompts."""
+    model_path = str(models.resolve("embedded"))
+    plan = trial.prepare({"task": "qg", "method": method, "model": model_path})
+    model, tokenizer = trial.load_trainable_model(plan, model_path), models.load_tokenizer(model_path)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for parameter in (p for p in model.parameters() if p.requires_grad):
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    examples = list(plan.splits["validation"].select(range(7)))
+    features = loop.encode_examples(plan.task, tokenizer, examples, None)
+    prompt_lengths = [len(loop.prompt_ids(feature)) for feature in features]
+    assert len(set(prompt_lengths)) > 1  # batches are padded, and sorted out of row order
+    batches = loop.row_batches(prompt_lengths, batch_size=3, head=4)
+
+    losses, answers = loop.losses_and_generations(model, tokenizer, features, 12, batches)
+
+    separate = loop.target_losses(model, features, 3, tokenizer.pad_token_id)
+    assert losses.tokens == separate.tokens
+    # QLoRA's 4-bit kernels round differently for other batch shapes: 5e-4 apart, where a target
+    # one token off would be far out.
+    assert losses.sums == pytest.approx(separate.sums, rel=1e-3)
+    prompts = [plan.task.format_prompt(example) for example in examples]
+    assert answers.texts == loop.generate(model, tokenizer, prompts, 12, batch_size=3).texts

@@ -210,6 +210,15 @@ def test_length_grouped_batches_cover_every_example_once_and_pad_little():
     assert batches != loop.length_grouped_batches(lengths, batch_size=4, seed=1, epoch=1)
 
 
+def test_evaluation_batches_hold_rows_of_similar_prompt_length_and_keep_the_periodic_rows_apart():
+    lengths = [9, 1, 8, 2, 7, 3, 6, 4, 5, 10]
+    batches = loop.row_batches(lengths, batch_size=3, head=4)
+    assert sorted(row for batch in batches for row in batch) == list(range(len(lengths)))
+    assert all(max(batch) < 4 or min(batch) >= 4 for batch in batches)
+    assert batches[:2] == [[0, 2, 3], [1]]  # longest first, so the first batch sets the widest shape
+    assert batches[2:] == [[9, 4, 6], [8, 7, 5]]
+
+
 def _eos_biased(model, tokenizer, bias: float):
     """The tiny model with a fixed bias on EOS: +large always ends at once, -large never ends."""
     head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
@@ -279,17 +288,17 @@ def test_fixed_length_generation_runs_past_eos(tiny_model):
 def test_the_last_evaluation_scores_its_periodic_rows_from_the_whole_splits_generations(
     tiny_model, monkeypatch
 ):
-    plan = trial.prepare({**BASE, "model": tiny_model, "eval_batch_size": 2})
+    # Batches of 3 do not divide the 4 periodic rows: no batch holds periodic and other rows.
+    plan = trial.prepare({**BASE, "model": tiny_model, "eval_batch_size": 3})
     tokenizer, model = models.load_tokenizer(tiny_model), models.load_model(tiny_model)
     alone = trial.evaluate(model, tokenizer, plan, "").metrics
-    real_generate, generated_rows = loop.generate, []
+    real_evaluation, generated_rows = loop.losses_and_generations, []
 
-    def counted(model, tokenizer, prompts, *args, **kwargs):
-        if not kwargs.get("fixed_length"):  # the latency probe generates one prompt at a time
-            generated_rows.append(len(prompts))
-        return real_generate(model, tokenizer, prompts, *args, **kwargs)
+    def counted(model, tokenizer, features, *args, **kwargs):
+        generated_rows.append(len(features))
+        return real_evaluation(model, tokenizer, features, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "generate", counted)
+    monkeypatch.setattr(loop, "losses_and_generations", counted)
     last = trial.evaluate_last(model, tokenizer, plan, "")
 
     assert generated_rows == [BASE["full_eval_examples"]]  # the whole split once; its head not again
