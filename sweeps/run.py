@@ -398,7 +398,7 @@ def search_tuner(
 
 def run_search(settings: SweepSettings, directory: Path, trainable, verbose: bool) -> bool:
     def build():
-        first = first_points(settings.methods)[: settings.samples]
+        first = first_points(settings.methods, settings.search)[: settings.samples]
         return search_tuner(settings, directory, directory, settings.samples, first, trainable, verbose)
 
     return fit_or_resume(directory, build, trainable)

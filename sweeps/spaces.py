@@ -8,6 +8,7 @@ rather than one distribution pooled over methods whose good regions lie decades 
 together. TrialConfig.parse maps the scoped names back to its fields.
 """
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -69,6 +70,24 @@ class DefineByRun:
         return self.constants
 
 
-def first_points(methods: list[str]) -> list[dict]:
-    """One trial per method comes first, so every method is tried whatever TPE prefers later."""
-    return [{"method": method} for method in methods]
+def first_points(methods: list[str], ranges: BaseModel) -> list[dict]:
+    """One trial per method comes first, so every method is tried whatever TPE prefers later.
+
+    It sits at the centre of the method's float ranges (a log range's geometric centre): drawn at
+    random, a method's only early trial can land on a learning rate a decade too low, learn
+    nothing by ASHA's first rung and be stopped, and the verdict then ranks the method on that
+    draw. Its choices (rank, alpha, ...) stay TPE's random draws.
+    """
+    return [{"method": method, **centre_of_ranges(method, ranges)} for method in methods]
+
+
+def centre_of_ranges(method: str, ranges: BaseModel) -> dict[str, float]:
+    """The centre of each float dimension of the method, under its scoped name."""
+    centre = {}
+    for dimension in METHODS[method].dimensions:
+        if not dimension.categorical:
+            low, high = getattr(ranges, dimension.search_key)
+            centre[scoped(method, dimension.field)] = (
+                math.sqrt(low * high) if dimension.log else (low + high) / 2
+            )
+    return centre

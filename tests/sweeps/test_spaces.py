@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from sweeps.settings import SearchRanges
-from sweeps.spaces import DefineByRun, hyperparameter_names, sampler
+from sweeps.spaces import DefineByRun, first_points, hyperparameter_names, sampler
 from trainables.config import ConfigError
 from trainables.registries import trial_config
 
@@ -73,3 +73,20 @@ def test_scoped_names_cover_every_dimension_and_map_back_to_the_config():
     )
     with pytest.raises(ConfigError, match=r"lorra\.learning_rate: unknown option"):
         trial_config({"task": "qg", "method": "lora", "lorra.learning_rate": 0.1})
+
+
+def test_each_methods_first_trial_sits_at_the_centre_of_its_float_ranges():
+    methods, ranges = ["lora", "prompt_tuning", "full"], SearchRanges()
+    study = optuna.create_study(direction="maximize", sampler=sampler(seed=0))
+    for point in first_points(methods, ranges):
+        study.enqueue_trial(point)
+    trials = [study.ask() for _ in methods]
+    for trial in trials:
+        DefineByRun(methods, ranges, {})(trial)
+    lora, prompt_tuning, full = (trial.params for trial in trials)
+    assert [lora["method"], prompt_tuning["method"], full["method"]] == methods
+    assert lora["lora.learning_rate"] == pytest.approx(1e-3)  # the geometric centre of 1e-4 to 1e-2
+    assert lora["lora.dropout"] == pytest.approx(0.1)
+    assert lora["lora.rank"] in (4, 8, 16)  # a choice: drawn, not set
+    assert prompt_tuning["prompt_tuning.learning_rate"] == pytest.approx(1e-2)
+    assert full == {"method": "full", "full.learning_rate": pytest.approx(1e-4)}
