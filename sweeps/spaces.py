@@ -8,7 +8,6 @@ rather than one distribution pooled over methods whose good regions lie decades 
 together. TrialConfig.parse maps the scoped names back to its fields.
 """
 
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -83,11 +82,8 @@ def first_points(methods: list[str], ranges: BaseModel) -> list[dict]:
 
 def centre_of_ranges(method: str, ranges: BaseModel) -> dict[str, float]:
     """The centre of each float dimension of the method, under its scoped name."""
-    centre = {}
-    for dimension in METHODS[method].dimensions:
-        if not dimension.categorical:
-            low, high = getattr(ranges, dimension.search_key)
-            centre[scoped(method, dimension.field)] = (
-                math.sqrt(low * high) if dimension.log else (low + high) / 2
-            )
-    return centre
+    return {
+        scoped(method, dimension.field): dimension.centre(getattr(ranges, dimension.search_key))
+        for dimension in METHODS[method].dimensions
+        if not dimension.categorical
+    }

@@ -416,23 +416,24 @@ def losses_and_generations(
     models take the two passes apart.
     """
     device, pad_id = _device(model), tokenizer.pad_token_id
+    one_pass = not is_prompt_learning(model)
     model.eval()
     losses, generations = [], []
     for batch in batches:
         rows = [features[index] for index in batch]
-        if is_prompt_learning(model):
-            losses.append(target_losses(model, rows, len(rows), pad_id))
-            prompts = {"input_ids": [prompt_ids(row) for row in rows]}
-            inputs = tokenizer.pad(prompts, padding_side="left", return_tensors="pt").to(device)
-            generations.append(_generate_batch(model, tokenizer, inputs, max_new_tokens))
-            continue
         encoded = PromptThenTarget.of(rows, pad_id, device)
-        with autocast(device):
-            output = model(**encoded.model_inputs(), use_cache=True, logits_to_keep=encoded.target_width + 1)
-        losses.append(encoded.losses(output.logits))
-        output.cache.crop(-(encoded.target_width + 1))  # back to all but the prompts' last column
-        prompts = encoded.prompts()
-        generations.append(_generate_batch(model, tokenizer, prompts, max_new_tokens, cache=output.cache))
+        cache = None
+        if one_pass:
+            with autocast(device):
+                output = model(
+                    **encoded.model_inputs(), use_cache=True, logits_to_keep=encoded.target_width + 1
+                )
+            losses.append(encoded.losses(output.logits))
+            cache = output.cache
+            cache.crop(-(encoded.target_width + 1))  # back to all but the prompts' last column
+        else:
+            losses.append(target_losses(model, rows, len(rows), pad_id))
+        generations.append(_generate_batch(model, tokenizer, encoded.prompts(), max_new_tokens, cache=cache))
     batched_order = [row for batch in batches for row in batch]
     row_order = sorted(range(len(batched_order)), key=batched_order.__getitem__)
     return TargetLosses.joined(losses).taken(row_order), Generations.joined(generations).taken(row_order)

@@ -108,9 +108,9 @@ class Evaluation:
     max_new_tokens: int
 
     def head(self, task: Task, rows: int) -> "Evaluation":
-        """The evaluation of the first `rows` rows alone. Generation and losses run batch by batch
-        in row order, and no batch crosses the periodic rows' end, so for those rows these are the
-        figures a separate evaluation of them gives."""
+        """The evaluation of the first `rows` rows alone. No batch mixes the periodic rows with
+        the others, and those rows are batched as an evaluation of them alone batches them, so for
+        them these are the figures a separate evaluation gives."""
         return scored(
             task,
             self.examples[:rows],

@@ -5,6 +5,7 @@ ranges, how it wraps the base model, its training hooks, how it saves and reload
 and how it may be served. Nothing outside that module asks which method it is.
 """
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,13 @@ class Dimension:
         if 0 <= low < high and (high < 1 or (high == 1 and not self.below_one)):
             return None
         return f"impossible range [{low}, {high}]: need 0 <= low < high {'< 1' if self.below_one else '<= 1'}"
+
+    def centre(self, bounds) -> float | None:
+        """The middle of a float range (a log range's geometric middle); None for choices."""
+        if self.categorical:
+            return None
+        low, high = bounds
+        return math.sqrt(low * high) if self.log else (low + high) / 2
 
     def suggest(self, trial, bounds) -> None:
         if self.categorical:
