@@ -53,7 +53,15 @@ def adapter_id(task: str, method: str, trial_id: str) -> str:
 
 
 def chosen_winners(board: pl.DataFrame, top: int) -> pl.DataFrame:
-    return board.filter(pl.col("pareto") & pl.col("best_checkpoint").is_not_null()).head(top)
+    """The top of the Pareto front by utility, and after them the best candidate on validation
+    quality when the trade-off leaves it out: a verdict always names the most accurate model the
+    sweep found, whatever the weights make of its cost. That one is on the front, as nothing beats
+    it on quality; best_on_validation flags it."""
+    front = board.filter(pl.col("pareto") & pl.col("best_checkpoint").is_not_null()).with_columns(
+        best_on_validation=pl.col("best_quality") == pl.col("best_quality").max()
+    )
+    most_accurate = front.filter(pl.col("best_on_validation")).head(1)
+    return pl.concat([front.head(top), most_accurate]).unique("trial_id", keep="first", maintain_order=True)
 
 
 def trial_name(row: dict) -> str:
@@ -86,6 +94,7 @@ def winner_entry(row: dict) -> dict:
             "latency_per_token_s": row["latency_per_token_s"],
         },
         "utility": row["utility"],
+        "best_on_validation": row["best_on_validation"],
     }
 
 
@@ -165,13 +174,16 @@ def verdict_lines(
     if validation["seeds"] > 1:  # a finalist, re-trained with more seeds
         spread = f"{validation['quality']:.3f} ± {validation['quality_std']:.3f}"
         described += f", validation {spread} over {validation['seeds']} seeds"
+    most_accurate = "the best on validation quality" if winner["best_on_validation"] else ""
     if position == 0:
+        also = f" and {most_accurate}" if most_accurate else ""
         lead = (
-            f"Verdict: {described} is the best trade-off on the Pareto front; its test quality is "
-            f"{verdict.interval_words(quality)} on {examples} test examples."
+            f"Verdict: {described} is the best trade-off on the Pareto front{also}; its test quality "
+            f"is {verdict.interval_words(quality)} on {examples} test examples."
         )
     else:
-        lead = f"Winner {position + 1}, {described}: test quality {verdict.interval_words(quality)}."
+        also = f", {most_accurate}" if most_accurate else ""
+        lead = f"Winner {position + 1}, {described}{also}: test quality {verdict.interval_words(quality)}."
     return [lead, *(comparison.words() + "." for comparison in comparisons)]
 
 
@@ -203,12 +215,13 @@ def write_html(
         [
             {"id": w["id"], "method": w["method"], "validation": w["validation"]["quality"],
              "validation_std": w["validation"]["quality_std"], "seeds": w["validation"]["seeds"],
+             "best_on_validation": w["best_on_validation"],
              "test": w.get("test", {}).get("quality"), "test_ci95": w.get("test", {}).get("quality_ci95"),
              "adapter": w["adapter_path"]}
             for w in winners
         ],
         schema={"id": pl.String, "method": pl.String, "validation": pl.Float64, "validation_std": pl.Float64,
-                "seeds": pl.Int64, "test": pl.Float64,
+                "seeds": pl.Int64, "best_on_validation": pl.Boolean, "test": pl.Float64,
                 "test_ci95": pl.List(pl.Float64), "adapter": pl.String},
     )  # fmt: skip
     failures = board.filter(pl.col("status") == "failed").select("trial_id", "method", "error")
@@ -219,7 +232,8 @@ def write_html(
         "<h2>Verdict</h2>", _verdict_html(verdict_text),
         "<h2>Per method</h2><p>quality: on the whole validation split, the kept checkpoint of each trial.</p>",
         tables.to_html(summary, "per-method"),
-        "<h2>Winners</h2><p>Top of the Pareto front by utility; test scores are on the untouched test split.</p>",
+        "<h2>Winners</h2><p>Top of the Pareto front by utility, and the best on validation quality when the "
+        "trade-off leaves it out; test scores are on the untouched test split.</p>",
         tables.to_html(winner_rows, "winners"),
         "<h2>Plots</h2><p>Hover a point for its trial, method and hyperparameters; drag to zoom, double-click to reset.</p>",
         *(_figure_html(figure) for figure in figures),
@@ -245,6 +259,7 @@ def markdown_summary(summary: pl.DataFrame, winners: list[dict], verdict_text: l
     lines = ["## Per method", methods, "", "## Winners"]
     lines += [
         f"- {w['id']} ({w['method']}): validation {w['validation']['quality']:.3f}"
+        + (" (the best)" if w["best_on_validation"] else "")
         + (f", test {w['test']['quality']:.3f}" if "test" in w else "")
         for w in winners
     ] or ["- none: no trained trial finished with a checkpoint"]
@@ -297,7 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument(
         "--weights", default="", help="e.g. quality=1,latency=0.1,cost=0.2,size=0 (defaults for the rest)"
     )
-    cli.add_argument("--top", type=int, default=3, help="winners to pick from the Pareto front")
+    cli.add_argument(
+        "--top",
+        type=int,
+        default=3,
+        help="winners to pick from the Pareto front by utility (and the best on quality, if not among them)",
+    )
     cli.add_argument("--no-test", action="store_true", help="skip re-scoring the winners on the test split")
     args = cli.parse_args(argv)
     try:

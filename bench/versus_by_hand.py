@@ -8,7 +8,9 @@ python bench/versus_by_hand.py [TASK] [sweep options...]   (default: qg, the def
   split. Its best is picked on test, as a spreadsheet of test scores picks it: that flatters the
   by-hand side, never the platform.
 - The platform: `python -m sweeps.run TASK [sweep options]` as a user runs it; its best is the
-  verdict's top winner, picked on validation and scored on the same test split.
+  verdict's best on validation quality, scored on the same test split. Both sides are picked on
+  quality alone (by hand on test, the platform on validation). The verdict's top-ranked winner, the
+  best trade-off of quality against dollars, latency and size, is compared too, on the line before.
 
 Prints each side's wall time, dollars (wall time at the machine's price, the same price for both)
 and best test quality with its 95% bootstrap interval, then the paired difference. The last line:
@@ -69,14 +71,23 @@ def by_hand_study(settings, scratch: Path) -> Side:
     return Side("by hand (Trainer + PEFT, one method after another)", wall, best, scores[best])
 
 
-def platform_sweep(arguments: list[str], concurrency: int, storage: Path) -> Side:
+def platform_sweep(arguments: list[str], concurrency: int, storage: Path) -> tuple[Side, Side]:
+    """The sweep's best on validation quality, and its top-ranked winner (the same trial or not)."""
     wall, sweep_dir = sweep_overhead.timed_sweep(arguments, storage)
     sweep_overhead.print_overhead(sweep_dir, wall, concurrency)
-    top = json.loads((sweep_dir / report.WINNERS_FILE).read_text())["winners"][0]
-    # The verdict scored the top winner on the whole test split and kept its per-example scores.
-    scored = json.loads((Path(top["checkpoint_path"]).parent / rescore.TEST_SCORES_FILE).read_text())
-    return Side(
-        "platform (python -m sweeps.run)", wall, f"{top['id']} ({top['method']})", scored["per_example"]
+    winners = json.loads((sweep_dir / report.WINNERS_FILE).read_text())["winners"]
+    best = next(winner for winner in winners if winner["best_on_validation"])
+    return tuple(
+        # The verdict scored its winners on the whole test split and kept their per-example scores.
+        Side(
+            "platform (python -m sweeps.run)",
+            wall,
+            f"{winner['id']} ({winner['method']})",
+            json.loads((Path(winner["checkpoint_path"]).parent / rescore.TEST_SCORES_FILE).read_text())[
+                "per_example"
+            ],
+        )
+        for winner in (best, winners[0])
     )
 
 
@@ -86,10 +97,9 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="versus-by-hand-"))
     price = machine_price()
     print(f"{settings.task} on {settings.model}, {settings.max_steps} steps per trial; scratch in {scratch}")
-    sides = [
-        by_hand_study(settings, scratch / "by-hand"),
-        platform_sweep(arguments, settings.concurrency, scratch),
-    ]
+    by_hand_side = by_hand_study(settings, scratch / "by-hand")
+    platform_side, top_ranked = platform_sweep(arguments, settings.concurrency, scratch)
+    sides = [by_hand_side, platform_side]
     lengths = {len(side.per_example) for side in sides}
     if len(lengths) != 1:
         sys.exit(f"the two sides were scored on different numbers of test examples: {sorted(lengths)}")
@@ -100,7 +110,11 @@ def main() -> None:
             f"{side.name}: wall {side.wall_s:.0f} s, ${measure.cost_usd(side.wall_s, price):.4f}; "
             f"best {side.best}, test quality {verdict.interval_words(quality)}"
         )
-    by_hand_side, platform_side = sides
+    top_ranked_gain = verdict.difference_interval(top_ranked.per_example, by_hand_side.per_example, indices)
+    print(
+        f"the verdict's top-ranked winner (the best trade-off), {top_ranked.best}, minus by hand: "
+        f"{verdict.interval_words(top_ranked_gain)}"
+    )
     gain = verdict.difference_interval(platform_side.per_example, by_hand_side.per_example, indices)
     print(
         f"quality gain, platform minus by hand, paired on {len(indices[0])} test examples: {verdict.interval_words(gain)}"

@@ -424,7 +424,7 @@ def run_extensions(settings: SweepSettings, directory: Path, trainable, verbose:
 
 
 def finalist_configs(settings: SweepSettings, directory: Path) -> list[dict]:
-    """The top of the Pareto front (up to --winners, default weights), each with the seeds after
+    """The winners (report.chosen_winners, default weights), each with the seeds after
     the sweep's own: same hyperparameters, another initialisation and data order."""
     rescore.measure_kept_checkpoints(load.load(directory), scoring_workers(settings))
     board = rank.leaderboard(rank.across_seeds(load.load(directory)), rank.parse_weights(""))

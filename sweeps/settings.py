@@ -106,7 +106,12 @@ class SweepSettings(BaseModel):
     scheduler: Literal["asha", "pareto"] | None = None
     budget_usd: float | None = Field(None, gt=0, description="start no trial past this many dollars")
     extend: int | None = Field(None, ge=1, description="trials added to a finished sweep")
-    winners: int = Field(3, ge=1, description="adapters picked from the Pareto front for serving")
+    winners: int = Field(
+        3,
+        ge=1,
+        description="adapters picked from the Pareto front by utility for serving, "
+        "and the best on validation quality if not among them",
+    )
     # Off by default: each seed beyond the first re-trains up to `winners` trials to their end.
     finalist_seeds: int = Field(1, ge=1, description="seeds per finalist, which rank on their mean")
     mlflow: str | None = Field(None, description="MLflow tracking URI every trial is logged to")

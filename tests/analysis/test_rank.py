@@ -2,7 +2,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal, assert_series_equal
 
-from analysis import rank
+from analysis import rank, report
 
 
 def _frame(rows: list[tuple]) -> pl.DataFrame:
@@ -53,6 +53,18 @@ def test_leaderboard_puts_the_front_first_by_utility():
     assert board["trial_id"].to_list()[:4] == ["b", "d", "a", "g"]
     assert board["position"].to_list() == list(range(1, 8))
     assert board.filter(pl.col("trial_id") == "f")["utility"].item() is None
+
+
+def test_the_winners_end_with_the_best_on_quality_when_the_trade_off_leaves_it_out():
+    board = rank.leaderboard(
+        HAND_BUILT.with_columns(best_checkpoint=pl.lit("checkpoint_000001")),
+        {"quality": 1.0, "latency": 0.0, "cost": 2.0, "size": 0.0},
+    )  # the front by utility: b, d, a (the best on quality), g
+    chosen = report.chosen_winners(board, top=2)
+    assert chosen["trial_id"].to_list() == ["b", "d", "a"]
+    assert chosen["best_on_validation"].to_list() == [False, False, True]
+    assert report.chosen_winners(board, top=3)["trial_id"].to_list() == ["b", "d", "a"]
+    assert report.chosen_winners(board, top=1)["trial_id"].to_list() == ["b", "a"]
 
 
 def test_method_summary_counts_trials_and_failures():

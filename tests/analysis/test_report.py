@@ -87,7 +87,9 @@ def test_winners_reload_and_carry_test_scores(smoke_sweep):
     _, sweep_dir = smoke_sweep
     winners = json.loads((sweep_dir / report.WINNERS_FILE).read_text())["winners"]
     curves = load.curves(sweep_dir)
-    assert 1 <= len(winners) <= 3
+    assert 1 <= len(winners) <= 4  # --winners 3, and the best on quality if the trade-off left it out
+    best = max(winner["validation"]["quality"] for winner in winners)
+    assert [w["best_on_validation"] for w in winners] == [w["validation"]["quality"] == best for w in winners]
     for winner in winners:
         assert winner["id"].startswith(f"qg-{winner['method'].replace('_', '-')}-")
         assert 0.0 <= winner["test"]["format_valid_rate"] <= 1.0 and "quality" in winner["test"]
@@ -158,8 +160,10 @@ def test_a_full_fine_tuning_trial_is_scored_from_its_saved_model(smoke_sweep):
 
 def test_report_cli_rebuilds_with_other_weights(smoke_sweep, capsys):
     _, sweep_dir = smoke_sweep
-    assert report.main([str(sweep_dir), "--weights", "quality=1,cost=0", "--top", "1", "--no-test"]) == 0
-    assert len(json.loads((sweep_dir / report.WINNERS_FILE).read_text())["winners"]) == 1
+    weights = "quality=1,latency=0,cost=0,size=0"  # the top by utility is then the best on quality
+    assert report.main([str(sweep_dir), "--weights", weights, "--top", "1", "--no-test"]) == 0
+    (winner,) = json.loads((sweep_dir / report.WINNERS_FILE).read_text())["winners"]
+    assert winner["best_on_validation"]
 
 
 def test_not_an_experiment_is_exit_code_2(tmp_path, capsys):
