@@ -37,6 +37,8 @@ OPTIMIZER_STATE = "training_state.pt"
 SPEED_PROMPTS = 4
 # The figure that ranks a trial: its primary metric on the whole validation split.
 FULL_VALIDATION_QUALITY = "quality_full_validation"
+# Beside a checkpoint: the periodic rows' losses and answers that its evaluation gave.
+PERIODIC_ROWS_FILE = "periodic_rows.json"
 VERSIONED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "ray", "datasets")
 # Failures that would fail again if retried; anything else is re-raised so Tune can retry it.
 # Out of memory on a GPU shared with other trials gets one retry first (_once_more_on_shared_gpu_oom).
@@ -151,17 +153,50 @@ def evaluation_rows(plan: Plan, whole_split: bool) -> list[dict]:
     return list(split.select(range(min(count, len(split)))))
 
 
-def evaluate(model, tokenizer, plan: Plan, prefix: str, whole_split: bool = False) -> Evaluation:
+@dataclass(frozen=True)
+class PeriodicRows:
+    """The losses and answers of a checkpoint's periodic evaluation, kept beside it: the head of
+    its whole split, which a later measurement of that checkpoint need not generate again."""
+
+    split: str
+    losses: loop.TargetLosses
+    generations: loop.Generations
+
+    def save(self, checkpoint: Path) -> None:
+        saved = {"split": self.split, "losses": vars(self.losses), "generations": vars(self.generations)}
+        (checkpoint / PERIODIC_ROWS_FILE).write_text(json.dumps(saved))
+
+    @staticmethod
+    def of(checkpoint: Path, split: str) -> "PeriodicRows | None":
+        """What the checkpoint's training run kept of its periodic rows on `split`, if anything."""
+        path = checkpoint / PERIODIC_ROWS_FILE
+        if not path.is_file() or (saved := json.loads(path.read_text()))["split"] != split:
+            return None
+        return PeriodicRows(
+            split, loop.TargetLosses(**saved["losses"]), loop.Generations(**saved["generations"])
+        )
+
+
+def evaluate(
+    model, tokenizer, plan: Plan, prefix: str, whole_split: bool = False, periodic: PeriodicRows | None = None
+) -> Evaluation:
     """Loss and answers from one encoding of each row. Its prompt is never cut (max_length bounds
     training): the model answers the whole prompt, as it would a request. Batches never cross the
-    periodic rows' end, so the whole split's head is those rows' own evaluation."""
+    periodic rows' end, so the whole split's head is those rows' own evaluation: with `periodic`,
+    what this model gave on them, only the rest of the split is generated."""
     config, task = plan.config, plan.task
     examples = evaluation_rows(plan, whole_split)
     features = loop.encode_examples(task, tokenizer, examples, None, prefix)
     max_new_tokens = task.generation_budget(tokenizer, plan.uncapped_train)
     prompt_lengths = [len(loop.prompt_ids(feature)) for feature in features]
     batches = loop.row_batches(prompt_lengths, config.eval_batch_size, head=config.eval_examples)
+    reused = periodic is not None and len(periodic.generations.texts) == config.eval_examples < len(examples)
+    if reused:
+        batches = [batch for batch in batches if batch[0] >= config.eval_examples]
     losses, generations = loop.losses_and_generations(model, tokenizer, features, max_new_tokens, batches)
+    if reused:
+        losses = loop.TargetLosses.joined([periodic.losses, losses])
+        generations = loop.Generations.joined([periodic.generations, generations])
     return scored(task, examples, losses, generations, max_new_tokens)
 
 
@@ -202,10 +237,17 @@ def measure_speed(model, tokenizer, plan: Plan, prefix: str) -> dict:
     }
 
 
-def final_measurements(model, tokenizer, plan: Plan, prefix: str, whole: Evaluation | None = None) -> dict:
+def final_measurements(
+    model,
+    tokenizer,
+    plan: Plan,
+    prefix: str,
+    whole: Evaluation | None = None,
+    periodic: PeriodicRows | None = None,
+) -> dict:
     """Taken once per trial, on the model it ends with: what ranks it (quality on the whole
     validation split, `whole` when already evaluated) and its speed."""
-    whole = whole or evaluate(model, tokenizer, plan, prefix, whole_split=True)
+    whole = whole or evaluate(model, tokenizer, plan, prefix, whole_split=True, periodic=periodic)
     return {
         FULL_VALIDATION_QUALITY: whole.metrics["quality"],
         "full_validation_examples": len(whole.per_example),
@@ -241,12 +283,13 @@ class Loaded:
     model: object
     tokenizer: object
     prefix: str = ""  # the few-shot examples in front of every prompt
+    periodic: PeriodicRows | None = None  # a checkpoint's periodic rows on this split
 
     def evaluate(self) -> Evaluation:
-        return evaluate(self.model, self.tokenizer, self.plan, self.prefix, whole_split=True)
+        return evaluate(self.model, self.tokenizer, self.plan, self.prefix, True, self.periodic)
 
     def final_measurements(self) -> dict:
-        return final_measurements(self.model, self.tokenizer, self.plan, self.prefix)
+        return final_measurements(self.model, self.tokenizer, self.plan, self.prefix, periodic=self.periodic)
 
 
 def load_checkpoint(values: dict, checkpoint: Path, split: str) -> Loaded:
@@ -255,7 +298,7 @@ def load_checkpoint(values: dict, checkpoint: Path, split: str) -> Loaded:
     model_path = models.resolve(plan.config.model)
     method = METHODS[plan.config.method]
     model = method.load_trained(model_path, checkpoint / ADAPTER_DIR, method.quantize_4bit)
-    return Loaded(plan, model, models.load_tokenizer(model_path))
+    return Loaded(plan, model, models.load_tokenizer(model_path), periodic=PeriodicRows.of(checkpoint, split))
 
 
 def load_base_model(values: dict, split: str) -> Loaded:
@@ -442,14 +485,19 @@ def _execute(
     def on_eval(state: loop.TrainState) -> None:
         nonlocal last
         final = state.step == plan.total_steps
+        periodic = None
         with meter.stopwatch.phase("eval"):
             if final:
                 metrics = evaluate_last(model, tokenizer, plan, "")
             else:
-                metrics = evaluate(model, tokenizer, plan, "").metrics
+                evaluation = evaluate(model, tokenizer, plan, "")
+                metrics = evaluation.metrics
+                periodic = PeriodicRows(config.eval_split, evaluation.losses, evaluation.generations)
         with tempfile.TemporaryDirectory() as scratch:
             checkpoint = Path(scratch)
             save_checkpoint(checkpoint, method, model, tokenizer, optimizer, scheduler, state)
+            if periodic:  # a trial's last evaluation measures the whole split itself
+                periodic.save(checkpoint)
             metrics |= {
                 "step": state.step,
                 "train_loss": state.window_loss(),

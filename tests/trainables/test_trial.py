@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 import shutil
@@ -305,3 +306,30 @@ def test_the_last_evaluation_scores_its_periodic_rows_from_the_whole_splits_gene
     assert last[trial.FULL_VALIDATION_QUALITY] is not None
     for name, value in alone.items():
         assert last[name] == (value if isinstance(value, str) else pytest.approx(value)), name
+
+
+def test_a_kept_checkpoint_is_measured_without_generating_its_periodic_rows_again(
+    tiny_model, tmp_path, monkeypatch
+):
+    _run(tiny_model, tmp_path, eval_batch_size=3)
+    values = {**BASE, "model": tiny_model, "eval_batch_size": 3}
+    # The last evaluation measures the whole split itself: only the earlier ones keep their rows.
+    assert not (tmp_path / "step-6" / trial.PERIODIC_ROWS_FILE).exists()
+    loaded = trial.load_checkpoint(values, tmp_path / "step-3", "validation")
+    assert len(loaded.periodic.generations.texts) == BASE["eval_examples"]
+    assert trial.load_checkpoint(values, tmp_path / "step-3", "test").periodic is None
+    real_evaluation, generated_rows = loop.losses_and_generations, []
+
+    def counted(model, tokenizer, features, max_new_tokens, batches):
+        generated_rows.append(sum(len(batch) for batch in batches))
+        return real_evaluation(model, tokenizer, features, max_new_tokens, batches)
+
+    monkeypatch.setattr(loop, "losses_and_generations", counted)
+    reused = loaded.evaluate()
+    generated_again = dataclasses.replace(loaded, periodic=None).evaluate()
+
+    assert generated_rows == [BASE["full_eval_examples"] - BASE["eval_examples"], BASE["full_eval_examples"]]
+    assert reused.generations.texts == generated_again.generations.texts
+    assert reused.per_example == generated_again.per_example
+    assert reused.losses.sums == pytest.approx(generated_again.losses.sums, rel=1e-6)
+    assert reused.metrics["quality"] == generated_again.metrics["quality"]
