@@ -5,6 +5,7 @@ no attention across examples). The micro-batch order is a pure function of (seed
 resumed run skips to the exact batch it stopped at.
 """
 
+import copy
 import itertools
 import math
 import random
@@ -402,9 +403,18 @@ def row_batches(lengths: list[int], batch_size: int, head: int = 0) -> list[list
     return batches
 
 
+def shared_prompt_start(tokenizer, prefix: str, features: list[dict]) -> int:
+    """How many prompt tokens every row starts with: a k-shot prefix's, but its last (which may
+    merge with the prompt's first), when every row's prompt begins with them; else 0."""
+    if not prefix:
+        return 0
+    start = tokenizer(prefix)["input_ids"][:-1]
+    return len(start) if all(prompt_ids(feature)[: len(start)] == start for feature in features) else 0
+
+
 @torch.no_grad()
 def losses_and_generations(
-    model, tokenizer, features: list[dict], max_new_tokens: int, batches: list[list[int]]
+    model, tokenizer, features: list[dict], max_new_tokens: int, batches: list[list[int]], shared: int = 0
 ) -> tuple[TargetLosses, Generations]:
     """Each encoded row's target loss (teacher forcing) and the model's greedy answer to its
     prompt, the same prompt tokens for both, in row order whatever the batches' order.
@@ -412,22 +422,33 @@ def losses_and_generations(
     One forward pass per batch reads prompt and target together: its logits give the loss, and the
     key-value cache it leaves, cut back to the prompt, is where generation starts. The prompt, most
     of a row's tokens, is encoded once instead of once for the loss and again for generation.
+    `shared`: the first prompt tokens of every row, the same in all (a k-shot prefix, see
+    shared_prompt_start), encoded once for the whole evaluation; each batch starts from their cache.
     Prompt tuning's virtual tokens go in front of every input (see generation_call), so such
     models take the two passes apart.
     """
     device, pad_id = _device(model), tokenizer.pad_token_id
     one_pass = not is_prompt_learning(model)
+    shared = shared if one_pass else 0
     model.eval()
+    shared_cache = None
+    if shared:
+        start = torch.tensor([prompt_ids(features[0])[:shared]], device=device)
+        with autocast(device):
+            shared_cache = model(input_ids=start, use_cache=True, logits_to_keep=1).cache
     losses, generations = [], []
     for batch in batches:
         rows = [features[index] for index in batch]
-        encoded = PromptThenTarget.of(rows, pad_id, device)
+        encoded = PromptThenTarget.of(rows, pad_id, device, shared)
         cache = None
         if one_pass:
+            inputs = encoded.model_inputs()
+            if shared_cache is not None:
+                cache = copy.deepcopy(shared_cache)
+                cache.batch_repeat_interleave(len(rows))
+                inputs = inputs | {key: inputs[key][:, shared:] for key in ("input_ids", "position_ids")}
             with autocast(device):
-                output = model(
-                    **encoded.model_inputs(), use_cache=True, logits_to_keep=encoded.target_width + 1
-                )
+                output = model(**inputs, cache=cache, use_cache=True, logits_to_keep=encoded.target_width + 1)
             losses.append(encoded.losses(output.logits))
             cache = output.cache
             cache.crop(-(encoded.target_width + 1))  # back to all but the prompts' last column
@@ -443,7 +464,9 @@ def losses_and_generations(
 class PromptThenTarget:
     """A batch laid out for one pass that both scores targets and primes generation: each row's
     prompt padded on the left up to prompt_width, its target after it, padded on the right. Every
-    prompt then ends at the same column, where a left-padded generation batch ends its prompts."""
+    prompt then ends at the same column, where a left-padded generation batch ends its prompts.
+    With `shared` tokens that every prompt starts with, those come first and the padding after
+    them: [shared | pads | rest of the prompt | target | pads]; positions skip the pads."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -451,15 +474,18 @@ class PromptThenTarget:
     target_width: int
 
     @staticmethod
-    def of(rows: list[dict], pad_id: int, device: torch.device) -> "PromptThenTarget":
+    def of(rows: list[dict], pad_id: int, device: torch.device, shared: int = 0) -> "PromptThenTarget":
         prompts = [prompt_ids(row) for row in rows]
         targets = [row["input_ids"][len(prompt) :] for row, prompt in zip(rows, prompts, strict=True)]
-        prompt_width, target_width = max(map(len, prompts)), max(map(len, targets))
+        rests = [prompt[shared:] for prompt in prompts]
+        prompt_width, target_width = shared + max(map(len, rests)), max(map(len, targets))
         input_ids = torch.full((len(rows), prompt_width + target_width), pad_id, dtype=torch.long)
         attention_mask = torch.zeros_like(input_ids)
-        for index, (prompt, target) in enumerate(zip(prompts, targets, strict=True)):
-            begin, end = prompt_width - len(prompt), prompt_width + len(target)
-            input_ids[index, begin:end] = torch.tensor(prompt + target)
+        input_ids[:, :shared] = torch.tensor(prompts[0][:shared])
+        attention_mask[:, :shared] = 1
+        for index, (rest, target) in enumerate(zip(rests, targets, strict=True)):
+            begin, end = prompt_width - len(rest), prompt_width + len(target)
+            input_ids[index, begin:end] = torch.tensor(rest + target)
             attention_mask[index, begin:end] = 1
         return PromptThenTarget(input_ids.to(device), attention_mask.to(device), prompt_width, target_width)
 

@@ -193,7 +193,10 @@ def evaluate(
     reused = periodic is not None and len(periodic.generations.texts) == config.eval_examples < len(examples)
     if reused:
         batches = [batch for batch in batches if batch[0] >= config.eval_examples]
-    losses, generations = loop.losses_and_generations(model, tokenizer, features, max_new_tokens, batches)
+    shared = loop.shared_prompt_start(tokenizer, prefix, features)
+    losses, generations = loop.losses_and_generations(
+        model, tokenizer, features, max_new_tokens, batches, shared
+    )
     if reused:
         losses = loop.TargetLosses.joined([periodic.losses, losses])
         generations = loop.Generations.joined([periodic.generations, generations])

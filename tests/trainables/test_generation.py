@@ -84,3 +84,26 @@ def test_one_encoding_on_cuda_in_bf16_agrees_with_two_separate_passes(method):
     assert losses.sums == pytest.approx(separate.sums, rel=2e-2)
     same = sum(a == b for a, b in zip(answers.texts, generated.texts, strict=True))
     assert same >= len(answers.texts) - 2, list(zip(answers.texts, generated.texts, strict=True))
+
+
+def test_a_k_shot_prefix_encoded_once_gives_the_answers_and_losses_of_encoding_it_in_every_row():
+    model_path = str(models.resolve("embedded"))
+    loaded = trial.load_base_model({"task": "qg", "model": model_path, "shots": 2}, "validation")
+    task, tokenizer = loaded.plan.task, loaded.tokenizer
+    examples = list(loaded.plan.splits["validation"].select(range(7)))
+    features = loop.encode_examples(task, tokenizer, examples, None, loaded.prefix)
+    shared = loop.shared_prompt_start(tokenizer, loaded.prefix, features)
+    prompt_lengths = [len(loop.prompt_ids(feature)) for feature in features]
+    assert 0 < shared < min(prompt_lengths)  # the two examples in front of every prompt, not the prompt
+    batches = loop.row_batches(prompt_lengths, batch_size=3, head=4)
+
+    each_row = loop.losses_and_generations(loaded.model, tokenizer, features, 12, batches)
+    once = loop.losses_and_generations(loaded.model, tokenizer, features, 12, batches, shared)
+
+    assert once[1].texts == each_row[1].texts
+    assert once[0].tokens == each_row[0].tokens
+    assert once[0].sums == pytest.approx(each_row[0].sums, rel=1e-5)
+    # No prefix, or a row that does not start with it: nothing is shared.
+    assert loop.shared_prompt_start(tokenizer, "", features) == 0
+    zero_shot = loop.encode_examples(task, tokenizer, examples[:1], None)
+    assert loop.shared_prompt_start(tokenizer, loaded.prefix, features + zero_shot) == 0

@@ -320,9 +320,9 @@ def test_a_kept_checkpoint_is_measured_without_generating_its_periodic_rows_agai
     assert trial.load_checkpoint(values, tmp_path / "step-3", "test").periodic is None
     real_evaluation, generated_rows = loop.losses_and_generations, []
 
-    def counted(model, tokenizer, features, max_new_tokens, batches):
+    def counted(model, tokenizer, features, max_new_tokens, batches, *args):
         generated_rows.append(sum(len(batch) for batch in batches))
-        return real_evaluation(model, tokenizer, features, max_new_tokens, batches)
+        return real_evaluation(model, tokenizer, features, max_new_tokens, batches, *args)
 
     monkeypatch.setattr(loop, "losses_and_generations", counted)
     reused = loaded.evaluate()
