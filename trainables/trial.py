@@ -289,7 +289,9 @@ class Loaded:
     periodic: PeriodicRows | None = None  # a checkpoint's periodic rows on this split
 
     def evaluate(self) -> Evaluation:
-        return evaluate(self.model, self.tokenizer, self.plan, self.prefix, True, self.periodic)
+        return evaluate(
+            self.model, self.tokenizer, self.plan, self.prefix, whole_split=True, periodic=self.periodic
+        )
 
     def final_measurements(self) -> dict:
         return final_measurements(self.model, self.tokenizer, self.plan, self.prefix, periodic=self.periodic)
