@@ -11,11 +11,12 @@ unloads the injected layers (the base weights are never touched or copied) and i
 type's adapters from memory. A fully fine-tuned winner has weights of its own: it is held as a
 separate model beside the base.
 
-One thread decodes (serve.decoding): between two decoding steps, waiting requests that can share
-the running batch join it and finished ones leave, so no request waits for the longest one. What
-can share a batch is a *lane*: mixed-batch adapters of one type on one base, with the base model's
-own requests; or one adapter of another method; or one standalone model. While another lane's
-request waits, the running batch admits no one and drains, so every request gets its turn.
+One thread decodes (trainables.decoding, as evaluation does): between two decoding steps, waiting
+requests that can share the running batch join it and finished ones leave, so no request waits for
+the longest one. What can share a batch is a *lane*: mixed-batch adapters of one type on one
+base, with the base model's own requests; or one adapter of another method; or one standalone
+model. While another lane's request waits, the running batch admits no one and drains, so every
+request gets its turn.
 """
 
 import contextlib
@@ -31,9 +32,9 @@ import torch
 from peft import PeftConfig, PeftModel, PeftModelForCausalLM, PeftType, set_peft_model_state_dict
 from safetensors.torch import load_file
 
-from serve.decoding import Completion, Request, Row, RunningBatch, Sampling
 from serve.gathered_lora import GatheredLora
 from trainables import loop, models
+from trainables.decoding import Completion, Request, Row, RunningBatch, Sampling
 
 __all__ = ["AdapterEngine", "Completion", "LoadedAdapter", "LoadedModel", "Request", "Sampling"]
 

@@ -19,6 +19,7 @@ from peft import PeftModel, PeftType
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from trainables.config import TrialConfig
+from trainables.decoding import Request, Row, RunningBatch
 from trainables.dropout import use_cpu_dropout
 from trainables.methods import METHODS, Method
 from trainables.tasks.spec import Task
@@ -295,43 +296,34 @@ class Generations:
         )
 
 
-def is_truncated(row: list[int], max_new_tokens: int, eos_token_id: int) -> bool:
-    """Whether a generated row ran into the budget before it ended its answer.
-
-    A row that ended early is padded to the batch's width, after its EOS, so it never counts.
-    """
-    return len(row) == max_new_tokens and eos_token_id not in row
-
-
 # Adapters whose virtual tokens are embeddings put in front of the prompt's.
 PROMPT_EMBEDDING_TYPES = (PeftType.PROMPT_TUNING, PeftType.P_TUNING)
 
 
 @dataclass(frozen=True)
 class GenerationCall:
-    """What to call generate on, with which inputs, and where the new tokens start in its output."""
+    """What decodes a prompt: the model whose forward is called, and the prompt's inputs to it."""
 
     model: object
     inputs: dict
-    prompt_width: int
 
 
 def generation_call(model, inputs: dict) -> GenerationCall:
-    """model.generate(**inputs), except for prompt tuning and P-tuning.
+    """The model and the inputs as they are, except for prompt tuning and P-tuning.
 
-    PEFT 0.21 puts the virtual tokens in front of the prompt when a generation step comes without
-    `past_key_values`; transformers 5 passes the cache as `cache`, so PEFT puts them in again at
-    every decoding step: each new token follows another copy of the virtual tokens (wrong answers,
-    and a cache that grows by num_virtual_tokens + 1 a step). So the virtual tokens go in front of
-    the prompt's embeddings here, once, and the base model generates from those embeddings, as
-    PEFT's forward does in training. Given only embeddings, generate returns only the new tokens.
+    PEFT 0.21's forward puts the virtual tokens in front of whatever it is given, and in
+    `generate` it does so again at every step whose cache comes as `cache` (the name transformers
+    5 uses): each new token would follow another copy of them (wrong answers, and a cache that
+    grows by num_virtual_tokens + 1 a step). So the virtual tokens go in front of the prompt's
+    embeddings here, once, and the base model decodes from those embeddings, as PEFT's forward
+    does in training.
     """
     prompt_embedding = (
         isinstance(model, PeftModel) and model.active_peft_config.peft_type in PROMPT_EMBEDDING_TYPES
     )
     # Inside PeftModel.disable_adapter() (the base model's answer), only this private flag says so.
     if not prompt_embedding or model._adapters_disabled:
-        return GenerationCall(model, inputs, inputs["input_ids"].shape[1])
+        return GenerationCall(model, inputs)
     input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
     token_embeddings = model.word_embeddings(input_ids)
     virtual = model.get_prompt(batch_size=input_ids.shape[0]).to(token_embeddings.dtype)
@@ -340,7 +332,7 @@ def generation_call(model, inputs: dict) -> GenerationCall:
         "inputs_embeds": torch.cat([virtual, token_embeddings], dim=1),
         "attention_mask": torch.cat([virtual_mask, attention_mask], dim=1),
     }
-    return GenerationCall(model.get_base_model(), embedded, 0)
+    return GenerationCall(model.get_base_model(), embedded)
 
 
 @torch.no_grad()
@@ -366,28 +358,33 @@ def generate(
 def _generate_batch(
     model, tokenizer, inputs: dict, max_new_tokens: int, fixed_length: bool = False, cache=None
 ) -> Generations:
-    """One left-padded batch. cache: the key-value cache of all but each prompt's last token, when
-    a forward pass has already computed it; generation then starts at that token."""
+    """One left-padded batch, decoded greedily until every row has ended; a row that ends leaves
+    the batch (decoding.RunningBatch), so the later steps compute only the rows still answering.
+    cache: the key-value cache of all but each prompt's last token, when a forward pass has already
+    computed it; generation then starts at that token."""
     call = generation_call(model, inputs)
+    device = _device(model)
+    # The prompt is already tokenized; each row needs only its limits.
+    request = Request("", None, max_new_tokens, min_tokens=max_new_tokens if fixed_length else 0)
+    rows = [Row(request, prompt_tokens=0) for _ in range(len(inputs["attention_mask"]))]
+    batch = RunningBatch(tokenizer, device)
+
+    def forward(**step_inputs) -> torch.Tensor:
+        return call.model(**step_inputs, use_cache=True, logits_to_keep=1).logits
+
     started = time.perf_counter()
-    with autocast(_device(model)):
-        output = call.model.generate(
-            **call.inputs,
-            cache=cache,
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=max_new_tokens if fixed_length else None,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
+    with autocast(device):
+        batch.join(rows, forward, call.inputs, cache)
+        while len(batch):
+            batch.step(forward)
     seconds = time.perf_counter() - started
-    texts, row_tokens, cut = [], [], []
-    for row in output[:, call.prompt_width :].tolist():
-        length = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
-        row_tokens.append(length)
-        cut.append(is_truncated(row, max_new_tokens, tokenizer.eos_token_id))
-        texts.append(tokenizer.decode(row[:length], skip_special_tokens=True))
-    return Generations(texts, row_tokens, seconds, cut)
+    completions = [row.completion for row in rows]
+    return Generations(
+        [completion.text for completion in completions],
+        [completion.completion_tokens for completion in completions],
+        seconds,
+        [completion.finish_reason == "length" for completion in completions],
+    )
 
 
 def row_batches(lengths: list[int], batch_size: int, head: int = 0) -> list[list[int]]:

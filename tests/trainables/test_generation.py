@@ -107,3 +107,25 @@ def test_a_k_shot_prefix_encoded_once_gives_the_answers_and_losses_of_encoding_i
     assert loop.shared_prompt_start(tokenizer, "", features) == 0
     zero_shot = loop.encode_examples(task, tokenizer, examples[:1], None)
     assert loop.shared_prompt_start(tokenizer, loaded.prefix, features + zero_shot) == 0
+
+
+def test_a_row_that_ends_leaves_the_batch_and_the_others_answer_as_they_would_alone():
+    model_path = str(models.resolve("embedded"))
+    plan = trial.prepare({"task": "qg", "method": "base", "model": model_path})
+    model, tokenizer = models.load_model(model_path).eval(), models.load_tokenizer(model_path)
+    prompts = [plan.task.format_prompt(row) for row in plan.splits["validation"].select(range(4))]
+    alone = loop.generate(model, tokenizer, prompts, 40, batch_size=1)
+    assert len(set(alone.row_tokens)) > 1  # the rows end at different steps
+
+    rows_per_forward = []
+    hook = model.register_forward_pre_hook(
+        lambda _, args, kwargs: rows_per_forward.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    together = loop.generate(model, tokenizer, prompts, 40, batch_size=len(prompts))
+    hook.remove()
+    assert together.texts == alone.texts and together.row_tokens == alone.row_tokens
+    # One forward per step, each on the rows still answering: those that ended were left out.
+    assert len(rows_per_forward) == max(alone.row_tokens)
+    assert rows_per_forward == [
+        sum(tokens > step for tokens in alone.row_tokens) for step in range(len(rows_per_forward))
+    ]

@@ -240,15 +240,6 @@ def test_generate_counts_the_rows_the_budget_cut(tiny_model, bias, truncated, ne
     assert generations.truncated == truncated and generations.new_tokens == new_tokens
 
 
-def test_a_row_that_ended_is_not_truncated_even_when_padded():
-    eos, pad = 2, 0
-    assert loop.is_truncated([5, 6, 7], max_new_tokens=3, eos_token_id=eos)
-    assert not loop.is_truncated([5, 6, eos], max_new_tokens=3, eos_token_id=eos)
-    assert not loop.is_truncated([5, eos, pad], max_new_tokens=3, eos_token_id=eos)
-    assert not loop.is_truncated([5, eos, eos], max_new_tokens=3, eos_token_id=eos)  # pad is EOS
-    assert not loop.is_truncated([5, eos], max_new_tokens=3, eos_token_id=eos)  # the batch ended early
-
-
 def test_evaluate_reports_the_share_of_answers_cut_by_the_budget(tiny_model):
     plan = trial.prepare({**BASE, "model": tiny_model, "method": "base", "eval_examples": 2})
     tokenizer = models.load_tokenizer(tiny_model)

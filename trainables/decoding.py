@@ -8,6 +8,10 @@ real token, and the attention mask hides the padding: a row's greedy answer is t
 alone. Each row also keeps its own sampling settings (and random generator), token limits and
 stop strings, so requests of any settings share one batch.
 
+Serving (serve.engine) lets new requests join between steps. Evaluation (trainables.loop) decodes
+each batch of rows to its end: as rows finish they leave, so the steps that remain cost only what
+the unfinished rows need, where `generate` computes every row until the batch's longest ends.
+
 The model is whatever forward the caller gives for each step (a base, or PEFT with one adapter
 name per row): the batch holds only the tokens, the cache and the per-row bookkeeping.
 """
@@ -92,15 +96,27 @@ class RunningBatch:
             [request.prompt for request in requests], return_tensors="pt", padding=True, padding_side="left"
         ).to(self.device)
 
-    def join(self, rows: list[Row], forward: Forward, inputs: dict[str, torch.Tensor]) -> list[Row]:
+    def join(
+        self,
+        rows: list[Row],
+        forward: Forward,
+        inputs: dict[str, torch.Tensor],
+        cache: DynamicCache | None = None,
+    ) -> list[Row]:
         """Prefills `rows` from `inputs` (left-padded ids or embeddings, with their mask) and adds them.
 
+        cache: the key-value cache of all but each prompt's last column, when a pass over the
+        prompts has already computed it; only that column is then read.
         Returns the rows that finished on their first token (they have left the batch).
         """
         mask = inputs["attention_mask"]
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        logits = forward(**inputs, position_ids=positions, cache=cache)
+        if cache is None:
+            cache = DynamicCache()
+            logits = forward(**inputs, position_ids=positions, cache=cache)
+        else:
+            last = {"input_ids": inputs["input_ids"][:, -1:], "attention_mask": mask}
+            logits = forward(**last, position_ids=positions[:, -1:], cache=cache)
         if self.rows:
             self._lay_beside(cache, mask.long(), positions[:, -1] + 1)
         else:
