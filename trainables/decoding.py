@@ -115,8 +115,8 @@ class RunningBatch:
             cache = DynamicCache()
             logits = forward(**inputs, position_ids=positions, cache=cache)
         else:
-            last = {"input_ids": inputs["input_ids"][:, -1:], "attention_mask": mask}
-            logits = forward(**last, position_ids=positions[:, -1:], cache=cache)
+            last = {key: inputs[key][:, -1:] for key in ("input_ids", "inputs_embeds") if key in inputs}
+            logits = forward(**last, attention_mask=mask, position_ids=positions[:, -1:], cache=cache)
         if self.rows:
             self._lay_beside(cache, mask.long(), positions[:, -1] + 1)
         else:

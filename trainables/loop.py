@@ -409,6 +409,13 @@ def shared_prompt_start(tokenizer, prefix: str, features: list[dict]) -> int:
     return len(start) if all(prompt_ids(feature)[: len(start)] == start for feature in features) else 0
 
 
+def with_positions(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inputs with position ids that count real tokens only, as decoding counts them for a
+    left-padded batch (trainables.decoding), whatever padding lies between them."""
+    mask = inputs["attention_mask"]
+    return inputs | {"position_ids": (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)}
+
+
 @torch.no_grad()
 def losses_and_generations(
     model, tokenizer, features: list[dict], max_new_tokens: int, batches: list[list[int]], shared: int = 0
@@ -421,12 +428,11 @@ def losses_and_generations(
     of a row's tokens, is encoded once instead of once for the loss and again for generation.
     `shared`: the first prompt tokens of every row, the same in all (a k-shot prefix, see
     shared_prompt_start), encoded once for the whole evaluation; each batch starts from their cache.
-    Prompt tuning's virtual tokens go in front of every input (see generation_call), so such
-    models take the two passes apart.
+    Prompt tuning's virtual tokens go in front of every row (see generation_call), before any
+    shared tokens, so such models share none.
     """
     device, pad_id = _device(model), tokenizer.pad_token_id
-    one_pass = not is_prompt_learning(model)
-    shared = shared if one_pass else 0
+    shared = 0 if is_prompt_learning(model) else shared
     model.eval()
     shared_cache = None
     if shared:
@@ -437,20 +443,20 @@ def losses_and_generations(
     for batch in batches:
         rows = [features[index] for index in batch]
         encoded = PromptThenTarget.of(rows, pad_id, device, shared)
+        call = generation_call(model, encoded.tokens())
+        inputs = with_positions(call.inputs)
         cache = None
-        if one_pass:
-            inputs = encoded.model_inputs()
-            if shared_cache is not None:
-                cache = copy.deepcopy(shared_cache)
-                cache.batch_repeat_interleave(len(rows))
-                inputs = inputs | {key: inputs[key][:, shared:] for key in ("input_ids", "position_ids")}
-            with autocast(device):
-                output = model(**inputs, cache=cache, use_cache=True, logits_to_keep=encoded.target_width + 1)
-            losses.append(encoded.losses(output.logits))
-            cache = output.cache
-            cache.crop(-(encoded.target_width + 1))  # back to all but the prompts' last column
-        else:
-            losses.append(target_losses(model, rows, len(rows), pad_id))
+        if shared_cache is not None:
+            cache = copy.deepcopy(shared_cache)
+            cache.batch_repeat_interleave(len(rows))
+            inputs = inputs | {key: inputs[key][:, shared:] for key in ("input_ids", "position_ids")}
+        with autocast(device):
+            output = call.model(
+                **inputs, cache=cache, use_cache=True, logits_to_keep=encoded.target_width + 1
+            )
+        losses.append(encoded.losses(output.logits))
+        cache = output.cache
+        cache.crop(-(encoded.target_width + 1))  # back to all but the prompts' last column
         generations.append(_generate_batch(model, tokenizer, encoded.prompts(), max_new_tokens, cache=cache))
     batched_order = [row for batch in batches for row in batch]
     row_order = sorted(range(len(batched_order)), key=batched_order.__getitem__)
@@ -486,10 +492,8 @@ class PromptThenTarget:
             attention_mask[index, begin:end] = 1
         return PromptThenTarget(input_ids.to(device), attention_mask.to(device), prompt_width, target_width)
 
-    def model_inputs(self) -> dict[str, torch.Tensor]:
-        # Positions count real tokens only, as generate counts them for a left-padded batch.
-        positions = (self.attention_mask.cumsum(-1) - 1).masked_fill(self.attention_mask == 0, 0)
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": positions}
+    def tokens(self) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
     def losses(self, logits: torch.Tensor) -> TargetLosses:
         """logits: those of the last prompt column and every target column but the last."""
