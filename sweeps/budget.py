@@ -7,12 +7,12 @@ trials or, with stop_all, the whole experiment, running trials included, and a s
 refuse a trial the searcher has already created.
 """
 
-import copy
-
 from ray.tune.search import Searcher
 
+from sweeps.searchers import SearcherWrapper
 
-class DollarBudget(Searcher):
+
+class DollarBudget(SearcherWrapper):
     """Starts a trial only while spent + committed + the new trial's expected cost stay within the
     budget. Spent: what the sweep's earlier stages and trials cost (spent_before) plus what each
     trial of this search has reported. Committed: each running trial's cost per step so far times
@@ -23,14 +23,13 @@ class DollarBudget(Searcher):
     """
 
     def __init__(self, searcher: Searcher, budget_usd: float, total_steps: int, spent_before: float = 0.0):
-        self.searcher = searcher
+        super().__init__(searcher)
         self.budget_usd = budget_usd
         self.total_steps = total_steps
         self.spent_before = spent_before
         self.spent: dict[str, float] = {}  # trial id -> dollars it has reported so far
         self.steps: dict[str, int] = {}  # trial id -> steps it has reported so far
         self.running: set[str] = set()
-        super().__init__(metric=searcher.metric, mode=searcher.mode)
 
     def cost_per_step(self) -> float:
         steps = sum(self.steps.values())
@@ -71,24 +70,3 @@ class DollarBudget(Searcher):
         self._record(trial_id, result)
         self.running.discard(trial_id)
         self.searcher.on_trial_complete(trial_id, result=result, error=error)
-
-    def set_search_properties(self, metric, mode, config, **spec) -> bool:
-        return self.searcher.set_search_properties(metric, mode, config, **spec)
-
-    def set_max_concurrency(self, max_concurrent: int) -> bool:
-        return self.searcher.set_max_concurrency(max_concurrent)
-
-    # Tune saves a wrapper's state apart from the searcher it wraps (SearchGenerator.save_to_dir).
-    def get_state(self) -> dict:
-        state = self.__dict__.copy()
-        del state["searcher"]
-        return copy.deepcopy(state)
-
-    def set_state(self, state: dict) -> None:
-        self.__dict__.update(state)
-
-    def save(self, checkpoint_path: str) -> None:
-        self.searcher.save(checkpoint_path)
-
-    def restore(self, checkpoint_path: str) -> None:
-        self.searcher.restore(checkpoint_path)

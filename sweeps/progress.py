@@ -31,7 +31,7 @@ def outcome(result: dict) -> str:
 
 
 class SweepProgress(tune.Callback):
-    """Ray Tune callback for one stage of the sweep (baselines, search, finalists)."""
+    """Ray Tune callback for one stage of the sweep (search with its baselines, extensions, finalists)."""
 
     # Tune pickles its callbacks with the experiment (to resume it): plain values only, no stream,
     # and wall-clock time, which a resumed sweep can still subtract from.

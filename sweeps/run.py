@@ -1,7 +1,7 @@
 """python -m sweeps.run TASK [options]: search PEFT methods and hyperparameters for a task.
 
 Baseline trials (the untouched base model, zero- and k-shot) run first, then Optuna's TPE
-searches the methods' spaces on Ray Tune while ASHA stops poor trials early; with
+searches the methods' spaces, in one Ray Tune experiment, while ASHA stops poor trials early; with
 --finalist-seeds K, the top of the Pareto front is then re-trained with K-1 more seeds. Results
 land in <storage>/<task>/<name>/ with trials.csv and trials.parquet; --resume continues an
 interrupted sweep.
@@ -32,7 +32,6 @@ from trainables.errors import ConfigError
 from trainables.methods import BASELINE
 from trainables.tasks import TASKS
 
-BASELINES_DIR = load.BASELINES_DIR
 FINALIST = "finalist"  # the grid key under which a finalist's whole config travels
 RAY_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 EXPERIMENT_STATE = "experiment_state*.json"
@@ -108,14 +107,9 @@ def fail(message: str) -> int:
 
 
 def experiment_states(sweep_dir: Path) -> list[Path]:
-    """The Tune experiment states a sweep has saved: its search's, and those of the stages with an
-    experiment of their own (a sweep interrupted during its baselines has only theirs)."""
-    stages = [
-        sweep_dir,
-        sweep_dir / BASELINES_DIR,
-        sweep_dir / load.FINALISTS_DIR,
-        *extend.extension_dirs(sweep_dir),
-    ]
+    """The Tune experiment states a sweep has saved: its search's (baselines included), and those
+    of the stages with an experiment of their own."""
+    stages = [sweep_dir, sweep_dir / load.FINALISTS_DIR, *extend.extension_dirs(sweep_dir)]
     return [state for stage in stages for state in stage.glob(EXPERIMENT_STATE)]
 
 
@@ -277,28 +271,6 @@ def fit_or_resume(directory: Path, build_tuner, trainable) -> bool:
     return grid.num_terminated + grid.num_errors == len(grid)
 
 
-def run_baselines(settings: SweepSettings, directory: Path, trainable, verbose: bool) -> bool:
-    from ray import tune
-
-    def build():
-        space = settings.trial_constants() | {
-            "method": BASELINE,
-            "shots": tune.grid_search(settings.baseline_shots),
-        }
-        return tune.Tuner(
-            trainable,
-            param_space=space,
-            tune_config=tune_config(max_concurrent_trials=settings.concurrency),
-            run_config=tune.RunConfig(
-                name=BASELINES_DIR,
-                storage_path=str(directory),
-                **outputs(settings, directory, verbose, "baselines", len(settings.baseline_shots)),
-            ),
-        )
-
-    return fit_or_resume(directory / BASELINES_DIR, build, trainable)
-
-
 def steps_per_trial(settings: SweepSettings) -> int:
     return trial_budget(settings, settings.methods[0], available_train_size(settings))[1]
 
@@ -317,6 +289,7 @@ def early_stopping(settings: SweepSettings):
 
     evaluations = evaluations_per_trial(settings)
     rungs = {
+        "time_attr": trial.EVALUATIONS,  # which the baselines never report: left alone
         "max_t": evaluations,
         "grace_period": min(settings.grace_evals, evaluations),
         "reduction_factor": 2,
@@ -328,13 +301,14 @@ def early_stopping(settings: SweepSettings):
     return ASHAScheduler(metric=first.metric, mode=first.mode, **rungs)
 
 
-def search_algorithm(settings: SweepSettings, directory: Path, first: list[dict]):
-    """Optuna's TPE on the study kept in the sweep's directory, at most `concurrency` trials at once,
-    and, with --budget-usd, no trial started past the budget."""
+def search_algorithm(settings: SweepSettings, directory: Path, first: list[dict], baselines: list[dict]):
+    """The baselines first, then Optuna's TPE on the study kept in the sweep's directory; at most
+    `concurrency` trials at once, and, with --budget-usd, no trial started past the budget."""
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     from sweeps.budget import DollarBudget
+    from sweeps.searchers import BaselinesFirst
 
     objectives = [Objective(name) for name in settings.objectives]
     earlier = study.load(directory)
@@ -351,7 +325,7 @@ def search_algorithm(settings: SweepSettings, directory: Path, first: list[dict]
         study_name=study.STUDY_NAME,
         storage=study.storage(directory),
     )
-    limited = ConcurrencyLimiter(searcher, max_concurrent=settings.concurrency)
+    limited = ConcurrencyLimiter(BaselinesFirst(searcher, baselines), max_concurrent=settings.concurrency)
     if settings.budget_usd is None:
         return limited
     return DollarBudget(limited, settings.budget_usd, steps_per_trial(settings), spent_so_far(directory))
@@ -365,20 +339,22 @@ def search_tuner(
     first: list[dict],
     trainable,
     verbose: bool,
+    baselines: list[dict] = (),
 ):
-    """The Tuner of the sweep's search (experiment: the sweep's directory) or of an extension of it
-    (experiment: its extension-<k> directory)."""
+    """The Tuner of the sweep's search (experiment: the sweep's directory), which runs `baselines`
+    first, or of an extension of it (experiment: its extension-<k> directory)."""
     from ray import tune
 
     from sweeps.early_measurements import MeasureEndedTrials
 
     stage = "search" if experiment == directory else experiment.name
+    trials = samples + len(baselines)
     return tune.Tuner(
         trainable,
         tune_config=tune_config(
-            search_alg=search_algorithm(settings, directory, first),
+            search_alg=search_algorithm(settings, directory, first, list(baselines)),
             scheduler=early_stopping(settings),
-            num_samples=samples,
+            num_samples=trials,
             time_budget_s=settings.time_budget_s,
         ),
         run_config=tune.RunConfig(
@@ -388,7 +364,7 @@ def search_tuner(
             checkpoint_config=kept_checkpoint(),
             **with_callback(
                 outputs(
-                    settings, directory, verbose, stage, samples, settings.budget_usd, spent_so_far(directory)
+                    settings, directory, verbose, stage, trials, settings.budget_usd, spent_so_far(directory)
                 ),
                 MeasureEndedTrials(scoring_workers(settings)),
             ),
@@ -396,10 +372,20 @@ def search_tuner(
     )
 
 
+def baseline_configs(settings: SweepSettings) -> list[dict]:
+    """The untouched base model at each of the sweep's baseline shots (zero- and k-shot)."""
+    return [
+        settings.trial_constants() | {"method": BASELINE, "shots": shots} for shots in settings.baseline_shots
+    ]
+
+
 def run_search(settings: SweepSettings, directory: Path, trainable, verbose: bool) -> bool:
     def build():
         first = first_points(settings.methods, settings.search)[: settings.samples]
-        return search_tuner(settings, directory, directory, settings.samples, first, trainable, verbose)
+        baselines = baseline_configs(settings)
+        return search_tuner(
+            settings, directory, directory, settings.samples, first, trainable, verbose, baselines
+        )
 
     return fit_or_resume(directory, build, trainable)
 
@@ -488,8 +474,7 @@ def sweep(settings: SweepSettings, directory: Path, verbose: bool = False) -> bo
         if settings.extend:  # the sweep it extends has run its stages
             finished = run_extensions(settings, directory, trainable, verbose)
         else:
-            finished = run_baselines(settings, directory, trainable, verbose)
-            finished = finished and run_search(settings, directory, trainable, verbose)
+            finished = run_search(settings, directory, trainable, verbose)
             finished = finished and run_extensions(settings, directory, trainable, verbose)
             if finished and settings.finalist_seeds > 1:
                 finished = run_finalists(settings, directory, verbose)

@@ -121,7 +121,7 @@ class SweepSettings(BaseModel):
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, methods: list[str]) -> list[str]:
-        # The baseline runs in a stage of its own (baseline_shots), never as a searched method.
+        # The baseline runs first in the search (baseline_shots), never as a searched method.
         unknown = [m for m in methods if m not in trained_methods()]
         if unknown or not methods:
             raise ValueError(f"unknown {unknown or 'empty'}; known: {', '.join(trained_methods())}")

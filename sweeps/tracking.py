@@ -7,7 +7,7 @@ travels inside a grid value), logs metrics at the trial's optimizer step (the le
 x axis) and, at the trial's end, its kept checkpoint's adapter and its record as artifacts.
 Ray's `save_artifact` would upload the whole trial directory, optimizer state included.
 
-Each stage of the sweep (baselines, search, extensions, finalists) runs a Tuner of its own with
+Each stage of the sweep (search with its baselines, extensions, finalists) runs a Tuner of its own with
 one such callback; all of them log to the same MLflow experiment, `<task>/<sweep name>`.
 """
 

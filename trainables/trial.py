@@ -37,6 +37,9 @@ OPTIMIZER_STATE = "training_state.pt"
 SPEED_PROMPTS = 4
 # The figure that ranks a trial: its primary metric on the whole validation split.
 FULL_VALIDATION_QUALITY = "quality_full_validation"
+# A trained trial's periodic evaluations so far: what the early-stopping schedulers count its
+# progress in. The baselines report none, so no scheduler compares or stops them.
+EVALUATIONS = "evaluations"
 # Beside a checkpoint: the periodic rows' losses and answers that its evaluation gave.
 PERIODIC_ROWS_FILE = "periodic_rows.json"
 VERSIONED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "ray", "datasets")
@@ -505,6 +508,7 @@ def _execute(
                 periodic.save(checkpoint)
             metrics |= {
                 "step": state.step,
+                EVALUATIONS: math.ceil(state.step / config.eval_every),
                 "train_loss": state.window_loss(),
                 "train_time_s": state.seconds,
                 "train_tokens_per_s": state.tokens / max(state.seconds, 1e-9),

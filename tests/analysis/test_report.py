@@ -42,7 +42,7 @@ def test_the_terminal_shows_one_line_per_trial_and_each_stage_s_state_on_two_scr
     lines = done.stdout.splitlines()
     finished = [line for line in lines if " trial " in line and line.startswith("[")]
     assert len(finished) == trials.height, done.stdout
-    for stage in ("baselines", "search", "finalists"):  # each stage ends with its state: all planned done
+    for stage in ("search", "finalists"):  # each stage ends with its state: all planned done
         assert re.search(rf"^\[{stage}\] (\d+)/\1 trials done .* \| best ", done.stdout, re.MULTILINE), stage
     assert len(lines) <= 100, done.stdout  # two screens, from start to report
     for noise in (

@@ -6,7 +6,10 @@ import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from sweeps import run
 from sweeps.schedulers import ParetoSuccessiveHalving, crowding_distances, front_indices, ranked_above
+from sweeps.settings import resolve
+from trainables import trial
 
 
 def _trial(trial_id: str) -> Trial:
@@ -102,3 +105,25 @@ def test_state_survives_save_and_restore(tmp_path):
 def test_unknown_objectives_are_refused(objectives):
     with pytest.raises(ValueError, match="objectives"):
         ParetoSuccessiveHalving(objectives, max_t=4)
+
+
+@pytest.mark.parametrize("scheduler", ["asha", "pareto"])
+def test_the_sweeps_schedulers_leave_the_baselines_alone(tiny_model, scheduler):
+    """The baselines run in the search's Tuner and report no evaluation count: counted at the first
+    rung, their low quality would lower its cutoff and let a poor trained trial through."""
+    settings = resolve("qg", None, {"model": tiny_model, "scheduler": scheduler, "objectives": ["quality"]})
+    early_stopping = run.early_stopping(settings)
+    early_stopping.set_search_properties("quality", "max")
+    strong, baselines, poor = _trial("strong"), [_trial("zero-shot"), _trial("two-shot")], _trial("poor")
+    for added in (strong, *baselines, poor):
+        early_stopping.on_trial_add(None, added)
+
+    def evaluated(quality: float) -> dict:
+        return {"training_iteration": 1, trial.EVALUATIONS: 1, "quality": quality, "cost_usd": 1.0}
+
+    assert early_stopping.on_trial_result(None, strong, evaluated(0.5)) == TrialScheduler.CONTINUE
+    for baseline in baselines:  # what a baseline reports: no evaluation count
+        result = {"training_iteration": 1, "quality": 0.1, "cost_usd": 0.1}
+        assert early_stopping.on_trial_result(None, baseline, result) == TrialScheduler.CONTINUE
+        early_stopping.on_trial_complete(None, baseline, result)
+    assert early_stopping.on_trial_result(None, poor, evaluated(0.3)) == TrialScheduler.STOP

@@ -16,8 +16,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from analysis import load
+from sweeps import study
 from sweeps.settings import default_methods
 from trainables import trial
+from trainables.methods import BASELINE, trained_methods
 
 pytestmark = pytest.mark.slow
 
@@ -71,6 +74,18 @@ def test_reused_workers_keep_each_trials_record_in_its_own_directory(smoke_sweep
         record = json.loads(path.read_text())
         assert path.parent.name.startswith(record["trial_id"][:8]), path
         assert record["config"]["method"] in path.parent.name, path
+
+
+def test_the_baselines_run_in_the_search_unseen_by_optuna_and_never_stopped(smoke_sweep):
+    _, sweep_dir = smoke_sweep
+    searched = _records(sweep_dir)  # the search's own experiment: no stage of their own
+    bases = [record for record in searched.values() if record["config"]["method"] == BASELINE]
+    assert bases and all(record["status"] == "completed" for record in bases)
+    assert not (sweep_dir / load.BASELINES_DIR).exists()
+    # Optuna's study holds the trained trials alone: a baseline is no point of its space.
+    optuna_trials = study.load(sweep_dir).trials
+    assert len(optuna_trials) == len(searched) - len(bases)
+    assert {t.params["method"] for t in optuna_trials} <= set(trained_methods())
 
 
 def test_killed_driver_resumes_without_losing_or_rerunning_trials(tiny_model, tmp_path):

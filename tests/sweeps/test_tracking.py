@@ -36,7 +36,7 @@ def test_every_trial_is_an_mlflow_run_with_its_config_evaluations_and_adapter(
     assert experiment.artifact_location == (smoke_storage / tracking.ARTIFACTS_DIR / "qg/smoke").as_uri()
     runs = {r.data.tags["trial_id"]: r for r in client.search_runs([experiment.experiment_id])}
     trials = load.load(sweep_dir)
-    # Every stage's trials (baselines, search, finalists), one run each.
+    # Every stage's trials (the search with its baselines, finalists), one run each.
     assert sorted(runs) == sorted(trials["trial_id"]) and trials["finalist_rerun"].any()
     curves = load.curves(sweep_dir)
     for trial in trials.iter_rows(named=True):
