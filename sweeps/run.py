@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from analysis import load, rank, report, rescore
@@ -339,7 +340,7 @@ def search_tuner(
     first: list[dict],
     trainable,
     verbose: bool,
-    baselines: list[dict] = (),
+    baselines: Sequence[dict] = (),
 ):
     """The Tuner of the sweep's search (experiment: the sweep's directory), which runs `baselines`
     first, or of an extension of it (experiment: its extension-<k> directory)."""

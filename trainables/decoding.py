@@ -52,6 +52,12 @@ class Completion:
 Forward = Callable[..., torch.Tensor]
 
 
+def real_token_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each column's position id, counting a row's real tokens only, whatever padding lies before
+    or between them (a padding column, masked anyway, takes the position of the token before it)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def truncate_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     cuts = [text.index(marker) for marker in stop if marker and marker in text]
     return (text[: min(cuts)], True) if cuts else (text, False)
@@ -110,7 +116,7 @@ class RunningBatch:
         Returns the rows that finished on their first token (they have left the batch).
         """
         mask = inputs["attention_mask"]
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        positions = real_token_positions(mask)
         if cache is None:
             cache = DynamicCache()
             logits = forward(**inputs, position_ids=positions, cache=cache)

@@ -19,7 +19,7 @@ from peft import PeftModel, PeftType
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from trainables.config import TrialConfig
-from trainables.decoding import Request, Row, RunningBatch
+from trainables.decoding import Request, Row, RunningBatch, real_token_positions
 from trainables.dropout import use_cpu_dropout
 from trainables.methods import METHODS, Method
 from trainables.tasks.spec import Task
@@ -410,10 +410,8 @@ def shared_prompt_start(tokenizer, prefix: str, features: list[dict]) -> int:
 
 
 def with_positions(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The inputs with position ids that count real tokens only, as decoding counts them for a
-    left-padded batch (trainables.decoding), whatever padding lies between them."""
-    mask = inputs["attention_mask"]
-    return inputs | {"position_ids": (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)}
+    """The inputs with the position ids that decoding gives the same columns."""
+    return inputs | {"position_ids": real_token_positions(inputs["attention_mask"])}
 
 
 @torch.no_grad()
