@@ -3,7 +3,8 @@
 - The final measurements (quality on the whole validation split, latency) of a kept checkpoint
   whose trial did not measure it: ASHA stopped the trial, or its best evaluation came before its
   last. Without them a trial is not a candidate, since that figure is the one that ranks.
-- Per-example test scores of the candidates a verdict compares, and of the untouched base model.
+- Per-example test scores of the candidates a verdict compares, and of the untouched base model
+  (a sweep scores the latter in its search's tail, sweeps.early_measurements).
 
 Each result is written into the trial's directory under the name of the checkpoint it belongs to,
 so rebuilding a report reuses it and a later checkpoint (a resumed sweep) replaces it.
@@ -21,7 +22,7 @@ import polars as pl
 
 from analysis import load, rank
 from trainables import trial
-from trainables.methods import METHODS
+from trainables.methods import BASELINE, METHODS
 
 TEST_SCORES_FILE = "test_scores.json"
 EVALUATION_SECONDS = "evaluation_seconds"  # the time a kept result took to evaluate, loading aside
@@ -192,16 +193,28 @@ def evaluation_seconds(sweep_dir: Path) -> float:
     return sum(json.loads(path.read_text()).get(EVALUATION_SECONDS, 0.0) for path in kept)
 
 
+def test_scoring(row: dict) -> Cached:
+    """A leaderboard row's test metrics and per-example primary metric, kept beside its trial: a
+    trained trial's kept checkpoint, or the base model as a baseline trial prompted it (its shots)."""
+    trained = METHODS[row["method"]].trains
+    checkpoint = Path(row["best_checkpoint"]).name if trained else BASELINE_CHECKPOINT
+    return Cached(Path(row["trial_dir"]) / TEST_SCORES_FILE, checkpoint, functools.partial(_test_scores, row))
+
+
+def baseline_test_scoring(trial_dir: Path) -> Cached | None:
+    """The test scores of a baseline trial, which every verdict compares its winners with, unless
+    already kept."""
+    scoring = test_scoring({"trial_dir": str(trial_dir), "method": BASELINE, "best_checkpoint": None})
+    return None if scoring.saved() else scoring
+
+
 def scores_on_test(rows: dict[str, dict], workers: Workers = IN_PROCESS) -> dict[str, dict]:
-    """Each named leaderboard row's test metrics and per-example primary metric: a trained trial's
-    kept checkpoint, or the base model as a baseline trial prompted it (its shots)."""
-
-    def cached(row: dict) -> Cached:
-        trained = METHODS[row["method"]].trains
-        checkpoint = Path(row["best_checkpoint"]).name if trained else BASELINE_CHECKPOINT
-        return Cached(
-            Path(row["trial_dir"]) / TEST_SCORES_FILE, checkpoint, functools.partial(_test_scores, row)
-        )
-
-    results = _all_cached([cached(row) for row in rows.values()], workers, "candidates on the test split")
-    return dict(zip(rows, results, strict=True))
+    """Each named leaderboard row's test scores (test_scoring), computed where not kept."""
+    # The slowest first (a request's latency stands for what a row costs), so that the last to
+    # finish is a short one rather than a long one running alone while the other slots idle.
+    slowest_first = sorted(rows, key=lambda name: -(rows[name].get("latency_s") or 0.0))
+    items = [test_scoring(rows[name]) for name in slowest_first]
+    scored = dict(
+        zip(slowest_first, _all_cached(items, workers, "candidates on the test split"), strict=True)
+    )
+    return {name: scored[name] for name in rows}

@@ -1,4 +1,6 @@
-"""A trial's kept checkpoint measured as soon as the trial ends, in a slot the search leaves free."""
+"""What the verdict will need, measured while the search still runs, in slots it leaves free:
+a trial's kept checkpoint as soon as the trial ends, and the baselines' test scores once the
+search has started its last trial."""
 
 import sys
 from pathlib import Path
@@ -6,24 +8,39 @@ from pathlib import Path
 import polars as pl
 import ray
 from ray.tune import Callback
+from ray.tune.experiment import Trial
 
 from analysis import rescore
+from trainables.methods import BASELINE
+
+WAITING = (Trial.PENDING, Trial.PAUSED)  # trials that still need a slot
 
 
 class MeasureEndedTrials(Callback):
     """When a trial ends without its last evaluation having measured its kept checkpoint (ASHA
     stopped it, or its best evaluation came early), measures that checkpoint at once as a Ray task
     holding a trial's resources, rather than after the search. The task waits for a free slot:
-    chiefly the tail of the search, where its last trials run alone and the other slots idle. The
-    result is kept where the verdict looks for it (analysis.rescore) under the checkpoint's name,
-    so the verdict measures only what is missing, and again a checkpoint that Tune has since
+    chiefly the tail of the search, where its last trials run alone and the other slots idle.
+
+    That tail also scores the completed baselines on the test split, which every verdict compares
+    its winners with: once all `planned` trials exist and none waits for a slot, no trial can lose
+    one to them (earlier, they would only delay the search's trials). The k-shot prompt, the
+    longest to score, goes first.
+
+    Each result is kept where the verdict looks for it (analysis.rescore), under the checkpoint's
+    name, so the verdict computes only what is missing, and again a checkpoint that Tune has since
     replaced."""
 
-    def __init__(self, workers: rescore.Workers):
-        self.workers = workers
-        self._pending: dict = {}  # the task's ObjectRef -> the measurement it computes
+    def __init__(self, workers: rescore.Workers, planned: int):
+        self.workers, self.planned = workers, planned
+        self._pending: dict = {}  # the task's ObjectRef -> the result it computes
+        self._completed_baselines: list[Trial] = []  # scored on test in the search's tail
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        if trial.config.get("method") == BASELINE:
+            if trial.last_result.get("status") == "completed":
+                self._completed_baselines.append(trial)
+            return
         results = Path(trial.local_path) / "result.json"  # Tune's logger writes it there first
         try:
             measurement = (
@@ -34,21 +51,33 @@ class MeasureEndedTrials(Callback):
             print(f"measuring {Path(trial.path).name} early: {error}", file=sys.stderr)
             return
         if measurement is not None:
-            self._pending[self.workers.submit(measurement.compute)] = measurement
+            self._submit(measurement)
 
     def on_step_begin(self, iteration, trials, **info):
         self._keep_finished(timeout=0)
+        if self._completed_baselines and self._in_tail(trials):
+            by_shots = sorted(self._completed_baselines, key=lambda t: -t.config.get("shots", 0))
+            for baseline in by_shots:
+                if (scoring := rescore.baseline_test_scoring(Path(baseline.path))) is not None:
+                    self._submit(scoring)
+            self._completed_baselines = []
 
     def on_experiment_end(self, trials, **info):
         self._keep_finished(timeout=None)
+
+    def _in_tail(self, trials: list[Trial]) -> bool:
+        return len(trials) >= self.planned and not any(trial.status in WAITING for trial in trials)
+
+    def _submit(self, cached: rescore.Cached) -> None:
+        self._pending[self.workers.submit(cached.compute)] = cached
 
     def _keep_finished(self, timeout: float | None) -> None:
         if not self._pending:
             return
         finished, _ = ray.wait(list(self._pending), num_returns=len(self._pending), timeout=timeout)
         for reference in finished:
-            measurement = self._pending.pop(reference)
+            cached = self._pending.pop(reference)
             try:
-                measurement.keep(ray.get(reference))
-            except ray.exceptions.RayError as error:  # not fatal: the verdict measures it after the search
-                print(f"measuring {measurement.path.parent.name} early failed: {error}", file=sys.stderr)
+                cached.keep(ray.get(reference))
+            except ray.exceptions.RayError as error:  # not fatal: the verdict computes it after the search
+                print(f"measuring {cached.path.parent.name} early failed: {error}", file=sys.stderr)

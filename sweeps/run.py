@@ -367,7 +367,7 @@ def search_tuner(
                 outputs(
                     settings, directory, verbose, stage, trials, settings.budget_usd, spent_so_far(directory)
                 ),
-                MeasureEndedTrials(scoring_workers(settings)),
+                MeasureEndedTrials(scoring_workers(settings), trials),
             ),
         ),
     )
