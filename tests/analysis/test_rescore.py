@@ -1,5 +1,6 @@
 """The ranking figure of a kept checkpoint its trial did not measure, measured by the analysis."""
 
+import dataclasses
 import functools
 import json
 import os
@@ -108,3 +109,28 @@ def test_workers_score_as_ray_tasks_side_by_side_and_keep_the_jobs_order(capsys,
 
 def test_without_ray_the_jobs_run_in_this_process():
     assert rescore.Workers({"cpu": 1, "gpu": 0}, concurrency=2).run([os.getpid], "jobs") == [os.getpid()]
+
+
+@dataclasses.dataclass(frozen=True)
+class _RecordingWorkers(rescore.Workers):
+    """Runs nothing: records the order of the jobs it is given, and answers each with its row."""
+
+    order: list = dataclasses.field(default_factory=list)
+
+    def run(self, jobs, what: str) -> list[dict]:
+        self.order.extend(job.args[0]["latency_s"] for job in jobs)
+        return [{"row": job.args[0]["trial_dir"]} for job in jobs]
+
+
+def test_the_test_split_is_scored_slowest_candidate_first_and_each_score_reaches_its_own_row(tmp_path):
+    latencies = {"a": 0.2, "b": 0.5, "c": None, "d": 0.3}
+    rows = {}
+    for name, latency in latencies.items():
+        (tmp_path / name).mkdir()
+        rows[name] = {"trial_dir": str(tmp_path / name), "method": "base", "best_checkpoint": None,
+                      "latency_s": latency}  # fmt: skip
+    workers = _RecordingWorkers()
+    scored = rescore.scores_on_test(rows, workers)
+    assert workers.order == [0.5, 0.3, 0.2, None]  # unmeasured latency: last
+    assert list(scored) == list(rows)  # in the order asked for
+    assert all(scored[name]["row"] == rows[name]["trial_dir"] for name in rows)
