@@ -15,7 +15,7 @@ from trainables.methods import BASELINE
 BASELINE_VALUES = {"task": "qg", "method": BASELINE, "eval_examples": 4, "full_eval_examples": 6}
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def local_ray():
     ray.init(num_cpus=2, include_dashboard=False)
     yield
