@@ -21,7 +21,7 @@ import polars as pl
 from analysis.rank import is_trained
 from sweeps.spaces import hyperparameter_names
 from trainables.errors import ConfigError
-from trainables.trial import ADAPTER_DIR, FULL_VALIDATION_QUALITY, RECORD_FILE
+from trainables.record import ADAPTER_DIR, FULL_VALIDATION_QUALITY, RECORD_FILE
 
 # Each method's searched hyperparameters under their own names (lora.learning_rate), as trials carry them.
 HYPERPARAMETERS = ["shots", *hyperparameter_names()]

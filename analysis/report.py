@@ -20,9 +20,9 @@ import plotly.offline
 import polars as pl
 
 from analysis import load, plots, rank, rescore, tables, verdict
-from trainables import trial
 from trainables.config import ConfigError
 from trainables.methods import METHODS
+from trainables.record import ADAPTER_DIR, RECORD_FILE
 from trainables.tasks import get_task
 
 WINNERS_FILE = "winners.json"
@@ -70,7 +70,7 @@ def trial_name(row: dict) -> str:
 
 def winner_entry(row: dict) -> dict:
     """What winners.json says of a winner (a leaderboard row); judge() adds its test block."""
-    record = json.loads((Path(row["trial_dir"]) / trial.RECORD_FILE).read_text())
+    record = json.loads((Path(row["trial_dir"]) / RECORD_FILE).read_text())
     checkpoint = Path(row["best_checkpoint"])
     return {
         "id": trial_name(row),
@@ -82,7 +82,7 @@ def winner_entry(row: dict) -> dict:
         # What `python -m serve.export --to` can write of it: a merged model, a portable LoRA.
         "exports": list(METHODS[row["method"]].export_forms),
         "checkpoint_path": str(checkpoint),
-        "adapter_path": str(checkpoint / trial.ADAPTER_DIR),
+        "adapter_path": str(checkpoint / ADAPTER_DIR),
         "config": record["config"],
         "validation": {
             "quality": row["best_quality"],  # the mean over its seeds when re-trained with more

@@ -1,4 +1,4 @@
-"""Scores the trials did not take themselves, computed in the driver and kept beside each trial.
+"""Scores the trials did not take themselves, kept beside each trial.
 
 - The final measurements (quality on the whole validation split, latency) of a kept checkpoint
   whose trial did not measure it: ASHA stopped the trial, or its best evaluation came before its
@@ -8,7 +8,12 @@
 
 Each result is written into the trial's directory under the name of the checkpoint it belongs to,
 so rebuilding a report reuses it and a later checkpoint (a resumed sweep) replaces it.
+
+The driver only submits the scoring: the jobs import the training code (trainables.trial) where
+they run, so the driver never loads PEFT or the model classes.
 """
+
+from __future__ import annotations
 
 import functools
 import json
@@ -17,12 +22,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from analysis import load, rank
-from trainables import trial
 from trainables.methods import BASELINE, METHODS
+from trainables.record import FULL_VALIDATION_QUALITY, RECORD_FILE
+
+if TYPE_CHECKING:
+    from trainables.trial import Loaded
 
 TEST_SCORES_FILE = "test_scores.json"
 EVALUATION_SECONDS = "evaluation_seconds"  # the time a kept result took to evaluate, loading aside
@@ -119,7 +128,7 @@ def _all_cached(items: list[Cached], workers: Workers, what: str) -> list[dict]:
 
 
 def _config(trial_dir: str) -> dict:
-    return json.loads((Path(trial_dir) / trial.RECORD_FILE).read_text())["config"]
+    return json.loads((Path(trial_dir) / RECORD_FILE).read_text())["config"]
 
 
 def unmeasured() -> pl.Expr:
@@ -153,21 +162,25 @@ def ended_trial_measurement(trial_dir: Path, results: Path) -> Cached | None:
     if best.is_empty():
         return None
     step, checkpoint = best.select("step", "checkpoint_dir_name").row(0)
-    last = json.loads((trial_dir / trial.RECORD_FILE).read_text())["metrics"]
-    if last.get("step") == step and last.get(trial.FULL_VALIDATION_QUALITY) is not None:
+    last = json.loads((trial_dir / RECORD_FILE).read_text())["metrics"]
+    if last.get("step") == step and last.get(FULL_VALIDATION_QUALITY) is not None:
         return None
     measurement = _kept_checkpoint_measurement(str(trial_dir), trial_dir / checkpoint)
     return measurement if measurement.saved() is None else None
 
 
 def _final_measurements(trial_dir: str, checkpoint: Path) -> dict:
+    from trainables import trial
+
     loaded = trial.load_checkpoint(_config(trial_dir), checkpoint, "validation")
     started = time.perf_counter()
     metrics = loaded.final_measurements()
     return {"metrics": metrics, EVALUATION_SECONDS: time.perf_counter() - started}
 
 
-def _loaded_for_test(row: dict) -> trial.Loaded:
+def _loaded_for_test(row: dict) -> Loaded:
+    from trainables import trial
+
     config = _config(row["trial_dir"])
     if not METHODS[row["method"]].trains:
         return trial.load_base_model(config, split="test")

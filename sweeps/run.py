@@ -28,9 +28,9 @@ from sweeps.settings import (
     trial_budget,
 )
 from sweeps.spaces import DefineByRun, first_points, sampler
-from trainables import trial
 from trainables.errors import ConfigError
 from trainables.methods import BASELINE
+from trainables.record import EVALUATIONS, RECORD_FILE
 from trainables.tasks import TASKS
 
 FINALIST = "finalist"  # the grid key under which a finalist's whole config travels
@@ -290,7 +290,7 @@ def early_stopping(settings: SweepSettings):
 
     evaluations = evaluations_per_trial(settings)
     rungs = {
-        "time_attr": trial.EVALUATIONS,  # which the baselines never report: left alone
+        "time_attr": EVALUATIONS,  # which the baselines never report: left alone
         "max_t": evaluations,
         "grace_period": min(settings.grace_evals, evaluations),
         "reduction_factor": 2,
@@ -416,14 +416,22 @@ def finalist_configs(settings: SweepSettings, directory: Path) -> list[dict]:
     rescore.measure_kept_checkpoints(load.load(directory), scoring_workers(settings))
     board = rank.leaderboard(rank.across_seeds(load.load(directory)), rank.parse_weights(""))
     chosen = report.chosen_winners(board, settings.winners)
-    configs = [json.loads((Path(d) / trial.RECORD_FILE).read_text())["config"] for d in chosen["trial_dir"]]
+    configs = [json.loads((Path(d) / RECORD_FILE).read_text())["config"] for d in chosen["trial_dir"]]
     extra_seeds = range(settings.seed + 1, settings.seed + settings.finalist_seeds)
     return [config | {"seed": seed} for config in configs for seed in extra_seeds]
 
 
+def run_trial(config: dict) -> None:
+    """The trainable. It imports the training code where the trial runs: the driver never loads
+    PEFT or the model classes, seconds that every sweep's start would otherwise wait for."""
+    from trainables import trial
+
+    trial.run(config)
+
+
 def run_finalist(config: dict) -> None:
     """A finalist's re-run; its whole config is one grid value, as Tune grids one key at a time."""
-    trial.run(config[FINALIST])
+    run_trial(config[FINALIST])
 
 
 def run_finalists(settings: SweepSettings, directory: Path, verbose: bool) -> bool:
@@ -467,7 +475,7 @@ def sweep(settings: SweepSettings, directory: Path, verbose: bool = False) -> bo
 
     quiet_libraries(verbose)
     connect(settings, verbose)
-    trainable = tune.with_resources(trial.run, trial_resources(settings))
+    trainable = tune.with_resources(run_trial, trial_resources(settings))
     print(f"sweep: {settings.task} on {settings.model}, results in {directory}", flush=True)
     # While Tune runs, a trial without a final word is running; once it stops, such a trial is lost.
     with load.running_sweep(directory):

@@ -19,7 +19,7 @@ from ray.air.constants import TRAINING_ITERATION
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from sweeps.progress import outcome
-from trainables.trial import ADAPTER_DIR, RECORD_FILE
+from trainables.record import ADAPTER_DIR, RECORD_FILE
 
 SQLITE = "sqlite:///"  # then the database file's path, relative or (a fourth slash) absolute
 ARTIFACTS_DIR = "mlflow_artifacts"

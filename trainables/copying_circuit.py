@@ -21,10 +21,15 @@ holds POSITION_CONSTANT for every token; the upper half starts empty.
   projections, as zero-initialised residual branches do).
 """
 
+from __future__ import annotations
+
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import LlamaForCausalLM
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM
 
 # How far above every other position a previous-token head scores the previous one, in logits.
 PREVIOUS_TOKEN_MARGIN = 30.0

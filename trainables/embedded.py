@@ -13,7 +13,12 @@ copies verbatim. The heads that copy are set by hand before pretraining
 (trainables/copying_circuit.py): learned from scratch they form late. The package ships the
 weights, pretrained once on a GPU; a build of other data or another spec is deterministic for a
 seed on CPU and cached under a version key in the user's cache.
+
+Finding the model (`ensure_built` when the shipped weights are current) imports no model class:
+the sweep's driver does it before any trial starts. A build imports the Llama classes when it runs.
 """
+
+from __future__ import annotations
 
 import argparse
 import contextlib
@@ -28,14 +33,18 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from trainables import copying_circuit
 from trainables.tasks.spec import Task
+
+if TYPE_CHECKING:
+    from transformers import LlamaConfig, LlamaForCausalLM
 
 BUILDER_VERSION = 2
 SPEC_FILE = "embedded_spec.json"
@@ -97,7 +106,7 @@ def _field_text(value) -> str:
     return "\n".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def row_document(task: "Task", row: dict) -> str:
+def row_document(task: Task, row: dict) -> str:
     """A row's input fields and answer, kept together in order, without the prompt format.
 
     What comes later in such a document depends on what came earlier, which is what the tasks ask.
@@ -174,7 +183,7 @@ class NameInventor:
         return pattern.sub(lambda match: fresh[match.group(0)], document)
 
 
-def pretraining_documents(spec: "EmbeddedSpec") -> list[str]:
+def pretraining_documents(spec: EmbeddedSpec) -> list[str]:
     """The train rows as documents, plus `renamed_copies` copies of each with invented names."""
     documents = row_documents()
     inventor = NameInventor(documents)
@@ -218,6 +227,8 @@ def build_tokenizer(spec: EmbeddedSpec) -> PreTrainedTokenizerFast:
 
 
 def _model_config(spec: EmbeddedSpec, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
+    from transformers import LlamaConfig
+
     return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,
@@ -299,6 +310,8 @@ def build(spec: EmbeddedSpec, out_dir: Path, snapshot_every: int | None = None, 
     snapshot_every: also save the model every that many steps under out_dir/snapshots/step-N,
     to measure the learning curve of a pretraining choice.
     """
+    from transformers import LlamaForCausalLM
+
     torch.manual_seed(spec.seed)
     deterministic = torch.are_deterministic_algorithms_enabled()
     # CUDA's fast kernels (SDPA's backward, the embedding's gradient) are not deterministic.

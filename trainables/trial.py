@@ -25,21 +25,15 @@ from safetensors.torch import load_file, save_file
 from trainables import loop, measure, models, registries
 from trainables.config import ConfigError, TrialConfig
 from trainables.methods import BASELINE, METHODS, BuildContext, Method
+from trainables.record import ADAPTER_DIR, EVALUATIONS, FULL_VALIDATION_QUALITY, RECORD_FILE
 from trainables.tasks import get_task
 from trainables.tasks.data import DataError
 from trainables.tasks.spec import PER_EXAMPLE, Task
 
-RECORD_FILE = "trial_record.json"
-ADAPTER_DIR = "adapter"
 TRAINABLE_STATE = "trainable_state.safetensors"
 OPTIMIZER_STATE = "training_state.pt"
 # Latency is timed on this many fixed prompts (the validation split's first), after one warm-up.
 SPEED_PROMPTS = 4
-# The figure that ranks a trial: its primary metric on the whole validation split.
-FULL_VALIDATION_QUALITY = "quality_full_validation"
-# A trained trial's periodic evaluations so far: what the early-stopping schedulers count its
-# progress in. The baselines report none, so no scheduler compares or stops them.
-EVALUATIONS = "evaluations"
 # Beside a checkpoint: the periodic rows' losses and answers that its evaluation gave.
 PERIODIC_ROWS_FILE = "periodic_rows.json"
 VERSIONED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "ray", "datasets")

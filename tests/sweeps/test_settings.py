@@ -1,4 +1,6 @@
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -180,3 +182,19 @@ def test_full_fine_tuning_is_in_the_default_sweep_only_below_1b_parameters(tmp_p
 def test_parameter_count_matches_the_loaded_model(tiny_model):
     loaded = models.load_model(tiny_model)
     assert models.parameter_count(tiny_model) == sum(p.numel() for p in loaded.parameters())
+
+
+def test_the_driver_checks_a_sweep_without_loading_the_training_code(tmp_path):
+    """The driver never trains: PEFT, bitsandbytes, bert-score, the model classes and the trial code
+    load in the trials. Each would add to the seconds every sweep waits before its first trial."""
+    training_code = ["peft", "bitsandbytes", "bert_score", "transformers.modeling_utils", "trainables.trial"]
+    checked = (
+        "import sys\n"
+        "from sweeps import run, settings\n"
+        f"sweep = run.settings_of(run.parser().parse_args(['qg', '--storage', {str(tmp_path)!r}]))\n"
+        "settings.check_generation_budget(sweep)\n"
+        "run.tune_config(scheduler=run.early_stopping(sweep))\n"
+        f"print([name for name in {training_code!r} if name in sys.modules])\n"
+    )
+    loaded = subprocess.run([sys.executable, "-c", checked], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]", loaded.stderr[-2000:]

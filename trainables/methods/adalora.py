@@ -1,14 +1,18 @@
 """AdaLoRA: LoRA in SVD form whose rank budget is reallocated during training, by importance."""
 
+from __future__ import annotations
+
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from peft import AdaLoraConfig, PeftModel, TaskType
 from pydantic import Field
 
 from trainables.methods import lora
 from trainables.methods.base import BuildContext, Dimension, Method, with_peft
+
+if TYPE_CHECKING:
+    from peft import AdaLoraConfig, PeftModel
 
 
 class AdaLoraHyperparameters(lora.LoraHyperparameters):
@@ -48,6 +52,8 @@ def _search_problems(ranges: Mapping[str, Any]) -> list[str]:
 
 
 def _adalora(hyperparameters: AdaLoraHyperparameters, context: BuildContext) -> AdaLoraConfig:
+    from peft import AdaLoraConfig, TaskType
+
     tinit, tfinal = schedule(hyperparameters, context.total_steps)
     return AdaLoraConfig(
         init_r=hyperparameters.rank,

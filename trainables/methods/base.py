@@ -3,20 +3,28 @@
 A method's module holds its typed hyperparameters, its search dimensions with their default
 ranges, how it wraps the base model, its training hooks, how it saves and reloads what it trained,
 and how it may be served. Nothing outside that module asks which method it is.
+
+The registry's facts import no PEFT and no model classes: the sweep's driver reads them (names,
+search dimensions) and never trains, and those imports would add seconds to every sweep's start
+while the trial slots wait. A method's functions import what they use when called, in the trials.
 """
+
+from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from peft import PeftConfig, PeftModel, get_peft_model
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trainables import models
 from trainables.config import Hyperparameters
+
+if TYPE_CHECKING:
+    from peft import PeftConfig, PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 # What a PEFT method saves, and what full fine-tuning saves: safetensors only, never pickles.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -85,6 +93,8 @@ def save_adapter(model, tokenizer: PreTrainedTokenizerBase, directory: Path) -> 
 
 
 def load_adapter(model_path: str, saved: Path, quantize_4bit: bool) -> PeftModel:
+    from peft import PeftModel
+
     return PeftModel.from_pretrained(models.load_model(model_path, quantize_4bit=quantize_4bit), saved)
 
 
@@ -147,6 +157,8 @@ def with_peft(peft_config: Callable[[Hyperparameters, BuildContext], PeftConfig]
     """A PEFT method's wrap: the base with the adapter that peft_config describes."""
 
     def wrap(base: PreTrainedModel, hyperparameters: Hyperparameters, context: BuildContext) -> PeftModel:
+        from peft import get_peft_model
+
         return get_peft_model(base, peft_config(hyperparameters, context))
 
     return wrap

@@ -2,9 +2,14 @@
 from the train split in front of each prompt). It trains nothing and keeps no checkpoint, so it
 ranks beside the trained methods as their reference, and is never a candidate or a winner."""
 
-from transformers import PreTrainedModel
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from trainables.methods.base import BuildContext, Hyperparameters, Method
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def _untouched(

@@ -1,11 +1,15 @@
 """Full fine-tuning: every weight trains. The reference the parameter-efficient methods are measured against."""
 
-from pathlib import Path
+from __future__ import annotations
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainables import models
 from trainables.methods.base import MODEL_FILES, BuildContext, Dimension, Hyperparameters, Method
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 def _train_every_weight(

@@ -1,6 +1,9 @@
 """LoRA: a low-rank update B @ A beside each linear layer; the family's shared hyperparameters."""
 
-from peft import LoraConfig, TaskType
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from pydantic import Field
 
 from trainables.methods.base import (
@@ -12,6 +15,9 @@ from trainables.methods.base import (
     lora_factors,
     with_peft,
 )
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 
 class LoraHyperparameters(Hyperparameters):
@@ -30,6 +36,8 @@ DIMENSIONS = (
 
 def lora_config(hyperparameters: LoraHyperparameters, context: BuildContext, **variant) -> LoraConfig:
     """The family's LoraConfig; a variant (DoRA, rsLoRA) adds its own switch."""
+    from peft import LoraConfig, TaskType
+
     return LoraConfig(
         r=hyperparameters.rank,
         lora_alpha=hyperparameters.alpha,

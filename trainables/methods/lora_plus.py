@@ -1,15 +1,19 @@
 """LoRA+: LoRA whose B matrices learn loraplus_lr_ratio times faster than its A matrices (PEFT's
 create_loraplus_optimizer); the ratio is searched with the learning rate it multiplies."""
 
+from __future__ import annotations
+
 import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
-from peft import PeftModel
-from peft.optimizers import create_loraplus_optimizer
 from pydantic import Field
 
 from trainables.methods import lora
 from trainables.methods.base import Dimension
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 
 class LoraPlusHyperparameters(lora.LoraHyperparameters):
@@ -19,6 +23,8 @@ class LoraPlusHyperparameters(lora.LoraHyperparameters):
 def _optimizer(
     model: PeftModel, hyperparameters: LoraPlusHyperparameters, learning_rate: float, weight_decay: float
 ) -> torch.optim.Optimizer:
+    from peft.optimizers import create_loraplus_optimizer
+
     return create_loraplus_optimizer(
         model,
         torch.optim.AdamW,

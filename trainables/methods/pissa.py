@@ -6,16 +6,21 @@ plain LoRA of twice the rank on the original base (PEFT's conversion on save). S
 (in mixed batches, as LoRA) and export all load it onto the base as it was, never the residual.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from peft import PeftModel, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import save_file
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trainables.methods import lora
 from trainables.methods.base import BuildContext
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 INIT = "pissa_niter_16"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -24,6 +29,8 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 def _wrap(
     base: PreTrainedModel, hyperparameters: lora.LoraHyperparameters, context: BuildContext
 ) -> PeftModel:
+    from peft import get_peft_model, get_peft_model_state_dict
+
     model = get_peft_model(base, lora.lora_config(hyperparameters, context, init_lora_weights=INIT))
     # What training starts from: every save subtracts it. Kept in memory; a resumed run
     # recomputes the same decomposition (the trial seeds torch before wrapping).

@@ -1,11 +1,15 @@
 """Prompt tuning: learnt virtual tokens put in front of the prompt, initialised from the task's instruction."""
 
-from typing import Literal
+from __future__ import annotations
 
-from peft import PromptTuningConfig, PromptTuningInit, TaskType
+from typing import TYPE_CHECKING, Literal
+
 from pydantic import Field
 
 from trainables.methods.base import BuildContext, Dimension, Hyperparameters, Method, with_peft
+
+if TYPE_CHECKING:
+    from peft import PromptTuningConfig
 
 
 class PromptTuningHyperparameters(Hyperparameters):
@@ -21,6 +25,8 @@ DIMENSIONS = (
 
 
 def _prompt_tuning(hyperparameters: PromptTuningHyperparameters, context: BuildContext) -> PromptTuningConfig:
+    from peft import PromptTuningConfig, PromptTuningInit, TaskType
+
     from_text = hyperparameters.prompt_init == "text"
     return PromptTuningConfig(
         task_type=TaskType.CAUSAL_LM,

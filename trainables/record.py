@@ -1,0 +1,10 @@
+"""What a trial leaves behind and reports, by name: the sweep's driver, the analysis and serving
+read these without importing the training code (torch's model stack and PEFT take seconds)."""
+
+RECORD_FILE = "trial_record.json"
+ADAPTER_DIR = "adapter"
+# The figure that ranks a trial: its primary metric on the whole validation split.
+FULL_VALIDATION_QUALITY = "quality_full_validation"
+# A trained trial's periodic evaluations so far: what the early-stopping schedulers count its
+# progress in. The baselines report none, so no scheduler compares or stops them.
+EVALUATIONS = "evaluations"
