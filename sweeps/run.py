@@ -421,9 +421,10 @@ def finalist_configs(settings: SweepSettings, directory: Path) -> list[dict]:
     return [config | {"seed": seed} for config in configs for seed in extra_seeds]
 
 
-def run_trial(config: dict) -> None:
+def run(config: dict) -> None:
     """The trainable. It imports the training code where the trial runs: the driver never loads
-    PEFT or the model classes, seconds that every sweep's start would otherwise wait for."""
+    PEFT or the model classes, seconds that every sweep's start would otherwise wait for. Its name
+    is what Tune saves with an experiment and checks on --resume, as trainables.trial.run's was."""
     from trainables import trial
 
     trial.run(config)
@@ -431,7 +432,7 @@ def run_trial(config: dict) -> None:
 
 def run_finalist(config: dict) -> None:
     """A finalist's re-run; its whole config is one grid value, as Tune grids one key at a time."""
-    run_trial(config[FINALIST])
+    run(config[FINALIST])
 
 
 def run_finalists(settings: SweepSettings, directory: Path, verbose: bool) -> bool:
@@ -475,7 +476,7 @@ def sweep(settings: SweepSettings, directory: Path, verbose: bool = False) -> bo
 
     quiet_libraries(verbose)
     connect(settings, verbose)
-    trainable = tune.with_resources(run_trial, trial_resources(settings))
+    trainable = tune.with_resources(run, trial_resources(settings))
     print(f"sweep: {settings.task} on {settings.model}, results in {directory}", flush=True)
     # While Tune runs, a trial without a final word is running; once it stops, such a trial is lost.
     with load.running_sweep(directory):
