@@ -22,7 +22,7 @@ import polars as pl
 from analysis import load, plots, rank, rescore, tables, verdict
 from trainables.config import ConfigError
 from trainables.methods import METHODS
-from trainables.record import ADAPTER_DIR, RECORD_FILE
+from trainables.record import ADAPTER_DIR, read_record
 from trainables.tasks import get_task
 
 WINNERS_FILE = "winners.json"
@@ -70,7 +70,7 @@ def trial_name(row: dict) -> str:
 
 def winner_entry(row: dict) -> dict:
     """What winners.json says of a winner (a leaderboard row); judge() adds its test block."""
-    record = json.loads((Path(row["trial_dir"]) / RECORD_FILE).read_text())
+    record = read_record(row["trial_dir"])
     checkpoint = Path(row["best_checkpoint"])
     return {
         "id": trial_name(row),

@@ -28,7 +28,7 @@ import polars as pl
 
 from analysis import load, rank
 from trainables.methods import BASELINE, METHODS
-from trainables.record import FULL_VALIDATION_QUALITY, RECORD_FILE
+from trainables.record import FULL_VALIDATION_QUALITY, read_record
 
 if TYPE_CHECKING:
     from trainables.trial import Loaded
@@ -128,7 +128,7 @@ def _all_cached(items: list[Cached], workers: Workers, what: str) -> list[dict]:
 
 
 def _config(trial_dir: str) -> dict:
-    return json.loads((Path(trial_dir) / RECORD_FILE).read_text())["config"]
+    return read_record(trial_dir)["config"]
 
 
 def unmeasured() -> pl.Expr:
@@ -162,7 +162,7 @@ def ended_trial_measurement(trial_dir: Path, results: Path) -> Cached | None:
     if best.is_empty():
         return None
     step, checkpoint = best.select("step", "checkpoint_dir_name").row(0)
-    last = json.loads((trial_dir / RECORD_FILE).read_text())["metrics"]
+    last = read_record(trial_dir)["metrics"]
     if last.get("step") == step and last.get(FULL_VALIDATION_QUALITY) is not None:
         return None
     measurement = _kept_checkpoint_measurement(str(trial_dir), trial_dir / checkpoint)

@@ -8,7 +8,6 @@ interrupted sweep.
 """
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -30,7 +29,7 @@ from sweeps.settings import (
 from sweeps.spaces import DefineByRun, first_points, sampler
 from trainables.errors import ConfigError
 from trainables.methods import BASELINE
-from trainables.record import EVALUATIONS, RECORD_FILE
+from trainables.record import EVALUATIONS, read_record
 from trainables.tasks import TASKS
 
 FINALIST = "finalist"  # the grid key under which a finalist's whole config travels
@@ -416,7 +415,7 @@ def finalist_configs(settings: SweepSettings, directory: Path) -> list[dict]:
     rescore.measure_kept_checkpoints(load.load(directory), scoring_workers(settings))
     board = rank.leaderboard(rank.across_seeds(load.load(directory)), rank.parse_weights(""))
     chosen = report.chosen_winners(board, settings.winners)
-    configs = [json.loads((Path(d) / RECORD_FILE).read_text())["config"] for d in chosen["trial_dir"]]
+    configs = [read_record(d)["config"] for d in chosen["trial_dir"]]
     extra_seeds = range(settings.seed + 1, settings.seed + settings.finalist_seeds)
     return [config | {"seed": seed} for config in configs for seed in extra_seeds]
 
