@@ -20,7 +20,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,28 +43,73 @@ class Workers:
     """Where the scoring runs. In a sweep, as Ray tasks that each hold what a trial holds
     (`resources`, as for tune.with_resources), at most `concurrency` at a time like the trials, so
     the checkpoints are scored side by side on the cluster's GPUs or cores instead of one after
-    another in the driver. Without Ray (python -m analysis.report), in this process."""
+    another in the driver. Without Ray (python -m analysis.report), in this process.
+
+    One Workers serves a whole sweep: the jobs its search starts (sweeps.early_measurements) stay
+    in flight while the verdict begins, which waits for them rather than starting them again, so
+    that no slot idles between the search's scoring and the verdict's."""
 
     resources: dict | None = None
     concurrency: int = 1
+    # Started and not yet kept, by where the result goes (Cached.key): (its ObjectRef, the item).
+    in_flight: dict = field(default_factory=dict, compare=False, repr=False)
 
-    def run(self, jobs: list[Callable[[], dict]], what: str) -> list[dict]:
+    def run(self, items: list[Cached], what: str) -> list[dict]:
+        """Each item's result, computed and kept (Cached.keep), in the items' order. Jobs already
+        in flight count towards `concurrency` and are waited for; one of them that failed is
+        started again, as it was not this call's to fail."""
         import ray
 
-        if not jobs:
+        if not items:
             return []
-        print(f"scoring {len(jobs)} {what}", flush=True)
+        print(f"scoring {len(items)} {what}", flush=True)
         if self.resources is None or not ray.is_initialized():
-            return [job() for job in jobs]
+            return [item.keep(item.compute()) for item in items]
+        wanted = {item.key: index for index, item in enumerate(items)}
+        inherited = set(wanted) & set(self.in_flight)
+        to_start = [item for item in items if item.key not in inherited]
         results: dict[int, dict] = {}
-        pending: dict = {}
-        for index, job in enumerate(jobs):
-            if len(pending) >= self.concurrency:
-                _collect(pending, results, jobs, what)
-            pending[self.submit(job)] = index
-        while pending:
-            _collect(pending, results, jobs, what)
-        return [results[index] for index in range(len(jobs))]
+        while len(results) < len(items):
+            while to_start and len(self.in_flight) < self.concurrency:
+                self.start(to_start.pop(0))
+            item, finished = self._next_finished()
+            try:
+                result = item.keep(ray.get(finished))
+            except ray.exceptions.RayError as error:
+                if item.key not in inherited:
+                    raise
+                inherited.discard(item.key)
+                print(
+                    f"scoring {item.path.parent.name} during the search failed ({error}); again",
+                    file=sys.stderr,
+                )
+                to_start.append(item)
+                continue
+            if item.key in wanted:
+                results[wanted[item.key]] = result
+                _show_progress(len(results), len(items), what)
+        return [results[index] for index in range(len(items))]
+
+    def start(self, item: Cached) -> None:
+        """Starts computing `item` as a Ray task, unless it is already in flight."""
+        if item.key not in self.in_flight:
+            self.in_flight[item.key] = (self.submit(item.compute), item)
+
+    def keep_finished(self) -> None:
+        """Keeps the results of the jobs in flight that have finished, without waiting for the
+        others. A failed one is dropped, with a line on stderr: the verdict computes it again."""
+        import ray
+
+        if not self.in_flight:
+            return
+        references = {reference: key for key, (reference, _) in self.in_flight.items()}
+        finished, _ = ray.wait(list(references), num_returns=len(references), timeout=0)
+        for reference in finished:
+            _, item = self.in_flight.pop(references[reference])
+            try:
+                item.keep(ray.get(reference))
+            except ray.exceptions.RayError as error:
+                print(f"scoring {item.path.parent.name} failed: {error}", file=sys.stderr)
 
     def submit(self, job: Callable[[], dict]):
         """The job as a Ray task holding a trial's resources: its result's ObjectRef."""
@@ -73,21 +118,26 @@ class Workers:
         remote = ray.remote(_call).options(num_cpus=self.resources["cpu"], num_gpus=self.resources["gpu"])
         return remote.remote(job)
 
+    def _next_finished(self) -> tuple[Cached, object]:
+        """Waits for a job in flight to finish: its item and its ObjectRef, no longer in flight."""
+        import ray
+
+        references = {reference: key for key, (reference, _) in self.in_flight.items()}
+        (ready,), _ = ray.wait(list(references), num_returns=1)
+        _, item = self.in_flight.pop(references[ready])
+        return item, ready
+
 
 def _call(job: Callable[[], dict]) -> dict:
     return job()
 
 
-def _collect(pending: dict, results: dict[int, dict], jobs: list, what: str) -> None:
-    import ray
-
+def _show_progress(done: int, total: int, what: str) -> None:
     from sweeps.progress import CLEAR_LINE, fitted
 
-    (ready,), _ = ray.wait(list(pending), num_returns=1)
-    results[pending.pop(ready)] = ray.get(ready)
-    line = f"  scored {len(results)}/{len(jobs)} {what}"
+    line = f"  scored {done}/{total} {what}"
     if sys.stdout.isatty():  # one line, redrawn in place, as the sweep's status line
-        print(CLEAR_LINE + fitted(line), end="\n" if len(results) == len(jobs) else "", flush=True)
+        print(CLEAR_LINE + fitted(line), end="\n" if done == total else "", flush=True)
     else:
         print(line, flush=True)
 
@@ -102,6 +152,10 @@ class Cached:
     path: Path
     checkpoint: str
     compute: Callable[[], dict]
+
+    @property
+    def key(self) -> tuple[Path, str]:
+        return self.path, self.checkpoint
 
     def saved(self) -> dict | None:
         if (
@@ -121,9 +175,9 @@ def _all_cached(items: list[Cached], workers: Workers, what: str) -> list[dict]:
     """Each item's kept result; the missing ones are computed by `workers` and kept."""
     saved = [item.saved() for item in items]
     missing = [index for index, result in enumerate(saved) if result is None]
-    computed = workers.run([items[index].compute for index in missing], what)
+    computed = workers.run([items[index] for index in missing], what)
     for index, result in zip(missing, computed, strict=True):
-        saved[index] = items[index].keep(result)
+        saved[index] = result
     return saved
 
 

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import polars as pl
-import ray
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
@@ -29,11 +28,12 @@ class MeasureEndedTrials(Callback):
 
     Each result is kept where the verdict looks for it (analysis.rescore), under the checkpoint's
     name, so the verdict computes only what is missing, and again a checkpoint that Tune has since
-    replaced."""
+    replaced. The search does not wait for the jobs still running when it ends: they stay in
+    flight in `workers`, which the sweep's verdict shares and waits for, so that the verdict's
+    own scoring starts in whichever slot frees first."""
 
     def __init__(self, workers: rescore.Workers, planned: int):
         self.workers, self.planned = workers, planned
-        self._pending: dict = {}  # the task's ObjectRef -> the result it computes
         self._completed_baselines: list[Trial] = []  # scored on test in the search's tail
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -51,33 +51,19 @@ class MeasureEndedTrials(Callback):
             print(f"measuring {Path(trial.path).name} early: {error}", file=sys.stderr)
             return
         if measurement is not None:
-            self._submit(measurement)
+            self.workers.start(measurement)
 
     def on_step_begin(self, iteration, trials, **info):
-        self._keep_finished(timeout=0)
+        self.workers.keep_finished()
         if self._completed_baselines and self._in_tail(trials):
             by_shots = sorted(self._completed_baselines, key=lambda t: -t.config.get("shots", 0))
             for baseline in by_shots:
                 if (scoring := rescore.baseline_test_scoring(Path(baseline.path))) is not None:
-                    self._submit(scoring)
+                    self.workers.start(scoring)
             self._completed_baselines = []
 
     def on_experiment_end(self, trials, **info):
-        self._keep_finished(timeout=None)
+        self.workers.keep_finished()
 
     def _in_tail(self, trials: list[Trial]) -> bool:
         return len(trials) >= self.planned and not any(trial.status in WAITING for trial in trials)
-
-    def _submit(self, cached: rescore.Cached) -> None:
-        self._pending[self.workers.submit(cached.compute)] = cached
-
-    def _keep_finished(self, timeout: float | None) -> None:
-        if not self._pending:
-            return
-        finished, _ = ray.wait(list(self._pending), num_returns=len(self._pending), timeout=timeout)
-        for reference in finished:
-            cached = self._pending.pop(reference)
-            try:
-                cached.keep(ray.get(reference))
-            except ray.exceptions.RayError as error:  # not fatal: the verdict computes it after the search
-                print(f"measuring {cached.path.parent.name} early failed: {error}", file=sys.stderr)

@@ -172,7 +172,8 @@ def trial_resources(settings: SweepSettings) -> dict:
 
 
 def scoring_workers(settings: SweepSettings) -> rescore.Workers:
-    """The verdict's scoring runs beside itself with the trials' resources and concurrency."""
+    """The verdict's scoring runs beside itself with the trials' resources and concurrency. One
+    serves the whole sweep: what its search starts scoring, the verdict waits for."""
     return rescore.Workers(trial_resources(settings), settings.concurrency)
 
 
@@ -338,11 +339,13 @@ def search_tuner(
     samples: int,
     first: list[dict],
     trainable,
+    workers: rescore.Workers,
     verbose: bool,
     baselines: Sequence[dict] = (),
 ):
     """The Tuner of the sweep's search (experiment: the sweep's directory), which runs `baselines`
-    first, or of an extension of it (experiment: its extension-<k> directory)."""
+    first, or of an extension of it (experiment: its extension-<k> directory); `workers` score
+    what ended trials still need measured."""
     from ray import tune
 
     from sweeps.early_measurements import MeasureEndedTrials
@@ -366,7 +369,7 @@ def search_tuner(
                 outputs(
                     settings, directory, verbose, stage, trials, settings.budget_usd, spent_so_far(directory)
                 ),
-                MeasureEndedTrials(scoring_workers(settings), trials),
+                MeasureEndedTrials(workers, trials),
             ),
         ),
     )
@@ -379,18 +382,22 @@ def baseline_configs(settings: SweepSettings) -> list[dict]:
     ]
 
 
-def run_search(settings: SweepSettings, directory: Path, trainable, verbose: bool) -> bool:
+def run_search(
+    settings: SweepSettings, directory: Path, trainable, workers: rescore.Workers, verbose: bool
+) -> bool:
     def build():
         first = first_points(settings.methods, settings.search)[: settings.samples]
         baselines = baseline_configs(settings)
         return search_tuner(
-            settings, directory, directory, settings.samples, first, trainable, verbose, baselines
+            settings, directory, directory, settings.samples, first, trainable, workers, verbose, baselines
         )
 
     return fit_or_resume(directory, build, trainable)
 
 
-def run_extensions(settings: SweepSettings, directory: Path, trainable, verbose: bool) -> bool:
+def run_extensions(
+    settings: SweepSettings, directory: Path, trainable, workers: rescore.Workers, verbose: bool
+) -> bool:
     """With --extend N, a new extension of N trials (no method is enqueued first again: the study
     already holds each method's trials); otherwise (--resume) the sweep's interrupted extensions go on."""
     from ray import tune
@@ -404,15 +411,15 @@ def run_extensions(settings: SweepSettings, directory: Path, trainable, verbose:
     new = extend.next_extension_dir(directory)
 
     def build():
-        return search_tuner(settings, directory, new, settings.extend, [], trainable, verbose)
+        return search_tuner(settings, directory, new, settings.extend, [], trainable, workers, verbose)
 
     return fit_or_resume(new, build, trainable)
 
 
-def finalist_configs(settings: SweepSettings, directory: Path) -> list[dict]:
+def finalist_configs(settings: SweepSettings, directory: Path, workers: rescore.Workers) -> list[dict]:
     """The winners (report.chosen_winners, default weights), each with the seeds after
     the sweep's own: same hyperparameters, another initialisation and data order."""
-    rescore.measure_kept_checkpoints(load.load(directory), scoring_workers(settings))
+    rescore.measure_kept_checkpoints(load.load(directory), workers)
     board = rank.leaderboard(rank.across_seeds(load.load(directory)), rank.parse_weights(""))
     chosen = report.chosen_winners(board, settings.winners)
     configs = [read_record(d)["config"] for d in chosen["trial_dir"]]
@@ -434,13 +441,13 @@ def run_finalist(config: dict) -> None:
     run(config[FINALIST])
 
 
-def run_finalists(settings: SweepSettings, directory: Path, verbose: bool) -> bool:
+def run_finalists(settings: SweepSettings, directory: Path, workers: rescore.Workers, verbose: bool) -> bool:
     from ray import tune
 
     trainable = tune.with_resources(run_finalist, trial_resources(settings))
 
     def build():
-        configs = finalist_configs(settings, directory)
+        configs = finalist_configs(settings, directory, workers)
         return tune.Tuner(
             trainable,
             param_space={FINALIST: tune.grid_search(configs)},
@@ -476,26 +483,25 @@ def sweep(settings: SweepSettings, directory: Path, verbose: bool = False) -> bo
     quiet_libraries(verbose)
     connect(settings, verbose)
     trainable = tune.with_resources(run, trial_resources(settings))
+    workers = scoring_workers(settings)
     print(f"sweep: {settings.task} on {settings.model}, results in {directory}", flush=True)
     # While Tune runs, a trial without a final word is running; once it stops, such a trial is lost.
     with load.running_sweep(directory):
         extend.save_settings(settings, directory)
         if settings.extend:  # the sweep it extends has run its stages
-            finished = run_extensions(settings, directory, trainable, verbose)
+            finished = run_extensions(settings, directory, trainable, workers, verbose)
         else:
-            finished = run_search(settings, directory, trainable, verbose)
-            finished = finished and run_extensions(settings, directory, trainable, verbose)
+            finished = run_search(settings, directory, trainable, workers, verbose)
+            finished = finished and run_extensions(settings, directory, trainable, workers, verbose)
             if finished and settings.finalist_seeds > 1:
-                finished = run_finalists(settings, directory, verbose)
+                finished = run_finalists(settings, directory, workers, verbose)
     trials = load.trials(directory)
     results.write_tables(trials, directory)
     print(results.summary(trials))
     print(f"trials: {directory / 'trials.csv'}")
     if finished:
         try:
-            report.build(
-                directory, rank.parse_weights(""), top=settings.winners, workers=scoring_workers(settings)
-            )
+            report.build(directory, rank.parse_weights(""), top=settings.winners, workers=workers)
             print(f"report: {directory / 'report.html'}  winners: {directory / report.WINNERS_FILE}")
         except load.NotAnExperiment as error:
             print(f"no winners: {error}", file=sys.stderr)

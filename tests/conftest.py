@@ -1,11 +1,13 @@
 """Shared fixtures: a tiny random-weight model built in seconds, and an isolated cache."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from analysis import rescore
 from trainables import embedded
 
 
@@ -17,6 +19,23 @@ def isolated_cache(tmp_path_factory):
     patcher.setenv("PEFT_SWEEPS_CACHE", str(cache))
     yield cache
     patcher.undo()
+
+
+@dataclasses.dataclass(frozen=True)
+class CountingWorkers(rescore.Workers):
+    """The sweep's scoring workers (real Ray tasks), counting the jobs they submit."""
+
+    submitted: list = dataclasses.field(default_factory=list)
+
+    def submit(self, job):
+        self.submitted.append(job)
+        return super().submit(job)
+
+
+@pytest.fixture
+def counting_workers():
+    """Scoring workers as a sweep on 2 cores has them (a core a job, two at once), counting."""
+    return CountingWorkers({"cpu": 1, "gpu": 0}, concurrency=2)
 
 
 @pytest.fixture(scope="session")

@@ -1,16 +1,13 @@
 """The ranking figure of a kept checkpoint its trial did not measure, measured by the analysis."""
 
 import dataclasses
-import functools
 import json
 import os
 import shutil
-import sys
 
 import pytest
 
 from analysis import load, rescore
-from sweeps.progress import CLEAR_LINE
 from trainables import trial
 
 VALUES = {"task": "qg", "method": "lora", "max_steps": 6, "eval_every": 3, "eval_examples": 4,
@@ -85,30 +82,12 @@ def test_a_trial_whose_last_evaluation_measured_its_kept_checkpoint_needs_nothin
     assert rescore.ended_trial_measurement(tmp_path, tmp_path / "result.json") is None
 
 
-def test_workers_score_as_ray_tasks_side_by_side_and_keep_the_jobs_order(capsys, monkeypatch):
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
-        workers = rescore.Workers({"cpu": 1, "gpu": 0}, concurrency=2)
-        ordered = workers.run([functools.partial(dict, index=index) for index in range(5)], "jobs")
-        logged = capsys.readouterr().out
-        monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # on a terminal: one line redrawn
-        processes = workers.run([os.getpid] * 4, "jobs")
-        shown = capsys.readouterr().out
-    finally:
-        ray.shutdown()
-    assert ordered == [{"index": index} for index in range(5)]
-    assert logged == "scoring 5 jobs\n" + "".join(f"  scored {done}/5 jobs\n" for done in range(1, 6))
-    assert (
-        shown
-        == "scoring 4 jobs\n" + "".join(f"{CLEAR_LINE}  scored {done}/4 jobs" for done in range(1, 5)) + "\n"
-    )
-    assert os.getpid() not in processes  # scored in Ray's workers, not in the driver
-
-
-def test_without_ray_the_jobs_run_in_this_process():
-    assert rescore.Workers({"cpu": 1, "gpu": 0}, concurrency=2).run([os.getpid], "jobs") == [os.getpid()]
+def test_without_ray_the_jobs_run_in_this_process(tmp_path):
+    item = rescore.Cached(tmp_path / "scores.json", "c", lambda: {"pid": os.getpid()})
+    assert rescore.Workers({"cpu": 1, "gpu": 0}, concurrency=2).run([item], "jobs") == [
+        {"checkpoint": "c", "pid": os.getpid()}
+    ]
+    assert item.saved() == {"checkpoint": "c", "pid": os.getpid()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,9 +96,9 @@ class _RecordingWorkers(rescore.Workers):
 
     order: list = dataclasses.field(default_factory=list)
 
-    def run(self, jobs, what: str) -> list[dict]:
-        self.order.extend(job.args[0]["latency_s"] for job in jobs)
-        return [{"row": job.args[0]["trial_dir"]} for job in jobs]
+    def run(self, items, what: str) -> list[dict]:
+        self.order.extend(item.compute.args[0]["latency_s"] for item in items)
+        return [{"row": item.compute.args[0]["trial_dir"]} for item in items]
 
 
 def test_the_test_split_is_scored_slowest_candidate_first_and_each_score_reaches_its_own_row(tmp_path):
