@@ -56,8 +56,9 @@ class Workers:
 
     def run(self, items: list[Cached], what: str) -> list[dict]:
         """Each item's result, computed and kept (Cached.keep), in the items' order. Jobs already
-        in flight count towards `concurrency` and are waited for; one of them that failed is
-        started again, as it was not this call's to fail."""
+        in flight count towards `concurrency` and are waited for. A job this call started that
+        fails raises; one the search started that fails is reported, and started again if this
+        call needs it."""
         import ray
 
         if not items:
@@ -66,26 +67,20 @@ class Workers:
         if self.resources is None or not ray.is_initialized():
             return [item.keep(item.compute()) for item in items]
         wanted = {item.key: index for index, item in enumerate(items)}
-        inherited = set(wanted) & set(self.in_flight)
-        to_start = [item for item in items if item.key not in inherited]
+        to_start = [item for item in items if item.key not in self.in_flight]
+        started_here: set = set()
         results: dict[int, dict] = {}
         while len(results) < len(items):
             while to_start and len(self.in_flight) < self.concurrency:
-                self.start(to_start.pop(0))
+                item = to_start.pop(0)
+                self.start(item)
+                started_here.add(item.key)
             item, finished = self._next_finished()
-            try:
-                result = item.keep(ray.get(finished))
-            except ray.exceptions.RayError as error:
-                if item.key not in inherited:
-                    raise
-                inherited.discard(item.key)
-                print(
-                    f"scoring {item.path.parent.name} during the search failed ({error}); again",
-                    file=sys.stderr,
-                )
-                to_start.append(item)
-                continue
-            if item.key in wanted:
+            result = _keep(item, finished, fatal=item.key in started_here)
+            if result is None:
+                if item.key in wanted:
+                    to_start.append(item)
+            elif item.key in wanted:
                 results[wanted[item.key]] = result
                 _show_progress(len(results), len(items), what)
         return [results[index] for index in range(len(items))]
@@ -102,14 +97,11 @@ class Workers:
 
         if not self.in_flight:
             return
-        references = {reference: key for key, (reference, _) in self.in_flight.items()}
+        references = self._references()
         finished, _ = ray.wait(list(references), num_returns=len(references), timeout=0)
         for reference in finished:
             _, item = self.in_flight.pop(references[reference])
-            try:
-                item.keep(ray.get(reference))
-            except ray.exceptions.RayError as error:
-                print(f"scoring {item.path.parent.name} failed: {error}", file=sys.stderr)
+            _keep(item, reference, fatal=False)
 
     def submit(self, job: Callable[[], dict]):
         """The job as a Ray task holding a trial's resources: its result's ObjectRef."""
@@ -122,14 +114,32 @@ class Workers:
         """Waits for a job in flight to finish: its item and its ObjectRef, no longer in flight."""
         import ray
 
-        references = {reference: key for key, (reference, _) in self.in_flight.items()}
+        references = self._references()
         (ready,), _ = ray.wait(list(references), num_returns=1)
         _, item = self.in_flight.pop(references[ready])
         return item, ready
 
+    def _references(self) -> dict:
+        """The ObjectRef of each job in flight -> its key."""
+        return {reference: key for key, (reference, _) in self.in_flight.items()}
+
 
 def _call(job: Callable[[], dict]) -> dict:
     return job()
+
+
+def _keep(item: Cached, reference, fatal: bool) -> dict | None:
+    """The finished job's result, kept; if it failed, raises when `fatal`, else says so on stderr
+    and returns None."""
+    import ray
+
+    try:
+        return item.keep(ray.get(reference))
+    except ray.exceptions.RayError as error:
+        if fatal:
+            raise
+        print(f"scoring {item.path.parent.name} failed: {error}", file=sys.stderr)
+        return None
 
 
 def _show_progress(done: int, total: int, what: str) -> None:

@@ -100,3 +100,15 @@ def test_a_job_this_call_started_that_fails_fails_the_call(tmp_path, local_ray):
     (item,) = _items(tmp_path / "jobs", [functools.partial(int, "not a number")])
     with pytest.raises(ray.exceptions.RayTaskError):
         rescore.Workers({"cpu": 1, "gpu": 0}, concurrency=2).run([item], "jobs")
+
+
+def test_a_job_in_flight_that_fails_unasked_for_leaves_the_call_to_its_own_jobs(
+    tmp_path, local_ray, counting_workers, capsys
+):
+    (failing,) = _items(tmp_path / "search", [functools.partial(int, "not a number")])
+    workers = counting_workers
+    workers.start(failing)  # the search's, and not what the verdict asks for next
+    asked = _items(tmp_path / "asked", [_sleeping(1.0)])
+    assert workers.run(asked, "jobs") == [asked[0].saved()]
+    assert failing.saved() is None and failing.key not in workers.in_flight  # left to a later call
+    assert "scoring search failed" in capsys.readouterr().err
