@@ -1,9 +1,12 @@
 """Generation of every method equals plain greedy decoding with the trained model's own forward."""
 
+import itertools
+import math
+
 import pytest
 import torch
 
-from trainables import loop, models, trial
+from trainables import decoding, loop, models, trial
 from trainables.methods import trained_methods
 
 PROMPTS = ["The user asked the assistant why the roses look unhealthy.\nWhat soil is best for", "Tell me\n"]
@@ -129,3 +132,22 @@ def test_a_row_that_ends_leaves_the_batch_and_the_others_answer_as_they_would_al
     assert rows_per_forward == [
         sum(tokens > step for tokens in alone.row_tokens) for step in range(len(rows_per_forward))
     ]
+
+
+def test_decoding_steps_write_the_cache_in_place_and_answer_as_without_a_cache():
+    model_path = str(models.resolve("embedded"))
+    model, tokenizer = models.load_model(model_path).eval(), models.load_tokenizer(model_path)
+    steps = 2 * decoding.HEADROOM + 10  # the buffers fill up twice
+    first_layer_keys = []  # after each forward; kept, so that no freed memory is reused meanwhile
+    hook = model.register_forward_hook(
+        lambda _, args, kwargs, output: first_layer_keys.append(kwargs["cache"].layers[0].keys),
+        with_kwargs=True,
+    )
+    generated = loop.generate(model, tokenizer, PROMPTS[:1], steps, batch_size=1, fixed_length=True)
+    hook.remove()
+    assert generated.texts == _greedy_without_cache(model, tokenizer, PROMPTS[:1], steps)
+    assert len(first_layer_keys) == steps  # the prompt's forward, then one per token but the last
+    storage = [keys.untyped_storage().data_ptr() for keys in first_layer_keys]
+    copies = sum(before != after for before, after in itertools.pairwise(storage))
+    # Concatenating copied the whole cache at every step; here a copy comes once per HEADROOM steps.
+    assert copies <= math.ceil(steps / decoding.HEADROOM)
