@@ -21,6 +21,16 @@ def isolated_cache(tmp_path_factory):
     patcher.undo()
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """A Ray runtime on this machine for the module's tests (2 CPUs, no dashboard)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
 @dataclasses.dataclass(frozen=True)
 class CountingWorkers(rescore.Workers):
     """The sweep's scoring workers (real Ray tasks), counting the jobs they submit."""

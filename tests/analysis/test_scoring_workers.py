@@ -19,13 +19,6 @@ def _items(directory, jobs: list) -> list[rescore.Cached]:
     return [rescore.Cached(directory / f"{index}.json", "c", job) for index, job in enumerate(jobs)]
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 def test_workers_score_as_ray_tasks_side_by_side_keep_the_results_and_the_jobs_order(
     capsys, monkeypatch, tmp_path, local_ray
 ):

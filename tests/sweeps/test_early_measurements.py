@@ -2,8 +2,6 @@
 
 from pathlib import Path
 
-import pytest
-import ray
 from ray.train._internal.storage import StorageContext
 from ray.tune.experiment import Trial
 
@@ -13,13 +11,6 @@ from trainables import trial
 from trainables.methods import BASELINE
 
 BASELINE_VALUES = {"task": "qg", "method": BASELINE, "eval_examples": 4, "full_eval_examples": 6}
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 def _tune_trial(sweep_dir, name: str, config: dict, status: str, last_result: dict | None = None) -> Trial:

@@ -4,19 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
-import ray
 from ray import tune
 
 from trainables import measure, trial
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 def test_tune_runs_trials_and_a_failure_becomes_a_record(local_ray, tiny_model, tmp_path):
