@@ -49,6 +49,9 @@ class Limits:
     mix_adapters: bool = True  # False: each adapter's requests batch apart (to measure what mixing gains)
     replicas: int = 1
     gpus_per_replica: float = 0.0
+    # Ray gives a replica's torch as many threads as the CPUs it holds (OMP_NUM_THREADS): with the
+    # default of 1, a CPU-only replica decoded on one core of the machine.
+    cpus_per_replica: int = 1
 
 
 class ApiError(Exception):
@@ -76,7 +79,7 @@ def model_server(limits: Limits):
         num_replicas=limits.replicas,
         max_ongoing_requests=2 * limits.max_batch_size,
         max_queued_requests=limits.max_queued_requests,
-        ray_actor_options={"num_gpus": limits.gpus_per_replica},
+        ray_actor_options={"num_gpus": limits.gpus_per_replica, "num_cpus": limits.cpus_per_replica},
     )
     class AdapterServer:
         def __init__(self, registry: Registry):
@@ -147,7 +150,12 @@ def gateway(limits: Limits, api_key: str | None):
                 return JSONResponse(body, status_code=401)
         return await call_next(request)
 
-    @serve.deployment(num_replicas=1, max_ongoing_requests=max(256, limits.max_queued_requests * 2))
+    # No CPU reserved: it only parses, tokenizes and awaits, and the model replicas hold the cores.
+    @serve.deployment(
+        num_replicas=1,
+        max_ongoing_requests=max(256, limits.max_queued_requests * 2),
+        ray_actor_options={"num_cpus": 0},
+    )
     @serve.ingress(app)
     class Gateway:
         def __init__(self, server, registry: Registry):

@@ -13,7 +13,8 @@ which is PEFT's LoRA Linear forward (lora_B(lora_A(x)) * scaling; dropout is the
 eval) row by row; zero-padded ranks and the zero slot add exact zeros. The base layer is called
 as PEFT calls it (a bitsandbytes 4-bit layer for QLoRA), by PEFT's own layer with its adapters
 switched off. The rows' slots are set once per forward (`rows`), read by a forward hook on each
-LoRA layer.
+LoRA layer. Each layer's factors are gathered for the rows once and kept while the rows stay the
+same: a decoding step then adds two batched products per layer, not two gathers besides.
 """
 
 from collections.abc import Iterable
@@ -33,6 +34,13 @@ class _StackedLayer:
     b: torch.Tensor  # [slots, out features, rank]
     scaling: torch.Tensor  # [slots]
 
+    def for_rows(self, row_slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's A^T [rows, in, rank] and scaling * B^T [rows, rank, out], contiguous."""
+        rows = row_slots.shape[0]
+        a_rows = self.a[row_slots].transpose(1, 2).contiguous()
+        scaled_b_rows = (self.b[row_slots] * self.scaling[row_slots].view(rows, 1, 1)).transpose(1, 2)
+        return a_rows, scaled_b_rows.contiguous()
+
 
 class GatheredLora:
     """The stacked factors of the mixed-batch adapters injected into one PEFT model, and the
@@ -45,6 +53,10 @@ class GatheredLora:
         self._layers: dict[LoraLayer, _StackedLayer] = {}
         self._hooks = []
         self._row_slots: torch.Tensor | None = None  # [rows], set for one forward; None: no updates
+        # The last slots asked for, as a tensor, and each layer's factors gathered for them: the
+        # steps of one running batch ask for the same slots again and again.
+        self._last_slots: tuple[list[int], torch.Tensor] | None = None
+        self._row_factors: dict[LoraLayer, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def sync(self, adapter_ids: Iterable[str]) -> None:
         """Stacks these adapters' factors anew where the set differs from the one stacked (on load
@@ -84,11 +96,17 @@ class GatheredLora:
         for hook in self._hooks:
             hook.remove()
         self._hooks, self._layers, self.slots = [], {}, {}
+        self._last_slots, self._row_factors = None, {}
 
     def row_slots(self, adapter_ids: list[str | None], device: torch.device) -> torch.Tensor | None:
         """Each row's slot (None: the base model); None where no row has an adapter."""
         slots = [BASE_SLOT if a is None else self.slots[a] for a in adapter_ids]
-        return torch.tensor(slots, device=device) if any(slots) else None
+        if not any(slots):
+            return None
+        if self._last_slots is None or self._last_slots[0] != slots:
+            self._last_slots = (slots, torch.tensor(slots, device=device))
+            self._row_factors = {}
+        return self._last_slots[1]
 
     @contextmanager
     def rows(self, row_slots: torch.Tensor | None):
@@ -110,13 +128,16 @@ class GatheredLora:
         row_slots = self._row_slots
         if row_slots is None or not self.engaged:
             return None  # base rows only, or PEFT's own adapters answer
-        stacked = self._layers[layer]
-        x = args[0].to(stacked.a.dtype)  # as PEFT casts the input to the adapter's dtype
-        rows = x.shape[0]
-        flat = x.reshape(rows, -1, x.shape[-1])  # [rows, tokens, in]
-        shrunk = torch.bmm(flat, stacked.a[row_slots].transpose(1, 2))  # [rows, tokens, rank]
-        update = torch.bmm(shrunk, stacked.b[row_slots].transpose(1, 2))  # [rows, tokens, out]
-        update = update * stacked.scaling[row_slots].view(rows, 1, 1)
+        if self._last_slots is not None and row_slots is self._last_slots[1]:
+            factors = self._row_factors.get(layer)
+            if factors is None:
+                factors = self._row_factors[layer] = self._layers[layer].for_rows(row_slots)
+        else:  # slots made elsewhere: gathered for this forward alone
+            factors = self._layers[layer].for_rows(row_slots)
+        a_rows, scaled_b_rows = factors
+        x = args[0].to(a_rows.dtype)  # as PEFT casts the input to the adapter's dtype
+        flat = x.reshape(x.shape[0], -1, x.shape[-1])  # [rows, tokens, in]
+        update = torch.bmm(torch.bmm(flat, a_rows), scaled_b_rows)  # [rows, tokens, out]
         return output + update.to(output.dtype).view(output.shape)
 
 

@@ -26,6 +26,12 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--port", type=int, default=8000)
     cli.add_argument("--top", type=int, help="serve only the K best winners")
     cli.add_argument("--replicas", type=int, default=DEFAULTS.replicas)
+    cli.add_argument(
+        "--cpus-per-replica",
+        type=int,
+        help="cores (torch threads) each model replica holds (default: 1 with GPUs, else this "
+        "machine's cores divided among the replicas)",
+    )
     cli.add_argument("--max-adapters-per-replica", type=int, default=DEFAULTS.max_adapters_per_replica)
     cli.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE})")
     cli.add_argument("--max-prompt-tokens", type=int, default=DEFAULTS.max_prompt_tokens)
@@ -44,9 +50,13 @@ def parser() -> argparse.ArgumentParser:
     return cli
 
 
-def limits_from(args: argparse.Namespace, gpus: int) -> Limits:
+def limits_from(args: argparse.Namespace, gpus: int, cores: int) -> Limits:
+    cpus_per_replica = args.cpus_per_replica
+    if cpus_per_replica is None:
+        cpus_per_replica = 1 if gpus else max(1, cores // max(1, args.replicas))
     numbers = {
         "replicas": args.replicas,
+        "cpus_per_replica": cpus_per_replica,
         "max_adapters_per_replica": args.max_adapters_per_replica,
         "max_prompt_tokens": args.max_prompt_tokens,
         "max_tokens": args.max_tokens,
@@ -76,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         registry = load_registry(args.experiment_dir, args.top)
         import torch
 
-        limits = limits_from(args, torch.cuda.device_count())
+        limits = limits_from(args, torch.cuda.device_count(), len(os.sched_getaffinity(0)))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

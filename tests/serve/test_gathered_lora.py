@@ -9,7 +9,8 @@ from trainables import models
 
 def test_a_mixed_batch_answers_as_peft_with_adapter_names(tiny_model):
     """Rows of two adapters of other ranks and scalings (one on fewer layers) and base rows, in one
-    batch: every row's logits are PEFT's, also once an adapter is evicted and when switched off."""
+    batch: every row's logits are PEFT's, for the same rows again and for other rows, also once an
+    adapter is evicted and when switched off."""
     torch.manual_seed(0)
     peft = get_peft_model(
         models.load_model(tiny_model),
@@ -32,14 +33,20 @@ def test_a_mixed_batch_answers_as_peft_with_adapter_names(tiny_model):
         with gathered.rows(gathered.row_slots(rows, torch.device("cpu"))):
             return peft.get_base_model()(**inputs).logits
 
-    rows = ["small", None, "rs", "small"]
+    rows, other_rows = ["small", None, "rs", "small"], ["rs", "small", None, "rs"]
     with torch.inference_mode():
         expected, base = peft_logits(rows), peft_logits([None] * 4)
+        expected_other = peft_logits(other_rows)  # before the gathered hooks switch PEFT's layers off
         assert (expected[[0, 2, 3]] - base[[0, 2, 3]]).abs().max() > 1e-2  # the adapters change the rows
         gathered = GatheredLora(peft)
         gathered.sync({"small", "rs"})
         gathered.engage()
         torch.testing.assert_close(gathered_logits(gathered, rows), expected, rtol=1e-5, atol=1e-5)
+        # The same rows again (their gathered factors kept), then other rows (gathered anew).
+        torch.testing.assert_close(gathered_logits(gathered, rows), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            gathered_logits(gathered, other_rows), expected_other, rtol=1e-5, atol=1e-5
+        )
 
         peft.delete_adapter("rs")  # evicted: its slot goes
         gathered.sync({"small"})
