@@ -82,9 +82,11 @@ def winners_dir(served_base, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(winners_dir):
+    # One core for the replica: the answers are compared with one-thread greedy decoding, and the
+    # other test process holds the machine's second core.
     process, url = start_server(
         winners_dir, "--api-key", API_KEY, "--max-tokens", "64", "--max-prompt-tokens", "300",
-        "--max-adapters-per-replica", "4",
+        "--max-adapters-per-replica", "4", "--cpus-per-replica", "1",
     )  # fmt: skip
     yield url
     stop_server(process)

@@ -48,8 +48,9 @@ def _complete(client: openai.OpenAI, model: str, prompt: str, max_tokens: int = 
 def _greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     """Greedy decoding exactly as evaluation scores it: what a served answer must equal.
 
-    On one thread, as the server's replica and every trial run (Ray gives each one CPU): with more,
-    float sums run in another order, and a near-tie on these random-weight models can flip a token.
+    On one thread, as every trial runs and as the tests' servers run their replica
+    (`--cpus-per-replica 1`): with more, float sums run in another order, and a near-tie on these
+    random-weight models can flip a token.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -235,7 +236,7 @@ def test_full_queue_and_timeouts_are_clean_errors(winners_dir):
         # 900 tokens take the tiny model about a second on a quiet machine: a timeout well under
         # that makes the second admitted request time out however fast the machine is.
         winners_dir, "--max-batch-size", "1", "--max-queued-requests", "1", "--request-timeout-s", "0.5",
-        "--max-tokens", "900",
+        "--max-tokens", "900", "--cpus-per-replica", "1",
     )  # fmt: skip
     try:
         slow = {"model": "base", "prompt": "hi", "max_tokens": 900}
