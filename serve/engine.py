@@ -191,7 +191,7 @@ class _Base:
         """Around a forward: each row's adapter (None: the base) for the gathered layers."""
         if self.gathered is None or not self.gathered.engaged:
             return contextlib.nullcontext()
-        return self.gathered.rows(self.gathered.row_slots(adapter_ids, self.model.device))
+        return self.gathered.rows(adapter_ids, self.model.device)
 
     def _gather(self) -> torch.nn.Module:
         """The injected model with the mixing adapters' factors stacked and PEFT's own switched off:

@@ -53,8 +53,8 @@ class GatheredLora:
         self._layers: dict[LoraLayer, _StackedLayer] = {}
         self._hooks = []
         self._row_slots: torch.Tensor | None = None  # [rows], set for one forward; None: no updates
-        # The last slots asked for, as a tensor, and each layer's factors gathered for them: the
-        # steps of one running batch ask for the same slots again and again.
+        # The last rows' slots, as a tensor, and each layer's factors gathered for them: the steps
+        # of one running batch ask for the same slots again and again.
         self._last_slots: tuple[list[int], torch.Tensor] | None = None
         self._row_factors: dict[LoraLayer, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -98,24 +98,25 @@ class GatheredLora:
         self._hooks, self._layers, self.slots = [], {}, {}
         self._last_slots, self._row_factors = None, {}
 
-    def row_slots(self, adapter_ids: list[str | None], device: torch.device) -> torch.Tensor | None:
-        """Each row's slot (None: the base model); None where no row has an adapter."""
+    @contextmanager
+    def rows(self, adapter_ids: list[str | None], device: torch.device):
+        """Each row's adapter (None: the base model) for the forwards inside: set once, read by
+        every layer."""
+        self._row_slots = self._slots_of(adapter_ids, device)
+        try:
+            yield
+        finally:
+            self._row_slots = None
+
+    def _slots_of(self, adapter_ids: list[str | None], device: torch.device) -> torch.Tensor | None:
+        """The rows' slots, the same tensor while they stay the same; None where no row has an adapter."""
         slots = [BASE_SLOT if a is None else self.slots[a] for a in adapter_ids]
         if not any(slots):
             return None
         if self._last_slots is None or self._last_slots[0] != slots:
             self._last_slots = (slots, torch.tensor(slots, device=device))
-            self._row_factors = {}
+            self._row_factors = {}  # gathered for other rows
         return self._last_slots[1]
-
-    @contextmanager
-    def rows(self, row_slots: torch.Tensor | None):
-        """The slots of the batch's rows for the forwards inside: set once, read by every layer."""
-        self._row_slots = row_slots
-        try:
-            yield
-        finally:
-            self._row_slots = None
 
     def _enable_peft_layers(self, enabled: bool) -> None:
         # Inside inference mode: enable_adapters() also flips requires_grad, which fails outside it
@@ -128,12 +129,9 @@ class GatheredLora:
         row_slots = self._row_slots
         if row_slots is None or not self.engaged:
             return None  # base rows only, or PEFT's own adapters answer
-        if self._last_slots is not None and row_slots is self._last_slots[1]:
-            factors = self._row_factors.get(layer)
-            if factors is None:
-                factors = self._row_factors[layer] = self._layers[layer].for_rows(row_slots)
-        else:  # slots made elsewhere: gathered for this forward alone
-            factors = self._layers[layer].for_rows(row_slots)
+        factors = self._row_factors.get(layer)
+        if factors is None:
+            factors = self._row_factors[layer] = self._layers[layer].for_rows(row_slots)
         a_rows, scaled_b_rows = factors
         x = args[0].to(a_rows.dtype)  # as PEFT casts the input to the adapter's dtype
         flat = x.reshape(x.shape[0], -1, x.shape[-1])  # [rows, tokens, in]

@@ -30,7 +30,7 @@ def test_a_mixed_batch_answers_as_peft_with_adapter_names(tiny_model):
         return peft(**inputs, adapter_names=[row or "__base__" for row in rows]).logits
 
     def gathered_logits(gathered, rows):
-        with gathered.rows(gathered.row_slots(rows, torch.device("cpu"))):
+        with gathered.rows(rows, torch.device("cpu")):
             return peft.get_base_model()(**inputs).logits
 
     rows, other_rows = ["small", None, "rs", "small"], ["rs", "small", None, "rs"]
