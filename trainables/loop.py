@@ -11,12 +11,13 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from peft import PeftModel, PeftType
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+from transformers.integrations.neftune import activate_neftune, deactivate_neftune
 
 from trainables.config import TrialConfig
 from trainables.decoding import Request, Row, RunningBatch, real_token_positions
@@ -157,6 +158,20 @@ def make_optimizer(model, config: TrialConfig, total_steps: int):
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
 
 
+@contextmanager
+def noisy_embeddings(model, alpha: float):
+    """NEFTune's noise on the input embeddings within the block, in training mode only (the
+    hook reads the embedding module's mode, so evaluation inside the block sees clean ones); 0: none."""
+    if not alpha:
+        yield
+        return
+    hook = activate_neftune(model, alpha)
+    try:
+        yield
+    finally:
+        deactivate_neftune(model, hook)
+
+
 def train(
     model,
     features: list[dict],
@@ -178,35 +193,36 @@ def train(
     trainable = [p for p in model.parameters() if p.requires_grad]
     use_cpu_dropout(model)
     model.train()
-    while state.step < total_steps:
-        started = time.perf_counter()
-        step_loss = torch.zeros((), device=device)
-        for _ in range(config.grad_accum):
-            rows = next(stream)
-            chosen = [features[i] for i in rows]
-            batch = target_logits_only(model, chosen, collate(chosen, pad_id, device))
-            with autocast(device):
-                loss = model(**batch).loss
-            (loss / config.grad_accum).backward()
-            step_loss += loss.detach().float() / config.grad_accum
-            state.tokens += sum(lengths[i] for i in rows)
-        torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        if method.after_optimizer_step is not None:
-            method.after_optimizer_step(model, state.step)
-        optimizer.zero_grad(set_to_none=True)
-        state.step += 1
-        state.losses.append(step_loss)
-        evaluating = state.step % config.eval_every == 0 or state.step == total_steps
-        if evaluating and device.type == "cuda":
-            torch.cuda.synchronize(device)  # the window's queued work is training time, not evaluation's
-        state.seconds += time.perf_counter() - started
-        if evaluating:
-            state.check_finite()
-            on_eval(state)
-            state.losses.clear()
-            model.train()
+    with noisy_embeddings(model, config.neftune_alpha):
+        while state.step < total_steps:
+            started = time.perf_counter()
+            step_loss = torch.zeros((), device=device)
+            for _ in range(config.grad_accum):
+                rows = next(stream)
+                chosen = [features[i] for i in rows]
+                batch = target_logits_only(model, chosen, collate(chosen, pad_id, device))
+                with autocast(device):
+                    loss = model(**batch).loss
+                (loss / config.grad_accum).backward()
+                step_loss += loss.detach().float() / config.grad_accum
+                state.tokens += sum(lengths[i] for i in rows)
+            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            if method.after_optimizer_step is not None:
+                method.after_optimizer_step(model, state.step)
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.losses.append(step_loss)
+            evaluating = state.step % config.eval_every == 0 or state.step == total_steps
+            if evaluating and device.type == "cuda":
+                torch.cuda.synchronize(device)  # the window's queued work is training time, not evaluation's
+            state.seconds += time.perf_counter() - started
+            if evaluating:
+                state.check_finite()
+                on_eval(state)
+                state.losses.clear()
+                model.train()
     return state
 
 

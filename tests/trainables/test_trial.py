@@ -147,6 +147,7 @@ def test_trial_record_describes_the_trial(tiny_model, tmp_path):
             "adalora_tinit: unknown option; did you mean adalora.tinit?",
         ),
         ({"method": "ia3", "rank": 8}, "rank: unknown option"),
+        ({"neftune_alpha": -1}, "neftune_alpha: Input should be greater than or equal to 0"),
         ({"learnin_rate": 0.1}, "learnin_rate: unknown option"),
         ({"task": "nope"}, "task: unknown task 'nope'"),
     ],
@@ -162,6 +163,33 @@ def test_config_errors_fail_before_the_model_loads(tiny_model, tmp_path, monkeyp
     assert "\n" not in str(caught.value)
     record = json.loads((tmp_path / trial.RECORD_FILE).read_text())
     assert record["status"] == "failed" and field in record["error"]
+
+
+def test_neftune_noises_the_input_embeddings_while_training_only(tiny_model):
+    model = models.load_model(tiny_model)
+    embeddings = model.get_input_embeddings()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    clean = embeddings(ids)
+    alpha = 5.0
+    with loop.noisy_embeddings(model, alpha):
+        model.train()
+        noisy, again = embeddings(ids), embeddings(ids)
+        assert 0 < (noisy - clean).abs().max() <= alpha / math.sqrt(clean.shape[1] * clean.shape[2])
+        assert not torch.equal(noisy, again)
+        model.eval()
+        assert torch.equal(embeddings(ids), clean)
+    model.train()
+    assert torch.equal(embeddings(ids), clean)  # the hook went with the block
+
+
+def test_a_trial_with_neftune_trains_on_noisy_embeddings_and_resumes_exactly(tiny_model, tmp_path):
+    plain = _run(tiny_model, tmp_path / "plain")
+    noisy = _run(tiny_model, tmp_path / "noisy", neftune_alpha=5.0)
+    assert noisy[3]["train_loss"] != plain[3]["train_loss"]
+    # The noise draws on the RNG state a checkpoint keeps, so a resumed trial draws what it would have.
+    resumed = _run(tiny_model, tmp_path / "resumed", tmp_path / "noisy" / "step-3", neftune_alpha=5.0)
+    for metric in ("train_loss", "val_loss"):
+        assert resumed[6][metric] == pytest.approx(noisy[6][metric], rel=1e-5)
 
 
 def test_missing_model_path_is_a_config_error(tmp_path):
