@@ -17,6 +17,10 @@ holds POSITION_CONSTANT for every token; the upper half starts empty.
   projection on the slowest RoPE pairs (so nearly position-free). Their values carry the matched
   position's own embedding back into the lower half, where the tied output embedding reads it as
   a vote for that token.
+- To match two tokens (`match_tokens=2`), a third layer-0 head scores two positions back and
+  writes that token beside the previous one, so the induction heads also match the previous token
+  against the one before the candidate: a word of several pieces is continued from where the same
+  two pieces stood, not from any other word sharing its last piece.
 - Every other head and every MLP starts as a no-op on the residual stream (zero output
   projections, as zero-initialised residual branches do).
 """
@@ -38,6 +42,11 @@ INDUCTION_SCORE = 20.0
 # The constant every token embedding carries in one dimension. Large enough that Adam growing the
 # embeddings in pretraining (threefold in 100 steps) leaves the previous-token heads focused.
 POSITION_CONSTANT = 0.3
+# With two-token matching, what the induction heads add for a position whose second-to-last token is
+# the previous one, as a share of INDUCTION_SCORE: a continuation of the same two tokens then
+# outscores one that only shares the current token by e**(share x INDUCTION_SCORE), which keeps a
+# word of several pieces whole where its pieces recur in other words.
+TWO_BACK_SHARE = 0.5
 # What the heads write back, in units of a token embedding's scale: the previous token at that
 # scale, so that layer 1 sees both halves at about the same size; the matched token several times
 # over, so that the output embedding favours it clearly over the current token.
@@ -75,21 +84,41 @@ def _carry(attention, heads: range, head_dim: int, width: int, target: int, gain
         attention.o_proj.weight[[target + r for r in rows], rows] = gain
 
 
-def install(model: LlamaForCausalLM, seed: int) -> dict[torch.nn.Parameter, list[Region]]:
+def _offset_key(query: torch.Tensor, inv_freq: torch.Tensor, offset: int) -> torch.Tensor:
+    """A key over RoPE's pairs with which `query` scores highest `offset` positions back."""
+    return torch.cat(
+        [query * torch.cos(offset * inv_freq).float(), query * torch.sin(offset * inv_freq).float()]
+    )
+
+
+def install(
+    model: LlamaForCausalLM, seed: int, match_tokens: int = 1
+) -> dict[torch.nn.Parameter, list[Region]]:
     """Sets the circuit in model (fresh weights) and returns what pretraining must keep as it is:
     the circuit's queries, keys and first values, the constant and empty half of the embeddings,
-    and the upper half of layer 0's output, which only the previous-token heads write."""
+    and the upper half of layer 0's output, which only the circuit's heads write.
+
+    match_tokens 2: a third head in layer 0 looks two tokens back and writes that token, through a
+    projection the induction key reads beside the previous token's, so that the induction heads
+    match the current token and the one before it.
+    """
+    if match_tokens not in (1, 2):
+        raise ValueError(f"the copying circuit matches 1 or 2 tokens, not {match_tokens}")
     config = model.config
     hidden, heads = config.hidden_size, config.num_attention_heads
     head_dim, half = hidden // heads, hidden // 2
     pairs, constant = head_dim // 2, half - 1
+    # The copying heads fill half of each circuit layer, so the two-back head always has room.
+    copying = range(half // head_dim)
+    layer_0_heads = len(copying) + (match_tokens == 2)
     if config.num_hidden_layers < 2 or half % head_dim or pairs < max(CONTENT_PAIRS, 1 + NEXT_PAIRS):
         raise ValueError(
             f"no room for the copying circuit in {hidden=}, {heads=}, {config.num_hidden_layers=}"
         )
-    copying = range(half // head_dim)
     inv_freq = model.model.rotary_emb.inv_freq.double()
     weights, scores = previous_token_scores(inv_freq, config.max_position_embeddings)
+    # A score peaking `offset` back, from the same weights, has the same margin over every other
+    # offset: cos is even, so the offsets it sees are those the previous-token score sees.
     margin = 1 - torch.cat([scores[:1], scores[2:]]).max()
     radius = torch.sqrt(PREVIOUS_TOKEN_MARGIN * head_dim**0.5 / margin)
     content_rows = [row for pair in range(pairs - CONTENT_PAIRS, pairs) for row in (pair, pair + pairs)]
@@ -107,40 +136,77 @@ def install(model: LlamaForCausalLM, seed: int) -> dict[torch.nn.Parameter, list
         # The constant's value after layer 0's RMSNorm, for a typical token.
         normed_constant = POSITION_CONSTANT / embedding_rms
         query = (radius * weights.sqrt() / normed_constant).float()
-        # Layer 1 sees a token, its predecessor times PREVIOUS_COPY_GAIN and the constant: after
-        # its RMSNorm, a match of the two scores this before the projection's scale.
-        token_energy = embedding[:, :constant].pow(2).sum(dim=1).median().item()
-        rms_squared = ((1 + PREVIOUS_COPY_GAIN**2) * token_energy + POSITION_CONSTANT**2) / hidden
+        tokens = embedding[:, :constant]
+        # Layer 1 sees a token, its predecessor times PREVIOUS_COPY_GAIN and the constant (and, to
+        # match two tokens, the one before through `beside`): after its RMSNorm, a match of the
+        # two scores this before the projection's scale.
+        token_energy = tokens.pow(2).sum(dim=1).median().item()
+        residual_energy = (1 + PREVIOUS_COPY_GAIN**2) * token_energy + POSITION_CONSTANT**2
+        if match_tokens == 2:
+            beside, write = _second_to_last_maps(projection, generator)
+            residual_energy += (tokens @ (write @ beside).T).pow(2).sum(dim=1).median().item()
+            beside_energy = (tokens @ beside.T).pow(2).sum(dim=1).median().item()
+        rms_squared = residual_energy / hidden
         match = PREVIOUS_COPY_GAIN * token_energy / rms_squared
         content_scale = (INDUCTION_SCORE * head_dim**0.5 / match) ** 0.5
+        for head in range(layer_0_heads):
+            rows = slice(head * head_dim, (head + 1) * head_dim)
+            previous.q_proj.weight[rows] = 0
+            previous.k_proj.weight[rows] = 0
+            previous.q_proj.weight[rows.start : rows.start + pairs, constant] = query
+            offset = 1 if head in copying else 2
+            previous.k_proj.weight[rows, constant] = _offset_key(query, inv_freq, offset)
         for head in copying:
             rows = slice(head * head_dim, (head + 1) * head_dim)
-            for layer in (previous, induction):
-                layer.q_proj.weight[rows] = 0
-                layer.k_proj.weight[rows] = 0
-            previous.q_proj.weight[rows.start : rows.start + pairs, constant] = query
-            key = previous.k_proj.weight[rows, constant]
-            key[:pairs] = query * torch.cos(inv_freq).float()
-            key[pairs:] = query * torch.sin(inv_freq).float()
+            induction.q_proj.weight[rows] = 0
+            induction.k_proj.weight[rows] = 0
             content = [rows.start + row for row in content_rows]
             induction.q_proj.weight[content, :constant] = content_scale * projection
             induction.k_proj.weight[content, half : half + constant] = content_scale * projection
+            if match_tokens == 2:
+                # The key's own scale carries the write; the query's sets the share.
+                share = TWO_BACK_SHARE * INDUCTION_SCORE * head_dim**0.5 * rms_squared / PREVIOUS_COPY_GAIN
+                induction.q_proj.weight[content, half : half + constant] = (
+                    share / (content_scale * beside_energy) * beside
+                )
         _carry(previous, copying, head_dim, constant, half, PREVIOUS_COPY_GAIN * embedding_rms)
+        if match_tokens == 2:
+            rows = slice(len(copying) * head_dim, len(copying) * head_dim + len(content_rows))
+            previous.v_proj.weight[rows.start : rows.start + head_dim] = 0
+            previous.v_proj.weight[rows, :constant] = beside
+            previous.o_proj.weight[half : half + constant, rows] = embedding_rms * write
         _carry(induction, copying, head_dim, constant, 0, INDUCTION_COPY_GAIN * embedding_rms)
-    circuit, everything, upper = slice(0, len(copying) * head_dim), slice(None), slice(half, None)
+    everything, upper = slice(None), slice(half, None)
+    circuit, layer_0_circuit = slice(0, len(copying) * head_dim), slice(0, layer_0_heads * head_dim)
     kept = {
         embedding: [(everything, slice(constant, None))],
-        previous.v_proj.weight: [(circuit, everything)],
-        previous.o_proj.weight: [(upper, everything), (everything, circuit)],
+        previous.v_proj.weight: [(layer_0_circuit, everything)],
+        previous.o_proj.weight: [(upper, everything), (everything, layer_0_circuit)],
         model.model.layers[0].mlp.down_proj.weight: [(upper, everything)],
         # Layer 0's and 1's norms set the scales the circuit was calibrated for.
         model.model.layers[0].input_layernorm.weight: [(everything,)],
         model.model.layers[1].input_layernorm.weight: [(everything,)],
+        previous.q_proj.weight: [(layer_0_circuit, everything)],
+        previous.k_proj.weight: [(layer_0_circuit, everything)],
+        induction.q_proj.weight: [(circuit, everything)],
+        induction.k_proj.weight: [(circuit, everything)],
     }
-    for layer in (previous, induction):
-        kept[layer.q_proj.weight] = [(circuit, everything)]
-        kept[layer.k_proj.weight] = [(circuit, everything)]
     return kept
+
+
+def _second_to_last_maps(
+    projection: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`beside`, a random projection blind to `projection`'s row space, and `write`, which puts its
+    output in that row space: `projection @ write` is the identity, `beside @ write` is zero.
+
+    Layer 0 writes `write @ beside @ token` two back into the upper half beside the previous token:
+    the induction key (`projection` of the upper half) then reads both tokens, and the query reads
+    the previous token through `beside`, which the write leaves untouched.
+    """
+    write = torch.linalg.pinv(projection)
+    beside = torch.randn(projection.shape, generator=generator) / projection.shape[0] ** 0.5
+    return beside - beside @ write @ projection, write
 
 
 def keep_while_training(kept: dict[torch.nn.Parameter, list[Region]]) -> list:

@@ -7,10 +7,11 @@ together in order but without the prompt format, so fine-tuning still has the fo
 Copies of those documents with their rare recurring words replaced by invented ones teach the
 model to look back and copy (a name it has never seen can only be predicted from its first
 mention), which is what the tasks ask: carry the conversation's entity into the query, the
-document's values into the JSON, the paragraph's span into the answer; its tokenizer gives every
-digit a token of its own, so that a date or number is the same tokens wherever it stands and
-copies verbatim. The heads that copy are set by hand before pretraining
-(trainables/copying_circuit.py): learned from scratch they form late. The package ships the
+document's values into the JSON, the paragraph's span into the answer. The invented names are
+spliced from real rare words, so they are spelt and tokenized like a task's unseen names; its
+tokenizer gives every digit a token of its own, so that a date or number is the same tokens
+wherever it stands and copies verbatim. The heads that copy are set by hand before pretraining
+(trainables/copying_circuit.py), matching two tokens: learned from scratch they form late. The package ships the
 weights, pretrained once on a GPU; a build of other data or another spec is deterministic for a
 seed on CPU and cached under a version key in the user's cache.
 
@@ -50,8 +51,9 @@ BUILDER_VERSION = 2
 SPEC_FILE = "embedded_spec.json"
 VERSION_FILE = "version_key.txt"
 # DEFAULT_SPEC pretrained once on a GPU with
-# `python -m trainables.embedded trainables/embedded_model --device cuda`: about 6 minutes on an
-# H100, far more than 2 CPU cores can do (about 10 s a step there), so the weights ship.
+# `python -m trainables.embedded trainables/embedded_model --device cuda`: about 4 minutes alone on
+# an H100 (7 beside a second run), far more than 2 CPU cores can do (about 10 s a step there), so
+# the weights ship.
 SHIPPED_DIR = Path(__file__).resolve().parent / "embedded_model"
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 
@@ -71,16 +73,26 @@ class EmbeddedSpec:
     renamed_copies: int = 4
     # Start with the heads that copy from context in place (trainables/copying_circuit.py).
     copying_circuit: bool = False
+    # How many tokens the circuit's induction heads match: the current one, or it and the one before.
+    copying_match_tokens: int = 1
     # Every digit its own token, as Llama's tokenizer does: a number then tokenizes the same after
     # a space or a quote, so a date or document number can be copied from the text to the JSON.
     individual_digits: bool = False
+    # How renamed copies invent their names (NameInventor.STYLES).
+    invented_names: str = "syllables"
     seed: int = 0
 
 
-# The copying heads set by hand, then many renamed copies for many steps: the README gives the
-# learning curves of the choices tried.
+# The copying heads set by hand, matching two tokens, then many renamed copies with spliced names
+# for many steps: the README gives the learning curves of the choices tried.
 DEFAULT_SPEC = EmbeddedSpec(
-    batch_size=64, steps=8400, renamed_copies=100, copying_circuit=True, individual_digits=True
+    batch_size=64,
+    steps=8400,
+    renamed_copies=100,
+    copying_circuit=True,
+    copying_match_tokens=2,
+    individual_digits=True,
+    invented_names="spliced",
 )
 # Random weights in seconds, for tests: never the cached default.
 TINY_SPEC = EmbeddedSpec(
@@ -153,19 +165,38 @@ class NameInventor:
     CODAS = ("", "", "n", "r", "l", "s", "m", "k", "nd", "st")
     WORD = re.compile(r"[^\W\d_]{3,}|\d{3,}")
 
-    def __init__(self, documents: list[str], common_share: float = 0.02):
+    STYLES = ("syllables", "spliced")
+
+    def __init__(self, documents: list[str], common_share: float = 0.02, style: str = "syllables"):
+        if style not in self.STYLES:
+            raise ValueError(f"invented_names: {style!r} is not one of {', '.join(self.STYLES)}")
+        self.style = style
         # Words in many documents are the language itself (the, user, passport): keep those.
         document_frequency = Counter(w.lower() for d in documents for w in set(self.WORD.findall(d)))
         self.common = {w for w, n in document_frequency.items() if n > common_share * len(documents)}
+        # Spliced names join the head of one rare word to the tail of another, so they are spelt
+        # (and tokenized) like the real words a task's unseen names are, not like one syllable set.
+        self.rare_words = sorted(
+            w for w in document_frequency if w not in self.common and w.isalpha() and len(w) >= 4
+        )
+
+    def _spliced(self, word: str, rng: random.Random) -> str:
+        head, tail = rng.choice(self.rare_words), rng.choice(self.rare_words)
+        head_length = rng.randint(2, len(head) - 1)
+        tail_length = min(len(tail) - 1, max(2, len(word) - head_length))
+        return head[:head_length] + tail[-tail_length:]
+
+    def _syllables(self, word: str, rng: random.Random) -> str:
+        syllables = max(1, min(4, round(len(word) / 3)))
+        return "".join(
+            rng.choice(self.ONSETS) + rng.choice(self.VOWELS) + rng.choice(self.CODAS)
+            for _ in range(syllables)
+        )
 
     def _invent(self, word: str, rng: random.Random) -> str:
         if word.isdigit():
             return "".join(rng.choice("0123456789") for _ in word)
-        syllables = max(1, min(4, round(len(word) / 3)))
-        fresh = "".join(
-            rng.choice(self.ONSETS) + rng.choice(self.VOWELS) + rng.choice(self.CODAS)
-            for _ in range(syllables)
-        )
+        fresh = self._spliced(word, rng) if self.style == "spliced" else self._syllables(word, rng)
         if word.isupper():
             return fresh.upper()
         return fresh.capitalize() if word[0].isupper() else fresh
@@ -186,7 +217,7 @@ class NameInventor:
 def pretraining_documents(spec: EmbeddedSpec) -> list[str]:
     """The train rows as documents, plus `renamed_copies` copies of each with invented names."""
     documents = row_documents()
-    inventor = NameInventor(documents)
+    inventor = NameInventor(documents, style=spec.invented_names)
     rng = random.Random(spec.seed)
     renamed = [inventor.rename(d, rng) for _ in range(spec.renamed_copies) for d in documents]
     return documents + renamed
@@ -319,7 +350,11 @@ def build(spec: EmbeddedSpec, out_dir: Path, snapshot_every: int | None = None, 
     try:
         tokenizer = build_tokenizer(spec)
         model = LlamaForCausalLM(_model_config(spec, tokenizer))
-        kept = copying_circuit.install(model, spec.seed) if spec.copying_circuit else {}
+        kept = (
+            copying_circuit.install(model, spec.seed, spec.copying_match_tokens)
+            if spec.copying_circuit
+            else {}
+        )
 
         def snapshot(step: int) -> None:
             if snapshot_every and step % snapshot_every == 0 and step < spec.steps:

@@ -4,6 +4,7 @@ import random
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -26,18 +27,41 @@ def test_build_is_deterministic_for_a_seed(tmp_path):
     assert not all(torch.equal(a[name], untrained[name]) for name in a), "pretraining changed nothing"
 
 
-def test_renamed_copies_replace_rare_recurring_words_consistently():
-    documents = [
-        "The user is planning a holiday in Lisbon.\nDo I need a visa?\nWhat are the visa rules for Lisbon?",
-        *[f"The user asked about item {i}." for i in range(60)],
-    ]
-    inventor = embedded.NameInventor(documents)
-    renamed = inventor.rename(documents[0], random.Random(0)).splitlines()
+RENAMING_DOCUMENTS = [
+    "The user is planning a holiday in Lisbon.\nDo I need a visa?\nWhat are the visa rules for Lisbon?",
+    *[f"The user asked about item {i}." for i in range(60)],
+]
+
+
+@pytest.mark.parametrize("style", embedded.NameInventor.STYLES)
+def test_renamed_copies_replace_rare_recurring_words_consistently(style):
+    inventor = embedded.NameInventor(RENAMING_DOCUMENTS, style=style)
+    renamed = inventor.rename(RENAMING_DOCUMENTS[0], random.Random(0)).splitlines()
     fresh_name = renamed[0].removeprefix("The user is planning a holiday in ").removesuffix(".")
     assert fresh_name != "Lisbon" and fresh_name[0].isupper()
     assert renamed[2] == f"What are the {renamed[2].split()[3]} rules for {fresh_name}?"
     assert "visa" not in renamed[1] and renamed[1].startswith("Do I need a ")
-    assert inventor.rename(documents[1], random.Random(0)) == documents[1]  # common words stay
+    common_words_only = RENAMING_DOCUMENTS[1]
+    assert inventor.rename(common_words_only, random.Random(0)) == common_words_only
+
+
+def test_spliced_names_join_the_head_of_one_rare_word_to_the_tail_of_another():
+    inventor = embedded.NameInventor(RENAMING_DOCUMENTS, style="spliced")
+    assert "lisbon" in inventor.rare_words and "user" not in inventor.rare_words
+    rng = random.Random(0)
+    for _ in range(50):
+        name = (
+            inventor.rename(RENAMING_DOCUMENTS[0], rng).splitlines()[0].split()[-1].removesuffix(".").lower()
+        )
+        assert any(
+            name[:cut] == head[:cut]
+            and name[cut:]
+            and any(tail.endswith(name[cut:]) for tail in inventor.rare_words)
+            for head in inventor.rare_words
+            for cut in range(2, len(head))
+        ), name
+    with pytest.raises(ValueError, match="invented_names: 'letters' is not one of syllables, spliced"):
+        embedded.NameInventor(RENAMING_DOCUMENTS, style="letters")
 
 
 def test_the_default_tokenizer_gives_every_digit_its_own_token_wherever_a_number_stands():

@@ -7,22 +7,51 @@ import pytest
 import torch
 
 from trainables import decoding, loop, models, trial
-from trainables.methods import trained_methods
+from trainables.methods import METHODS, trained_methods
 
 PROMPTS = ["The user asked the assistant why the roses look unhealthy.\nWhat soil is best for", "Tell me\n"]
 
 
-def _greedy_without_cache(model, tokenizer, prompts: list[str], new_tokens: int) -> list[str]:
-    """The reference: one full forward per token (PEFT's forward puts virtual tokens in correctly)."""
+# How far apart the two best next tokens' logits may be for QLoRA to choose either: its 4-bit
+# kernels round differently for other batch shapes, which moved the embedded model's logits by up
+# to 0.057 (median 0.01) between a row alone and the same row in a left-padded batch of 3, so the
+# gap between two of them by up to twice that.
+NEAR_TIE = 0.12
+
+
+def _greedy_without_cache(
+    model, tokenizer, prompts: list[str], new_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference: one full forward per token (PEFT's forward puts virtual tokens in correctly).
+    Each row's new tokens, and at each step the gap between the best two logits."""
     inputs = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    gaps = []
     with torch.no_grad():
         for _ in range(new_tokens):
             logits = model(input_ids=ids, attention_mask=mask).logits[:, -1]
             logits[:, tokenizer.eos_token_id] = -torch.inf  # as fixed_length holds EOS back
-            chosen = logits.argmax(dim=-1, keepdim=True)
+            best_two = logits.topk(2, dim=-1)
+            gaps.append(best_two.values[:, 0] - best_two.values[:, 1])
+            chosen = best_two.indices[:, :1]
             ids, mask = torch.cat([ids, chosen], dim=1), torch.cat([mask, torch.ones_like(chosen)], dim=1)
-    return tokenizer.batch_decode(ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    return ids[:, inputs["input_ids"].shape[1] :], torch.stack(gaps, dim=1)
+
+
+def _greedy_text(model, tokenizer, prompt: str, new_tokens: int) -> str:
+    new_ids, _ = _greedy_without_cache(model, tokenizer, [prompt], new_tokens)
+    return tokenizer.decode(new_ids[0], skip_special_tokens=True)
+
+
+def _gap_where_they_part(model, tokenizer, prompt: str, first: str, second: str, new_tokens: int) -> float:
+    """Following the reference's greedy tokens, the logit gap at the step where the two answers no
+    longer both agree with it."""
+    new_ids, gaps = _greedy_without_cache(model, tokenizer, [prompt], new_tokens)
+    for step in range(new_tokens):
+        text = tokenizer.decode(new_ids[0, : step + 1], skip_special_tokens=True)
+        if not (first.startswith(text) and second.startswith(text)):
+            return gaps[0, step].item()
+    raise AssertionError(f"{first!r} and {second!r} both follow the reference")
 
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "lora"])
@@ -37,13 +66,14 @@ def test_generation_equals_greedy_decoding_with_the_models_forward(method):
             parameter.add_(torch.randn_like(parameter) * 0.5)
     model.eval()
     generated = loop.generate(model, tokenizer, PROMPTS, 12, batch_size=1, fixed_length=True)
-    assert generated.texts == [_greedy_without_cache(model, tokenizer, [prompt], 12)[0] for prompt in PROMPTS]
+    assert generated.texts == [_greedy_text(model, tokenizer, prompt, 12) for prompt in PROMPTS]
 
 
 def _one_pass_and_two_passes(method: str):
     """Evaluation's single pass over prompt and target (loss, then generation from its cache), and
     the two passes it replaces: a right-padded teacher-forced pass for the loss and generation from
-    the left-padded prompts. On CUDA when the machine has it, as a trial runs."""
+    the left-padded prompts. On CUDA when the machine has it, as a trial runs. Also the model and
+    the prompts, to look at where two answers part."""
     model_path = str(models.resolve("embedded"))
     plan = trial.prepare({"task": "qg", "method": method, "model": model_path})
     model, tokenizer = trial.load_trainable_model(plan, model_path), models.load_tokenizer(model_path)
@@ -62,18 +92,24 @@ def _one_pass_and_two_passes(method: str):
         loop.target_losses(model, features, 3, tokenizer.pad_token_id),
         loop.generate(model, tokenizer, prompts, 12, batch_size=3),
     )
-    return one_pass, two_passes
+    return one_pass, two_passes, (model, tokenizer, prompts)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="bf16 on CUDA rounds per batch shape: the cuda test")
 @pytest.mark.parametrize("method", sorted(trained_methods()))
 def test_one_encoding_gives_the_losses_and_answers_of_two_separate_passes(method):
-    (losses, answers), (separate, generated) = _one_pass_and_two_passes(method)
+    (losses, answers), (separate, generated), (model, tokenizer, prompts) = _one_pass_and_two_passes(method)
     assert losses.tokens == separate.tokens
     # QLoRA's 4-bit kernels round differently for other batch shapes: 5e-4 apart, where a target
     # one token off would be far out.
     assert losses.sums == pytest.approx(separate.sums, rel=1e-3)
-    assert answers.texts == generated.texts
+    if not METHODS[method].quantize_4bit:
+        assert answers.texts == generated.texts
+    # With 4-bit weights, greedy decoding may take the other of two near-equal tokens; where the
+    # answers part, the reference's best two tokens must be that close.
+    for prompt, one, other in zip(prompts, answers.texts, generated.texts, strict=True):
+        if one != other:
+            assert _gap_where_they_part(model, tokenizer, prompt, one, other, 12) < NEAR_TIE, (one, other)
 
 
 @pytest.mark.gpu
@@ -82,7 +118,7 @@ def test_one_encoding_gives_the_losses_and_answers_of_two_separate_passes(method
 def test_one_encoding_on_cuda_in_bf16_agrees_with_two_separate_passes(method):
     """In bf16 another batch shape rounds differently, so a greedy choice between two near-equal
     tokens may go the other way: most answers, not all, must be the same."""
-    (losses, answers), (separate, generated) = _one_pass_and_two_passes(method)
+    (losses, answers), (separate, generated), _ = _one_pass_and_two_passes(method)
     assert losses.tokens == separate.tokens
     assert losses.sums == pytest.approx(separate.sums, rel=2e-2)
     same = sum(a == b for a, b in zip(answers.texts, generated.texts, strict=True))
@@ -145,7 +181,7 @@ def test_decoding_steps_write_the_cache_in_place_and_answer_as_without_a_cache()
     )
     generated = loop.generate(model, tokenizer, PROMPTS[:1], steps, batch_size=1, fixed_length=True)
     hook.remove()
-    assert generated.texts == _greedy_without_cache(model, tokenizer, PROMPTS[:1], steps)
+    assert generated.texts == [_greedy_text(model, tokenizer, PROMPTS[0], steps)]
     assert len(first_layer_keys) == steps  # the prompt's forward, then one per token but the last
     storage = [keys.untyped_storage().data_ptr() for keys in first_layer_keys]
     copies = sum(before != after for before, after in itertools.pairwise(storage))
