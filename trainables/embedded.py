@@ -11,9 +11,9 @@ document's values into the JSON, the paragraph's span into the answer. The inven
 spliced from real rare words, so they are spelt and tokenized like a task's unseen names; its
 tokenizer gives every digit a token of its own, so that a date or number is the same tokens
 wherever it stands and copies verbatim. The heads that copy are set by hand before pretraining
-(trainables/copying_circuit.py), matching two tokens: learned from scratch they form late. The package ships the
-weights, pretrained once on a GPU; a build of other data or another spec is deterministic for a
-seed on CPU and cached under a version key in the user's cache.
+(trainables/copying_circuit.py), matching two tokens: learned from scratch they form late. The
+package ships the weights, pretrained once on a GPU; a build of other data or another spec is
+deterministic for a seed on CPU and cached under a version key in the user's cache.
 
 Finding the model (`ensure_built` when the shipped weights are current) imports no model class:
 the sweep's driver does it before any trial starts. A build imports the Llama classes when it runs.
@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -165,12 +165,10 @@ class NameInventor:
     CODAS = ("", "", "n", "r", "l", "s", "m", "k", "nd", "st")
     WORD = re.compile(r"[^\W\d_]{3,}|\d{3,}")
 
-    STYLES = ("syllables", "spliced")
-
     def __init__(self, documents: list[str], common_share: float = 0.02, style: str = "syllables"):
         if style not in self.STYLES:
             raise ValueError(f"invented_names: {style!r} is not one of {', '.join(self.STYLES)}")
-        self.style = style
+        self._fresh = self.STYLES[style]
         # Words in many documents are the language itself (the, user, passport): keep those.
         document_frequency = Counter(w.lower() for d in documents for w in set(self.WORD.findall(d)))
         self.common = {w for w, n in document_frequency.items() if n > common_share * len(documents)}
@@ -193,10 +191,16 @@ class NameInventor:
             for _ in range(syllables)
         )
 
+    # The ways to invent a name, by the spec's `invented_names`.
+    STYLES: ClassVar[dict[str, Callable[[NameInventor, str, random.Random], str]]] = {
+        "syllables": _syllables,
+        "spliced": _spliced,
+    }
+
     def _invent(self, word: str, rng: random.Random) -> str:
         if word.isdigit():
             return "".join(rng.choice("0123456789") for _ in word)
-        fresh = self._spliced(word, rng) if self.style == "spliced" else self._syllables(word, rng)
+        fresh = self._fresh(self, word, rng)
         if word.isupper():
             return fresh.upper()
         return fresh.capitalize() if word[0].isupper() else fresh
