@@ -178,6 +178,7 @@ def load_task_file(path: Path) -> Task:
         parse=parse,
         score=score,
         primary_metric=metric.primary,
+        table_metrics=metric.table,
         group_field=spec.group_field,
         max_new_tokens=spec.max_new_tokens,
         task_file=path,

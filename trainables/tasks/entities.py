@@ -70,16 +70,23 @@ def entity_scores(
     A slot is a true positive when both sides carry the entity with the same value (after trimming
     and case-folding), a true negative when neither does. Accuracy is (TP + TN) over all slots;
     precision is TP over the slots the model filled, recall TP over the slots the gold fills;
-    document accuracy is the share of documents whose every slot is right. An unparsable answer
-    (None) fills no slot. Per example (PER_EXAMPLE): F1's per-document contributions and the
-    document's slot accuracy.
+    document accuracy is the share of documents whose every slot is right and that invent no
+    entity. A filled key that is
+    none of the entities (an untouched model's `date_of_issue`) is a slot the model filled wrongly:
+    a false positive in precision, counted as invented_entities. An unparsable answer (None) fills
+    no slot. Per example (PER_EXAMPLE): F1's per-document contributions and the document's slot
+    accuracy.
     """
-    true_negative = documents_right = 0
+    true_negative = documents_right = invented = 0
     right_per_entity = dict.fromkeys(entities, 0)
     true_positives, filled, expected, slot_accuracy = [], [], [], []  # one entry per document
+    known = set(entities)
     for answer, reference in zip(predicted, gold, strict=True):
         answer = {key: value for key, value in (answer or {}).items() if _normalised(value)}
-        document_true_positive = document_filled = document_expected = document_right = 0
+        document_invented = len(answer.keys() - known)
+        invented += document_invented
+        document_true_positive = document_right = 0
+        document_filled, document_expected = document_invented, 0
         for entity in entities:
             guess, truth = _normalised(answer.get(entity)), _normalised(reference.get(entity))
             document_filled += bool(guess)
@@ -93,7 +100,7 @@ def entity_scores(
         filled.append(document_filled)
         expected.append(document_expected)
         slot_accuracy.append(document_right / len(entities) if entities else 0.0)
-        documents_right += document_right == len(entities)
+        documents_right += document_right == len(entities) and not document_invented
     true_positive = sum(true_positives)
     documents = len(gold)
     precision = true_positive / sum(filled) if sum(filled) else 0.0
@@ -105,6 +112,7 @@ def entity_scores(
         "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
         "document_accuracy": documents_right / documents if documents else 0.0,
         "format_valid_rate": fmean(answer is not None for answer in predicted) if predicted else 0.0,
+        "invented_entities": invented,
         **{
             f"accuracy_{entity}": right / documents if documents else 0.0
             for entity, right in right_per_entity.items()

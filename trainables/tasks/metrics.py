@@ -2,6 +2,7 @@
 
 import re
 import string
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import fmean
@@ -24,11 +25,14 @@ def exact_match(prediction: str, reference: str) -> float:
 
 
 def jaccard(prediction: str, reference: str) -> float:
-    """The QA study's Jaccard similarity: common tokens over the token count of the longer answer."""
-    predicted, expected = set(normalise_answer(prediction).split()), set(normalise_answer(reference).split())
+    """The QA study's Jaccard similarity: common tokens over the token count of the longer answer,
+    counted with multiplicity, so that repeating a right word ("no no no" against "no") is not a
+    perfect answer."""
+    predicted, expected = normalise_answer(prediction).split(), normalise_answer(reference).split()
     if not predicted and not expected:
         return 1.0
-    return len(predicted & expected) / max(len(predicted), len(expected))
+    common = sum((Counter(predicted) & Counter(expected)).values())
+    return common / max(len(predicted), len(expected))
 
 
 def means_and_values(per_example: dict[str, list[float]]) -> dict:
@@ -58,16 +62,23 @@ def entity_f1_scores(predictions: list[str], references: list[dict]) -> dict:
     return entity_scores([parse_entities(text) for text in predictions], references, entities)
 
 
+ANSWER_METRICS = ("exact_match", "jaccard")
+BERTSCORE_METRICS = ("bertscore_precision", "bertscore_recall", "bertscore_f1")
+# The reference study's slot metrics, and the entities a model invented (false positives).
+ENTITY_METRICS = ("accuracy", "precision", "recall", "f1", "document_accuracy", "invented_entities")
+
+
 @dataclass(frozen=True)
 class Metric:
     score: Callable[[list[str], list], dict]  # a Task.score: metrics and PER_EXAMPLE values
     primary: str
+    table: tuple[str, ...]  # what a table of methods shows of it (Task.table_metrics)
     structured_reference: bool = False  # the reference is a JSON object, not text
 
 
 METRICS: dict[str, Metric] = {
-    "exact_match": Metric(answer_scores, "exact_match"),
-    "jaccard": Metric(answer_scores, "jaccard"),
-    "bertscore": Metric(bertscore_scores, "bertscore_f1"),
-    "entity_f1": Metric(entity_f1_scores, "f1", structured_reference=True),
+    "exact_match": Metric(answer_scores, "exact_match", ANSWER_METRICS),
+    "jaccard": Metric(answer_scores, "jaccard", ANSWER_METRICS),
+    "bertscore": Metric(bertscore_scores, "bertscore_f1", BERTSCORE_METRICS),
+    "entity_f1": Metric(entity_f1_scores, "f1", ENTITY_METRICS, structured_reference=True),
 }

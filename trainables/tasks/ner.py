@@ -4,6 +4,7 @@ import json
 
 from trainables.tasks.data import FieldError, require_text
 from trainables.tasks.entities import entity_scores, parse_entities
+from trainables.tasks.metrics import ENTITY_METRICS
 from trainables.tasks.spec import Task, packaged_files
 
 ENTITIES = (
@@ -66,5 +67,6 @@ TASK = Task(
     parse=parse,
     score=score,
     primary_metric="f1",
+    table_metrics=ENTITY_METRICS,
     group_field="id",
 )

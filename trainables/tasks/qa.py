@@ -3,7 +3,7 @@
 from statistics import fmean
 
 from trainables.tasks.data import FieldError, require_text
-from trainables.tasks.metrics import answer_scores, exact_match
+from trainables.tasks.metrics import ANSWER_METRICS, answer_scores, exact_match
 from trainables.tasks.spec import Task, packaged_files
 
 FORMATS = ("yes_no", "multiple_choice", "extractive", "abstractive")
@@ -80,5 +80,6 @@ TASK = Task(
     parse=parse_answer,
     score=score,
     primary_metric="exact_match",
+    table_metrics=ANSWER_METRICS,
     group_field="context",
 )

@@ -5,6 +5,7 @@ from statistics import fmean
 
 from trainables.tasks.bertscore import bertscore
 from trainables.tasks.data import FieldError, require_text
+from trainables.tasks.metrics import BERTSCORE_METRICS
 from trainables.tasks.spec import PER_EXAMPLE, Task, packaged_files
 
 MAX_QUERIES = 3
@@ -85,6 +86,10 @@ def score(generations: list[str], examples: list[dict]) -> dict:
         "bertscore_f1": fmean(f1),
         "bertscore_f1_penalised": fmean(penalised),
         "mean_queries": fmean(len(queries) for queries in predicted),
+        # What the penalty counts: queries beyond the reference's count, per example.
+        "surplus_queries": fmean(
+            max(0, len(pred) - len(ref)) for pred, ref in zip(predicted, references, strict=True)
+        ),
         "format_valid_rate": fmean(is_valid_format(queries) for queries in predicted),
         PER_EXAMPLE: {"bertscore_f1_penalised": penalised},
     }
@@ -101,5 +106,6 @@ TASK = Task(
     parse=parse_queries,
     score=score,
     primary_metric="bertscore_f1_penalised",
+    table_metrics=(*BERTSCORE_METRICS, "surplus_queries"),
     group_field="topic",
 )

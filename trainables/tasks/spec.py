@@ -41,6 +41,8 @@ class Task:
     # -> metric name -> value, and PER_EXAMPLE -> at least the primary metric's per-example values.
     score: Callable[[list[str], list[dict]], dict]
     primary_metric: str
+    # The task's own metrics that a table of methods shows beside the primary one (the studies' columns).
+    table_metrics: tuple[str, ...] = ()
     optional_inputs: tuple[str, ...] = ()
     # Rows sharing this field's value stay in one split (a QG topic, a QA paragraph); None: each row alone.
     group_field: str | None = None

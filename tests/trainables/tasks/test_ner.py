@@ -64,6 +64,19 @@ def test_metrics_on_a_hand_worked_case():
     assert contributions[0] > scores["f1"] > contributions[1]  # doc 1 holds the one true positive
 
 
+def test_invented_entities_are_false_positives_and_counted():
+    """An untouched model adds keys of its own (date_of_issue, sex): each is a slot filled wrongly."""
+    gold = [{"A": "x", "B": "y"}, {"A": "z"}]
+    predicted = [{"A": "x", "B": "y", "date_of_issue": "2020", "sex": "F"}, {"A": "z", "note": ""}]
+    scores = entity_scores(predicted, gold, ["A", "B"])
+    assert scores["invented_entities"] == 2  # an empty value fills nothing, invented or not
+    assert scores["precision"] == pytest.approx(3 / 5)  # 3 TP of 5 filled slots, 2 of them invented
+    assert scores["recall"] == 1.0 and scores["accuracy"] == 1.0  # every one of the entities is right
+    assert scores["document_accuracy"] == 0.5  # the document that invents is not wholly right
+    assert sum(scores[PER_EXAMPLE]["f1"]) / 2 == pytest.approx(scores["f1"])
+    assert entity_scores(gold, gold, ["A", "B"])["invented_entities"] == 0
+
+
 def test_f1_contributions_average_to_micro_f1_where_document_f1_would_not():
     gold = [{"A": "x", "B": "y", "C": "z"}, {"A": "x"}, {"B": "y", "C": "z"}]
     predicted = [{"A": "x", "B": "y", "C": "z"}, {"A": "q"}, {"B": "y"}]

@@ -46,6 +46,9 @@ def test_normalisation(text, normalised):
         ("no", "yes", 0.0, 0.0),
         ("", "", 1.0, 1.0),
         ("", "yes", 0.0, 0.0),
+        # The study's definition counts tokens with multiplicity: 1 common token of the longer 3.
+        ("no no no", "no", 0.0, 1 / 3),
+        ("stone stone bridge", "stone bridge bridge", 0.0, 2 / 3),
     ],
 )
 def test_exact_match_and_jaccard_hand_worked(prediction, reference, em, jac):

@@ -70,10 +70,11 @@ def test_score_on_hand_worked_outputs():
     assert exact["bertscore_f1"] == pytest.approx(1.0, abs=1e-4)
     assert exact["bertscore_f1_penalised"] == pytest.approx(1.0, abs=1e-4)
     assert exact["format_valid_rate"] == 1.0
-    assert exact["mean_queries"] == 2.0
+    assert exact["mean_queries"] == 2.0 and exact["surplus_queries"] == 0.0
 
     surplus = QG.score([format_target(example) + " - Is Porto safe?"], [example])
     assert surplus["bertscore_f1_penalised"] == pytest.approx(surplus["bertscore_f1"] - 0.05)
+    assert surplus["surplus_queries"] == 1.0
 
     empty_and_junk = QG.score(["", "no question mark here"], [example, example])
     assert empty_and_junk["format_valid_rate"] == 0.0
