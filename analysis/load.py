@@ -18,6 +18,13 @@ from pathlib import Path
 
 import polars as pl
 
+from analysis.layout import (
+    BASELINES_DIR,
+    COMPARISON_DIR,
+    EXTENSION_PREFIX,
+    FINALISTS_DIR,
+    SEARCH_STAGE,
+)
 from analysis.rank import is_trained
 from sweeps.spaces import hyperparameter_names
 from trainables.errors import ConfigError
@@ -27,11 +34,6 @@ from trainables.record import ADAPTER_DIR, FULL_VALIDATION_QUALITY, RECORD_FILE
 HYPERPARAMETERS = ["shots", *hyperparameter_names()]
 # What analysis.rescore measured of a kept checkpoint the trial itself did not measure.
 MEASURED_FILE = "kept_checkpoint.json"
-# Where a sweep runs its baselines, and re-trains its finalists with more seeds (--finalist-seeds).
-BASELINES_DIR = "baselines"
-FINALISTS_DIR = "finalists"
-# Where --extend runs the trials it adds to a finished sweep: extension-1, extension-2, ...
-EXTENSION_PREFIX = "extension-"
 # Tune's state of an experiment (one file per run of its driver; the newest is the current one).
 EXPERIMENT_STATE = "experiment_state-*.json"
 # Held by a sweep's driver while Tune runs its trials; the kernel drops it when the driver dies.
@@ -71,6 +73,7 @@ TRIALS_SCHEMA = {
     # A finalist's re-runs share it with the finalist: the same trial but for its seed.
     "config_without_seed": pl.String,
     "finalist_rerun": pl.Boolean,
+    "stage": pl.String,  # SEARCH_STAGE, an extension's directory name, COMPARISON_DIR or FINALISTS_DIR
     "trial_dir": pl.String,
 }
 # Taken once per trial, on its kept checkpoint: column in the ranked frame <- column in trials.
@@ -129,10 +132,20 @@ def is_live(directory: Path) -> bool:
     return False
 
 
+def _is_stage_dir(experiment: Path) -> bool:
+    """Whether an experiment directory is a stage inside a sweep's, not the sweep's own search."""
+    named = experiment.name in (BASELINES_DIR, FINALISTS_DIR, COMPARISON_DIR)
+    return named or experiment.name.startswith(EXTENSION_PREFIX)
+
+
 def _sweep_of(record: Path) -> Path:
     experiment = record.parent.parent
-    stage = experiment.name in (BASELINES_DIR, FINALISTS_DIR) or experiment.name.startswith(EXTENSION_PREFIX)
-    return experiment.parent if stage else experiment
+    return experiment.parent if _is_stage_dir(experiment) else experiment
+
+
+def _stage_of(record: Path) -> str:
+    experiment = record.parent.parent
+    return experiment.name if _is_stage_dir(experiment) else SEARCH_STAGE
 
 
 def _tune_error(trial_dir: Path, metadata: dict) -> str | None:
@@ -203,12 +216,13 @@ def _trial_row(path: Path) -> dict:
         "seed": config.get("seed"),
         "config_without_seed": json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True),
         "finalist_rerun": path.parent.parent.name == FINALISTS_DIR,
+        "stage": _stage_of(path),
         "trial_dir": str(path.parent),
     }
 
 
 def trials(experiment_dir: Path) -> pl.DataFrame:
-    """Every trial of the sweep in the directory (search trials, baselines, finalists) in a fixed
+    """Every trial of the sweep in the directory (search trials, baselines, each stage's) in a fixed
     schema; cost_usd is what the trial cost in all. Raises NotAnExperiment when the directory holds
     other sweeps than itself: their trials are not comparable (another task, model or budget)."""
     paths = sorted(experiment_dir.glob(f"**/{RECORD_FILE}"))

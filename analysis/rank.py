@@ -2,6 +2,7 @@
 
 import polars as pl
 
+from analysis.layout import COMPARISON_DIR, FINALISTS_DIR
 from trainables.errors import ConfigError
 from trainables.methods import trained_methods
 
@@ -89,28 +90,61 @@ def utility(weights: dict[str, float]) -> pl.Expr:
     return pl.when(is_candidate()).then(pl.sum_horizontal(terms) / total).otherwise(None).alias("utility")
 
 
+def ended() -> pl.Expr:
+    """Trials that trained and stopped by themselves or by the scheduler: their figures stand."""
+    return pl.col("status").is_in(["completed", "stopped_early"])
+
+
+def seed_group() -> pl.Expr:
+    """Runs that differ only in their seed and trained the same number of steps (a finalist's or a
+    compared method's other seeds) form one group; a run of another length, or one that did not
+    end, is a group of its own: its figure is not of the same budget."""
+    same_budget = pl.concat_str(pl.col("config_without_seed"), pl.lit("@"), pl.col("steps").cast(pl.String))
+    return pl.when(ended()).then(same_budget).otherwise(pl.col("trial_id")).alias("seed_group")
+
+
 def across_seeds(frame: pl.DataFrame) -> pl.DataFrame:
-    """A finalist re-trained with more seeds ranks on the mean of its seeds' best_quality (its own
-    figure kept as seed_quality, the spread as quality_std); the re-runs then leave the frame."""
+    """A group of seeds (seed_group) ranks as one, on the mean of its runs' best_quality: the run
+    of the lowest seed stays, its own figure kept as seed_quality and the spread as quality_std;
+    the group's other runs leave the frame."""
+    grouped = frame.with_columns(seed_group())
     seeds = (
-        frame.filter(pl.col("best_quality").is_not_null())
-        .group_by("config_without_seed")
+        grouped.filter(pl.col("best_quality").is_not_null())
+        .group_by("seed_group")
         .agg(
             seeds=pl.len(),
             quality_mean=pl.col("best_quality").mean(),
             quality_std=pl.col("best_quality").std(),
         )
     )
+    first_seed = pl.col("seed").fill_null(0) == pl.col("seed").fill_null(0).min().over("seed_group")
     return (
-        frame.filter(~pl.col("finalist_rerun"))
-        .join(seeds, on="config_without_seed", how="left")
+        grouped.filter(first_seed)
+        .unique("seed_group", keep="first", maintain_order=True)
+        .join(seeds, on="seed_group", how="left")
         .with_columns(
             seed_quality=pl.col("best_quality"),
             best_quality=pl.when(pl.col("seeds") > 1)
             .then(pl.col("quality_mean"))
             .otherwise(pl.col("best_quality")),
         )
-        .drop("quality_mean")
+        .drop("quality_mean", "seed_group")
+    )
+
+
+def searched() -> pl.Expr:
+    """Trials the search started (its extensions' too), not a later stage's re-runs of them."""
+    return ~pl.col("stage").is_in([COMPARISON_DIR, FINALISTS_DIR])
+
+
+def best_configurations(frame: pl.DataFrame) -> pl.DataFrame:
+    """Each trained method's best configuration on the search's evidence: the searched candidate
+    with the highest ranking figure (best_quality), one row per method, best method first."""
+    return (
+        frame.filter(is_candidate() & searched())
+        .sort("best_quality", descending=True, maintain_order=True)
+        .group_by("method", maintain_order=True)
+        .first()
     )
 
 
@@ -124,12 +158,15 @@ def leaderboard(frame: pl.DataFrame, weights: dict[str, float]) -> pl.DataFrame:
 
 
 def method_summary(frame: pl.DataFrame) -> pl.DataFrame:
-    """One row per method, like the reference studies' tables."""
-    ok = pl.col("status").is_in(["completed", "stopped_early"])
+    """One row per method, like the reference studies' tables, with how many trials the search
+    gave it and how many of those the scheduler stopped early."""
+    ok = ended()
     return (
         frame.group_by("method")
         .agg(
             trials=pl.len(),
+            search_trials=searched().sum(),
+            stopped_early=(searched() & (pl.col("status") == "stopped_early")).sum(),
             failures=(pl.col("status") == "failed").sum(),
             best_quality=pl.col("best_quality").filter(ok).max(),
             median_quality=pl.col("best_quality").filter(ok).median(),

@@ -12,24 +12,33 @@ import datetime
 import html
 import json
 import sys
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import plotly.graph_objects as go
 import plotly.offline
 import polars as pl
 
-from analysis import load, plots, rank, rescore, tables, verdict
+from analysis import equal_budget, load, plots, rank, rescore, tables, verdict
+from analysis.layout import COMPARISON_DIR
 from trainables.config import ConfigError
-from trainables.methods import METHODS
+from trainables.methods import BASELINE, METHODS
 from trainables.record import ADAPTER_DIR, read_record
 from trainables.tasks import get_task
 
 WINNERS_FILE = "winners.json"
 NO_VERDICT = "No verdict: the winners were not scored on the test split (--no-test), or there are none."
 VERDICT_NOTE = (
-    "Intervals: 95% paired bootstrap over the test examples (2,000 resamples); a difference whose "
-    "interval contains 0 is not distinguishable on this data. Validation figures choose; test figures judge."
+    "Intervals: 95% paired bootstrap over the test examples (2,000 resamples) and, for a method run with "
+    "several seeds, over its seeds as well; a difference whose interval contains 0 is not distinguishable "
+    "on this data, and one between runs of unequal budgets is never called real. Validation figures "
+    "choose; test figures judge."
+)
+EQUAL_BUDGET_NOTE = (
+    "Each method's best configuration on validation, trained to the whole budget with every seed the sweep "
+    "asked for (--finalist-seeds); quality and its 95% interval on the test split, the task's own metrics "
+    "and perplexity on the test split, speed on the validation prompts; each figure the mean over the "
+    "row's seeds. The untouched base model is prompted zero- and k-shot."
 )
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; padding: 0 1em; color: #222 }
@@ -102,21 +111,6 @@ def base_name(row: dict) -> str:
     return f"the base model ({int(row['shots'])}-shot)"
 
 
-def best_of_other_methods(board: pl.DataFrame, method: str) -> pl.DataFrame:
-    """The best candidate (by the ranking figure) of every method but `method`."""
-    others = rank.is_candidate() & pl.col("best_checkpoint").is_not_null() & (pl.col("method") != method)
-    return (
-        board.filter(others)
-        .sort("best_quality", descending=True)
-        .group_by("method", maintain_order=True)
-        .first()
-    )
-
-
-def _named_rows(frame: pl.DataFrame, name: Callable[[dict], str]) -> dict[str, dict]:
-    return {name(row): row for row in frame.iter_rows(named=True)}
-
-
 def _common_length(per_example: dict[str, list[float]]) -> int:
     lengths = {len(scores) for scores in per_example.values()}
     if len(lengths) != 1:
@@ -124,42 +118,81 @@ def _common_length(per_example: dict[str, list[float]]) -> int:
     return lengths.pop()
 
 
+@dataclass(frozen=True)
+class Judgement:
+    """What the verdict found: its lines, and the methods at equal budget (winners.json, table)."""
+
+    lines: list[str]
+    methods: list[dict]
+    method_comparisons: list[dict]
+    methods_table: pl.DataFrame
+
+
 def judge(
     board: pl.DataFrame,
+    loaded: pl.DataFrame,
     chosen: pl.DataFrame,
     winners: list[dict],
     workers: rescore.Workers = rescore.IN_PROCESS,
-) -> list[str]:
-    """Scores the winners, the baselines and the best trial of each other method on the whole test
+    comparison_stage_ran: bool = True,
+) -> Judgement:
+    """Scores the winners, the baselines and the runs each method is compared by on the whole test
     split; gives each winner's test block its quality_ci95 and comparisons; returns the verdict.
 
-    Every winner is compared with the base model (at each baseline's shots); the top winner also
-    with the runner-up and with the best trial of each other method.
+    Every winner is compared with the base model (at each baseline's shots), the top winner also
+    with the runner-up; the method best on validation with every other method, each through its
+    best configuration's runs at equal budget (analysis.equal_budget).
     """
-    baselines = board.filter(~rank.is_trained() & (pl.col("status") == "completed"))
-    bases = _named_rows(baselines.sort("shots"), base_name)
-    winner_rows = _named_rows(chosen, trial_name)
-    others = _named_rows(best_of_other_methods(board, winners[0]["method"]), trial_name)
-    scored = rescore.scores_on_test(bases | winner_rows | others, workers)
-    per_example = {name: result["per_example"] for name, result in scored.items()}
+    base_rows = board.filter(~rank.is_trained() & (pl.col("status") == "completed")).sort("shots").to_dicts()
+    winner_rows = chosen.to_dicts()
+    methods = equal_budget.compared_methods(loaded)
+    to_score = [*base_rows, *winner_rows, *(run for method in methods for run in method.runs)]
+    scored = rescore.scores_on_test({row["trial_dir"]: row for row in to_score}, workers)
+    per_example = {key: result["per_example"] for key, result in scored.items()}
     examples = _common_length(per_example)
     indices = verdict.resample_indices(examples)
-    against_base = {name: per_example[name] for name in bases}
-    runner_up = list(winner_rows)[1:2]
-    against_rivals = {name: per_example[name] for name in [*runner_up, *others]}  # one entry per name
+    bases = {
+        verdict.Side(base_name(row), 0, trains=False): per_example[row["trial_dir"]] for row in base_rows
+    }
+    sides = [verdict.Side(w["id"], int(row["steps"])) for w, row in zip(winners, winner_rows, strict=True)]
     lines = []
-    for position, winner in enumerate(winners):
-        name = winner["id"]
-        against = against_base | (against_rivals if position == 0 else {})
-        quality = verdict.mean_interval(per_example[name], indices)
-        comparisons = verdict.compare(name, per_example[name], against, indices)
-        winner["test"] = scored[name]["metrics"] | {
+    for position, (winner, row, side) in enumerate(zip(winners, winner_rows, sides, strict=True)):
+        against = dict(bases)
+        if position == 0 and len(sides) > 1:  # the runner-up
+            against[sides[1]] = per_example[winner_rows[1]["trial_dir"]]
+        scores = per_example[row["trial_dir"]]
+        quality = verdict.mean_interval(scores, indices)
+        comparisons = verdict.compare(side, scores, against, indices)
+        winner["test"] = scored[row["trial_dir"]]["metrics"] | {
             "examples": examples,
+            "steps": side.steps,
             "quality_ci95": quality.ci95,
             "comparisons": [comparison.as_json() for comparison in comparisons],
         }
         lines += verdict_lines(winner, position, quality, comparisons, examples)
-    return lines
+    between_methods = equal_budget.comparisons(methods, per_example, indices, trial_name)
+    if between_methods:
+        lines += [equal_budget.lead_line(methods, comparison_stage_ran)]
+        lines += [comparison.words() + "." for comparison in between_methods]
+    tested = {
+        row["trial_dir"]: equal_budget.on_test([row], scored, per_example, indices) for row in base_rows
+    } | {method.method: equal_budget.on_test(method.runs, scored, per_example, indices) for method in methods}
+    base_rows_of_table = [
+        (f"{BASELINE} ({int(row['shots'])}-shot)", base_name(row), [row], tested[row["trial_dir"]])
+        for row in base_rows
+    ]
+    table_rows = base_rows_of_table + [
+        (method.method, trial_name(method.runs[0]), method.runs, tested[method.method]) for method in methods
+    ]
+    return Judgement(
+        lines,
+        [equal_budget.as_json(method, trial_name, tested[method.method]) for method in methods],
+        [
+            comparison.as_json() | {"method": methods[0].method, "against_method": other.method}
+            for comparison, other in zip(between_methods, methods[1:], strict=True)
+        ],
+        equal_budget.table(table_rows, get_task(board["task"].drop_nulls().first()).table_metrics),
+    )
 
 
 def verdict_lines(
@@ -208,6 +241,7 @@ def write_html(
     verdict_text: list[str],
     figures: list[go.Figure],
     spent_usd: float = 0.0,
+    methods_table: pl.DataFrame | None = None,
 ) -> Path:
     task = board["task"].drop_nulls().first()
     model = board["model"].drop_nulls().first()
@@ -230,7 +264,12 @@ def write_html(
         f"<p>{board.height} trials, {failures.height} failed; ${spent_usd:.4f} spent in all. "
         f"Generated {datetime.datetime.now():%Y-%m-%d %H:%M}.</p>",
         "<h2>Verdict</h2>", _verdict_html(verdict_text),
-        "<h2>Per method</h2><p>quality: on the whole validation split, the kept checkpoint of each trial.</p>",
+        "<h2>Methods at equal budget</h2>",
+        f"<p>{EQUAL_BUDGET_NOTE}</p>" + tables.to_html(methods_table, "equal-budget")
+        if methods_table is not None else f"<p>{NO_VERDICT}</p>",
+        "<h2>Per method</h2><p>quality: on the whole validation split, the kept checkpoint of each trial; "
+        "search_trials: trials the search gave the method, stopped_early: those the scheduler ended "
+        "first.</p>",
         tables.to_html(summary, "per-method"),
         "<h2>Winners</h2><p>Top of the Pareto front by utility, and the best on validation quality when the "
         "trade-off leaves it out; test scores are on the untouched test split.</p>",
@@ -251,12 +290,40 @@ def write_html(
     return path
 
 
-def markdown_summary(summary: pl.DataFrame, winners: list[dict], verdict_text: list[str]) -> str:
+def markdown_summary(
+    summary: pl.DataFrame,
+    winners: list[dict],
+    verdict_text: list[str],
+    methods_table: pl.DataFrame | None = None,
+) -> str:
     with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True,
-                   float_precision=3, tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200):  # fmt: skip
-        methods = str(summary.select("method", "trials", "failures", "best_quality", "median_quality",
-                                     "truncated_rate", "latency_s", "train_time_s", "total_cost_usd"))  # fmt: skip
-    lines = ["## Per method", methods, "", "## Winners"]
+                   float_precision=3, tbl_rows=-1, tbl_cols=-1, tbl_width_chars=1000):  # fmt: skip
+        methods = str(summary.select("method", "trials", "search_trials", "stopped_early", "failures",
+                                     "best_quality", "median_quality", "truncated_rate", "latency_s",
+                                     "train_time_s", "total_cost_usd"))  # fmt: skip
+        at_equal_budget = (
+            str(
+                methods_table.select(
+                    "method",
+                    "steps",
+                    "seeds",
+                    "test",
+                    tables.interval(pl.col("test_ci95")).alias("test_ci95"),
+                    *methods_table.columns[methods_table.columns.index("test_ci95") + 1 :],
+                ).drop(
+                    "id",
+                    "tokens_per_s",
+                    "latency_s",
+                    "trainable_params",
+                    "adapter_bytes",
+                    "peak_memory_mb",
+                    strict=False,
+                )
+            )
+            if methods_table is not None
+            else NO_VERDICT
+        )
+    lines = ["## Per method", methods, "", "## Methods at equal budget", at_equal_budget, "", "## Winners"]
     lines += [
         f"- {w['id']} ({w['method']}): validation {w['validation']['quality']:.3f}"
         + (" (the best)" if w["best_on_validation"] else "")
@@ -282,7 +349,7 @@ def build(
     board = rank.leaderboard(frame, weights)
     board.drop("trial_dir").write_csv(directory / "leaderboard.csv")
     board.write_parquet(directory / "leaderboard.parquet")
-    summary = rank.method_summary(frame)
+    summary = rank.method_summary(loaded)  # every run: the search's, and the stages' re-runs
     study = plots.search_study(directory)
     figures = [
         plots.pareto(board, "cost_usd", "cost of the served checkpoint ($)"),
@@ -293,12 +360,17 @@ def build(
     ]
     chosen = chosen_winners(board, top)
     winners = [winner_entry(row) for row in chosen.iter_rows(named=True)]
-    verdict_text = judge(board, chosen, winners, workers) if score_on_test and winners else []
-    (directory / WINNERS_FILE).write_text(
-        json.dumps({"weights": weights, "winners": winners}, indent=2, default=str)
-    )
-    write_html(directory, board, summary, winners, verdict_text, figures, spent_usd)
-    print(markdown_summary(summary, winners, verdict_text))
+    judged = None
+    if score_on_test and winners:
+        judged = judge(board, loaded, chosen, winners, workers, (directory / COMPARISON_DIR).is_dir())
+    verdict_text = judged.lines if judged else []
+    methods_table = judged.methods_table if judged else None
+    saved = {"weights": weights, "winners": winners}
+    if judged:
+        saved |= {"methods": judged.methods, "method_comparisons": judged.method_comparisons}
+    (directory / WINNERS_FILE).write_text(json.dumps(saved, indent=2, default=str))
+    write_html(directory, board, summary, winners, verdict_text, figures, spent_usd, methods_table)
+    print(markdown_summary(summary, winners, verdict_text, methods_table))
     if board.filter(rank.is_candidate()).is_empty():
         raise load.NotAnExperiment(
             f"{directory}: every trained trial failed; see report.html for the reasons"

@@ -4,6 +4,11 @@ Every candidate is scored on the same test examples, so one set of resamples ser
 comparison is paired: each resample draws the same examples for both sides, so the difference
 varies with how the two disagree, not with how hard the drawn examples happen to be. The mean of
 per-example differences is the difference of means, so a paired interval is the interval of a mean.
+
+A side trained with several seeds (a compared method's runs) has one row of scores per run. Each
+resample then also draws that side's runs, with replacement and apart from the other side's, so
+the interval covers how much training with another seed moves the figure as well as which test
+examples happened to be drawn: a two-level bootstrap of runs and examples.
 """
 
 from dataclasses import dataclass
@@ -19,6 +24,25 @@ DIGITS = 3
 def resample_indices(examples: int, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
     """Row r: the examples bootstrap resample r draws, with replacement (resamples x examples)."""
     return np.random.default_rng(seed).integers(0, examples, size=(resamples, examples), dtype=np.int32)
+
+
+def run_weights(runs: int, resamples: int, stream: int) -> np.ndarray:
+    """Row r: the share of each of a side's runs among those resample r draws, with replacement
+    (resamples x runs, rows summing to 1). `stream` keeps each side's draws apart from the other's."""
+    drawn = np.random.default_rng([SEED, stream]).integers(0, runs, size=(resamples, runs))
+    counts = np.zeros((resamples, runs))
+    np.add.at(counts, (np.arange(resamples)[:, None], drawn), 1.0)
+    return counts / runs
+
+
+def resampled_means(scores, indices: np.ndarray, stream: int = 1) -> np.ndarray:
+    """One mean per resample of a side's scores (one run's list, or runs x examples): the examples
+    that `indices` draws and, with several runs, runs drawn afresh in each resample."""
+    runs = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    if runs.shape[0] == 1:
+        return runs[0][indices].mean(axis=1)
+    per_example = run_weights(runs.shape[0], indices.shape[0], stream) @ runs  # resamples x examples
+    return np.take_along_axis(per_example, indices, axis=1).mean(axis=1)
 
 
 @dataclass(frozen=True)
@@ -37,17 +61,22 @@ class Estimate:
         return [self.low, self.high]
 
 
-def mean_interval(scores, indices: np.ndarray) -> Estimate:
-    """The mean of per-example scores, with the percentile interval of its resampled means."""
-    values = np.asarray(scores, dtype=np.float64)
-    resampled = values[indices].mean(axis=1)  # one mean per resample, all at once
+def _percentiles(value: float, resampled: np.ndarray) -> Estimate:
     low, high = np.quantile(resampled, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
-    return Estimate(float(values.mean()), float(low), float(high))
+    return Estimate(float(value), float(low), float(high))
+
+
+def mean_interval(scores, indices: np.ndarray) -> Estimate:
+    """The mean of per-example scores (of every run, with several), with the percentile interval of
+    its resampled means."""
+    return _percentiles(np.mean(scores), resampled_means(scores, indices))
 
 
 def difference_interval(scores, other, indices: np.ndarray) -> Estimate:
-    """mean(scores) - mean(other), paired: both sides resampled on the same examples."""
-    return mean_interval(np.asarray(scores, dtype=np.float64) - np.asarray(other, dtype=np.float64), indices)
+    """mean(scores) - mean(other), paired: both sides resampled on the same examples; each side's
+    runs, when it has several, drawn apart."""
+    resampled = resampled_means(scores, indices, stream=1) - resampled_means(other, indices, stream=2)
+    return _percentiles(np.mean(scores) - np.mean(other), resampled)
 
 
 def _number(value: float) -> str:
@@ -59,35 +88,69 @@ def interval_words(estimate: Estimate) -> str:
 
 
 @dataclass(frozen=True)
-class Comparison:
+class Side:
+    """One side of a comparison: its name, the optimizer steps it trained, the seeds it ran with."""
+
     name: str
-    against: str
+    steps: int
+    seeds: int = 1
+    trains: bool = True  # False: the untouched base model, which trains nothing by design
+
+
+@dataclass(frozen=True)
+class Comparison:
+    side: Side
+    against: Side
     difference: Estimate
+
+    @property
+    def equal_budget(self) -> bool:
+        """Both sides trained as long; against the untouched base, there is no budget to match."""
+        return not self.against.trains or self.side.steps == self.against.steps
+
+    @property
+    def real_difference(self) -> bool:
+        return self.equal_budget and self.difference.distinguishable
+
+    def meaning(self) -> str:
+        if not self.equal_budget:
+            return (
+                f"unequal budgets: {self.side.name} trained {self.side.steps} steps, "
+                f"{self.against.name} trained {self.against.steps}"
+            )
+        return "a real difference" if self.difference.distinguishable else "not distinguishable on this data"
 
     def words(self) -> str:
         """e.g. 'lora beats ia3 by 0.021 (95% CI -0.008 to 0.050): not distinguishable on this data'."""
-        gap = self.difference
-        meaning = "a real difference" if gap.distinguishable else "not distinguishable on this data"
+        gap, name, against = self.difference, self.side.name, self.against.name
         if gap.value == 0:
-            return f"{self.name} and {self.against} tie: difference {interval_words(gap)}: {meaning}"
+            return f"{name} and {against} tie: difference {interval_words(gap)}: {self.meaning()}"
         if gap.value > 0:
-            return f"{self.name} beats {self.against} by {interval_words(gap)}: {meaning}"
+            return f"{name} beats {against} by {interval_words(gap)}: {self.meaning()}"
         # Said of the gap by which it trails, so the interval is of that gap too.
         behind = Estimate(-gap.value, -gap.high, -gap.low)
-        return f"{self.name} trails {self.against} by {interval_words(behind)}: {meaning}"
+        return f"{name} trails {against} by {interval_words(behind)}: {self.meaning()}"
 
     def as_json(self) -> dict:
         return {
-            "against": self.against,
+            "against": self.against.name,
             "difference": self.difference.value,
             "ci95": self.difference.ci95,
             "distinguishable": self.difference.distinguishable,
+            "steps": self.side.steps,
+            "seeds": self.side.seeds,
+            "against_steps": self.against.steps,
+            "against_seeds": self.against.seeds,
+            "equal_budget": self.equal_budget,
+            "real_difference": self.real_difference,
+            "meaning": self.meaning(),
         }
 
 
-def compare(name: str, scores, against: dict[str, list[float]], indices: np.ndarray) -> list[Comparison]:
-    """name against each of `against` (name -> per-example scores on the same examples)."""
+def compare(side: Side, scores, against: dict[Side, list], indices: np.ndarray) -> list[Comparison]:
+    """side against each of `against` (side -> its per-example scores on the same examples, a run's
+    list or runs x examples)."""
     return [
-        Comparison(name, other, difference_interval(scores, other_scores, indices))
+        Comparison(side, other, difference_interval(scores, other_scores, indices))
         for other, other_scores in against.items()
     ]

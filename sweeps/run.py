@@ -1,22 +1,27 @@
 """python -m sweeps.run TASK [options]: search PEFT methods and hyperparameters for a task.
 
 Baseline trials (the untouched base model, zero- and k-shot) run first, then Optuna's TPE
-searches the methods' spaces, in one Ray Tune experiment, while ASHA stops poor trials early; with
---finalist-seeds K, the top of the Pareto front is then re-trained with K-1 more seeds. Results
+searches the methods' spaces, in one Ray Tune experiment, while ASHA stops poor trials early. Each
+method's best configuration is then trained to the whole budget (the equal-budget comparison the
+verdict compares methods by; --no-compare-methods skips it), and with --finalist-seeds K the top of
+the Pareto front is re-trained with K-1 more seeds (the compared methods run K seeds too). Results
 land in <storage>/<task>/<name>/ with trials.csv and trials.parquet; --resume continues an
 interrupted sweep.
 """
 
 import argparse
+import functools
 import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import polars as pl
+
 from analysis import load, rank, report, rescore
-from sweeps import extend, results, study
+from sweeps import extend, results, stages, study
 from sweeps.objectives import NAMES as OBJECTIVE_NAMES
 from sweeps.objectives import Objective
 from sweeps.settings import (
@@ -29,10 +34,10 @@ from sweeps.settings import (
 from sweeps.spaces import DefineByRun, first_points, sampler
 from trainables.errors import ConfigError
 from trainables.methods import BASELINE
-from trainables.record import EVALUATIONS, read_record
+from trainables.record import EVALUATIONS
 from trainables.tasks import TASKS
 
-FINALIST = "finalist"  # the grid key under which a finalist's whole config travels
+RUN_AGAIN = "run_again"  # the grid key under which a later stage's run travels, its whole config
 RAY_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 EXPERIMENT_STATE = "experiment_state*.json"
 
@@ -85,7 +90,15 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument(
         "--finalist-seeds",
         type=int,
-        help="seeds per finalist (the top of the front re-trained), ranked on their mean",
+        help="seeds per finalist (the top of the front re-trained) and per compared method, ranked on "
+        "their mean",
+    )
+    cli.add_argument(
+        "--compare-methods",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="after the search, train each method's best configuration to the whole budget, so that "
+        "the verdict compares methods at equal budget (default: on)",
     )
     cli.add_argument(
         "--smoke", action="store_true", default=None, help="a tiny budget, for tests and a first look"
@@ -109,8 +122,13 @@ def fail(message: str) -> int:
 def experiment_states(sweep_dir: Path) -> list[Path]:
     """The Tune experiment states a sweep has saved: its search's (baselines included), and those
     of the stages with an experiment of their own."""
-    stages = [sweep_dir, sweep_dir / load.FINALISTS_DIR, *extend.extension_dirs(sweep_dir)]
-    return [state for stage in stages for state in stage.glob(EXPERIMENT_STATE)]
+    experiments = [
+        sweep_dir,
+        sweep_dir / load.COMPARISON_DIR,
+        sweep_dir / load.FINALISTS_DIR,
+        *extend.extension_dirs(sweep_dir),
+    ]
+    return [state for experiment in experiments for state in experiment.glob(EXPERIMENT_STATE)]
 
 
 def last_saved(sweep_dir: Path) -> float:
@@ -183,8 +201,8 @@ def evaluations_per_trial(settings: SweepSettings) -> int:
 
 
 def trial_values(config: dict) -> dict:
-    """A trial's own config: a finalist's travels as one grid value."""
-    return config.get(FINALIST, config)
+    """A trial's own config: a later stage's run travels as one grid value."""
+    return config.get(RUN_AGAIN, config)
 
 
 def trial_dirname(trial) -> str:
@@ -416,17 +434,6 @@ def run_extensions(
     return fit_or_resume(new, build, trainable)
 
 
-def finalist_configs(settings: SweepSettings, directory: Path, workers: rescore.Workers) -> list[dict]:
-    """The winners (report.chosen_winners, default weights), each with the seeds after
-    the sweep's own: same hyperparameters, another initialisation and data order."""
-    rescore.measure_kept_checkpoints(load.load(directory), workers)
-    board = rank.leaderboard(rank.across_seeds(load.load(directory)), rank.parse_weights(""))
-    chosen = report.chosen_winners(board, settings.winners)
-    configs = [read_record(d)["config"] for d in chosen["trial_dir"]]
-    extra_seeds = range(settings.seed + 1, settings.seed + settings.finalist_seeds)
-    return [config | {"seed": seed} for config in configs for seed in extra_seeds]
-
-
 def run(config: dict) -> None:
     """The trainable. It imports the training code where the trial runs: the driver never loads
     PEFT or the model classes, seconds that every sweep's start would otherwise wait for. Its name
@@ -436,39 +443,68 @@ def run(config: dict) -> None:
     trial.run(config)
 
 
-def run_finalist(config: dict) -> None:
-    """A finalist's re-run; its whole config is one grid value, as Tune grids one key at a time."""
-    run(config[FINALIST])
+def run_again(config: dict) -> None:
+    """A later stage's run of a chosen configuration; its whole config is one grid value, as Tune
+    grids one key at a time."""
+    run(config[RUN_AGAIN])
 
 
-def run_finalists(settings: SweepSettings, directory: Path, workers: rescore.Workers, verbose: bool) -> bool:
+def run_stage(
+    settings: SweepSettings,
+    directory: Path,
+    workers: rescore.Workers,
+    verbose: bool,
+    stage: str,
+    configs_of: Callable[[pl.DataFrame], list[dict]],
+) -> bool:
+    """A stage that trains chosen configurations again (sweeps.stages), as a Tune experiment in
+    the sweep's `stage` directory; configs_of picks them from the sweep's measured trials."""
     from ray import tune
 
-    trainable = tune.with_resources(run_finalist, trial_resources(settings))
+    trainable = tune.with_resources(run_again, trial_resources(settings))
 
-    def build():
-        configs = finalist_configs(settings, directory, workers)
+    def build(configs: list[dict]):
         return tune.Tuner(
             trainable,
-            param_space={FINALIST: tune.grid_search(configs)},
+            param_space={RUN_AGAIN: tune.grid_search(configs)},
             tune_config=tune_config(max_concurrent_trials=settings.concurrency),
             run_config=tune.RunConfig(
-                name=load.FINALISTS_DIR,
+                name=stage,
                 storage_path=str(directory),
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                 checkpoint_config=kept_checkpoint(),
                 **outputs(
-                    settings,
-                    directory,
-                    verbose,
-                    "finalists",
-                    len(configs),
-                    spent_before=spent_so_far(directory),
+                    settings, directory, verbose, stage, len(configs), spent_before=spent_so_far(directory)
                 ),
             ),
         )
 
-    return fit_or_resume(directory / load.FINALISTS_DIR, build, trainable)
+    experiment = directory / stage
+    if tune.Tuner.can_restore(str(experiment)):
+        return fit_or_resume(experiment, None, trainable)
+    configs = configs_of(stages.measured(directory, workers))
+    if not configs:
+        return True  # every run it would make, the sweep has already
+    return fit_or_resume(experiment, functools.partial(build, configs), trainable)
+
+
+def later_stages(settings: SweepSettings) -> list[tuple[str, Callable[[pl.DataFrame], list[dict]]]]:
+    """The stages after the search that the sweep runs, in order, each with how it picks its runs."""
+    chosen = []
+    if settings.compare_methods:
+        compared = functools.partial(
+            stages.comparison_configs, first_seed=settings.seed, seeds=settings.finalist_seeds
+        )
+        chosen.append((load.COMPARISON_DIR, compared))
+    if settings.finalist_seeds > 1:
+        finalists = functools.partial(
+            stages.finalist_configs,
+            winners=settings.winners,
+            first_seed=settings.seed,
+            seeds=settings.finalist_seeds,
+        )
+        chosen.append((load.FINALISTS_DIR, finalists))
+    return chosen
 
 
 def sweep(settings: SweepSettings, directory: Path, verbose: bool = False) -> bool:
@@ -493,8 +529,8 @@ def sweep(settings: SweepSettings, directory: Path, verbose: bool = False) -> bo
         else:
             finished = run_search(settings, directory, trainable, workers, verbose)
             finished = finished and run_extensions(settings, directory, trainable, workers, verbose)
-            if finished and settings.finalist_seeds > 1:
-                finished = run_finalists(settings, directory, workers, verbose)
+            for stage, configs_of in later_stages(settings):
+                finished = finished and run_stage(settings, directory, workers, verbose, stage, configs_of)
     trials = load.trials(directory)
     results.write_tables(trials, directory)
     print(results.summary(trials))

@@ -113,7 +113,16 @@ class SweepSettings(BaseModel):
         "and the best on validation quality if not among them",
     )
     # Off by default: each seed beyond the first re-trains up to `winners` trials to their end.
-    finalist_seeds: int = Field(1, ge=1, description="seeds per finalist, which rank on their mean")
+    finalist_seeds: int = Field(
+        1, ge=1, description="seeds per finalist and per compared method, which rank on their mean"
+    )
+    # The verdict compares methods through runs of equal budget; without them it labels each
+    # comparison of runs that trained for different lengths as such, and calls none of them real.
+    compare_methods: bool = Field(
+        True,
+        description="train each method's best configuration to the whole budget (with finalist_seeds "
+        "seeds), so that the verdict compares methods at equal budget",
+    )
     mlflow: str | None = Field(None, description="MLflow tracking URI every trial is logged to")
     search: SearchRanges = SearchRanges()
     trial: dict[str, Any] = {}

@@ -69,7 +69,7 @@ def smoke_mlflow(smoke_storage) -> str:
 @pytest.fixture(scope="session")
 def smoke_sweep(tiny_model, smoke_storage, smoke_mlflow) -> tuple[subprocess.CompletedProcess, Path]:
     """One real `python -m sweeps.run qg --smoke` on the tiny model, its finalists re-trained with a
-    second seed, shared by the tests that read it. It searches quality and cost (the multi-objective
+    second seed (the equal-budget comparison skipped), shared by the tests that read it. It searches quality and cost (the multi-objective
     sampler and Pareto-aware early stopping) within a dollar budget it does not reach, and logs its
     trials to MLflow (smoke_mlflow)."""
     storage = smoke_storage
@@ -83,6 +83,9 @@ def smoke_sweep(tiny_model, smoke_storage, smoke_mlflow) -> tuple[subprocess.Com
         tiny_model,
         "--finalist-seeds",
         "2",
+        # Its finalists are the search's trials again with seed 1; the equal-budget comparison,
+        # which would train those same runs first, has a sweep of its own (tests/sweeps/test_comparison.py).
+        "--no-compare-methods",
         "--objectives",
         "quality,cost",
         "--budget-usd",

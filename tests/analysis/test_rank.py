@@ -76,10 +76,14 @@ def test_method_summary_counts_trials_and_failures():
             train_time_s=pl.lit(3.0),
             truncated_rate=pl.when(pl.col("trial_id") == "a").then(1.0).otherwise(0.0),
             total_cost_usd=pl.col("cost_usd") + 1.0,
+            stage=pl.when(pl.col("trial_id") == "a").then(pl.lit("comparison")).otherwise(pl.lit("search")),
         )
     )
     lora = summary.filter(pl.col("method") == "lora")
     assert lora["trials"].item() == 2 and lora["best_quality"].item() == 0.90
+    # a is the comparison stage's re-run; the search gave LoRA c, which ASHA stopped.
+    assert lora["search_trials"].item() == 1 and lora["stopped_early"].item() == 1
+    assert summary.filter(pl.col("method") == "ia3")["stopped_early"].item() == 0
     assert lora["total_cost_usd"].item() == pytest.approx(5.0)  # (1 + 1) + (2 + 1): a and c in all
     assert lora["median_quality"].item() == pytest.approx(0.80)
     assert lora["truncated_rate"].item() == pytest.approx(
@@ -108,15 +112,36 @@ def test_weights_override_only_what_they_name():
 def test_a_finalist_ranks_on_the_mean_of_its_seeds_and_its_reruns_leave_the_frame():
     frame = pl.DataFrame(
         {
-            "trial_id": ["a", "a-seed1", "a-seed2", "b", "c"],
-            "config_without_seed": ["A", "A", "A", "B", "C"],
-            "finalist_rerun": [False, True, True, False, False],
-            "best_quality": [0.30, 0.20, 0.25, 0.28, None],  # c failed
+            "trial_id": ["a", "a-seed1", "a-seed2", "b", "c", "d", "d-seed1"],
+            "config_without_seed": ["A", "A", "A", "B", "C", "D", "D"],
+            "seed": [0, 1, 2, 0, 0, 0, 1],
+            "status": ["completed"] * 4 + ["failed", "stopped_early", "completed"],
+            # d was stopped at step 2; its re-run trained the whole budget, so it ranks on its own.
+            "steps": [4, 4, 4, 4, None, 2, 4],
+            "best_quality": [0.30, 0.20, 0.25, 0.28, None, 0.10, 0.40],  # c failed
         }
     )
     ranked = rank.across_seeds(frame).sort("trial_id")
-    assert ranked["trial_id"].to_list() == ["a", "b", "c"]
-    assert ranked["best_quality"].to_list() == pytest.approx([0.25, 0.28, None], nan_ok=True)
+    assert ranked["trial_id"].to_list() == ["a", "b", "c", "d", "d-seed1"]
+    assert ranked["best_quality"].to_list() == pytest.approx([0.25, 0.28, None, 0.10, 0.40], nan_ok=True)
     assert ranked["seed_quality"].to_list()[:2] == [0.30, 0.28]
-    assert ranked["seeds"].to_list() == [3, 1, None]
+    assert ranked["seeds"].to_list() == [3, 1, None, 1, 1]
     assert ranked["quality_std"][0] == pytest.approx(0.05) and ranked["quality_std"][1] is None
+
+
+def test_each_method_s_best_configuration_comes_from_the_search_alone():
+    frame = HAND_BUILT.with_columns(
+        config_without_seed=pl.col("trial_id").str.to_uppercase(),
+        stage=pl.lit("search"),
+    )
+    rerun = frame.filter(pl.col("trial_id") == "c").with_columns(
+        trial_id=pl.lit("c-again"), stage=pl.lit("comparison"), best_quality=pl.lit(0.99)
+    )
+    best = rank.best_configurations(pl.concat([frame, rerun]))
+    # Best method first; a later stage's re-run (0.99) does not choose LoRA's configuration.
+    assert best.select("method", "trial_id").rows() == [
+        ("lora", "a"),
+        ("ia3", "b"),
+        ("qlora", "d"),
+        ("prompt_tuning", "g"),
+    ]
