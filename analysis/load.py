@@ -26,8 +26,8 @@ from analysis.layout import (
     SEARCH_STAGE,
 )
 from analysis.rank import is_trained
-from sweeps.spaces import hyperparameter_names
 from trainables.errors import ConfigError
+from trainables.methods import hyperparameter_names
 from trainables.record import ADAPTER_DIR, FULL_VALIDATION_QUALITY, RECORD_FILE
 
 # Each method's searched hyperparameters under their own names (lora.learning_rate), as trials carry them.

@@ -11,9 +11,9 @@ import polars as pl
 from plotly.colors import qualitative
 from ray.tune.search.optuna import OptunaSearch
 
+from analysis import study as sweep_study
 from analysis.load import HYPERPARAMETERS
 from analysis.tables import three_figures
-from sweeps import study as sweep_study
 from trainables.methods import METHODS
 
 # The same colour for a method in every figure.

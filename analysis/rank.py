@@ -51,23 +51,30 @@ def is_candidate() -> pl.Expr:
     return is_trained() & pl.col("status").is_in(["completed", "stopped_early"]) & measured
 
 
-def pareto_flags(frame: pl.DataFrame) -> pl.Series:
-    """True for candidates that no other candidate beats on one objective without losing on another."""
-    points = frame.filter(is_candidate()).select("trial_id", *OBJECTIVES)
-    others = points.rename({column: f"{column}_other" for column in points.columns})
+def dominated(points: pl.DataFrame, larger_is_better: dict[str, bool]) -> pl.Series:
+    """Per row of points, whether another row beats it on one objective (a column) without losing
+    on another: Pareto dominance, the one definition that the report's front and the Pareto-aware
+    scheduler's rungs (sweeps.schedulers) share."""
+    indexed = points.select(*larger_is_better).with_row_index("row")
+    others = indexed.rename({column: f"{column}_other" for column in indexed.columns})
     at_least_as_good = pl.all_horizontal(
         (pl.col(f"{c}_other") >= pl.col(c)) if up else (pl.col(f"{c}_other") <= pl.col(c))
-        for c, up in OBJECTIVES.items()
+        for c, up in larger_is_better.items()
     )
     strictly_better = pl.any_horizontal(
         (pl.col(f"{c}_other") > pl.col(c)) if up else (pl.col(f"{c}_other") < pl.col(c))
-        for c, up in OBJECTIVES.items()
+        for c, up in larger_is_better.items()
     )
-    dominated = points.join(others, how="cross").filter(at_least_as_good & strictly_better)["trial_id"]
+    beaten = indexed.join(others, how="cross").filter(at_least_as_good & strictly_better)["row"]
+    return indexed["row"].is_in(beaten.implode()).alias("dominated")
+
+
+def pareto_flags(frame: pl.DataFrame) -> pl.Series:
+    """True for candidates that no other candidate beats on one objective without losing on another."""
+    points = frame.filter(is_candidate()).select("trial_id", *OBJECTIVES)
+    beaten = points.filter(dominated(points, OBJECTIVES))["trial_id"]
     return (
-        frame.select(is_candidate() & ~pl.col("trial_id").is_in(dominated.implode()))
-        .to_series()
-        .alias("pareto")
+        frame.select(is_candidate() & ~pl.col("trial_id").is_in(beaten.implode())).to_series().alias("pareto")
     )
 
 

@@ -10,7 +10,6 @@ and every comparison with a 95% paired bootstrap interval (analysis.verdict).
 import argparse
 import datetime
 import html
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,8 @@ from trainables.config import ConfigError
 from trainables.methods import BASELINE, METHODS
 from trainables.record import ADAPTER_DIR, read_record
 from trainables.tasks import get_task
+from trainables.winners import Winners
 
-WINNERS_FILE = "winners.json"
 NO_VERDICT = "No verdict: the winners were not scored on the test split (--no-test), or there are none."
 VERDICT_NOTE = (
     "Intervals: 95% paired bootstrap over the test examples (2,000 resamples) and, for a method run with "
@@ -57,8 +56,12 @@ BOARD_COLUMNS = [
 
 
 def adapter_id(task: str, method: str, trial_id: str) -> str:
-    """A short id for serving, e.g. qg-lora-3f2a; a task file's task is named by its `name` key."""
-    return f"{get_task(task).name}-{method.replace('_', '-')}-{trial_id[:4]}"
+    """A short id for serving, e.g. qg-lora-3f2a; a task file's task is named by its `name` key.
+    A later stage's runs share their experiment's prefix (84206_00000, 84206_00001): their number
+    follows it (qg-lora-8420-1), so that each run of the stage keeps an id of its own."""
+    prefix, _, number = trial_id.partition("_")
+    run = f"-{int(number)}" if number.isdigit() else ""
+    return f"{get_task(task).name}-{method.replace('_', '-')}-{prefix[:4]}{run}"
 
 
 def chosen_winners(board: pl.DataFrame, top: int) -> pl.DataFrame:
@@ -368,7 +371,7 @@ def build(
     saved = {"weights": weights, "winners": winners}
     if judged:
         saved |= {"methods": judged.methods, "method_comparisons": judged.method_comparisons}
-    (directory / WINNERS_FILE).write_text(json.dumps(saved, indent=2, default=str))
+    Winners.model_validate(saved).write(directory)
     write_html(directory, board, summary, winners, verdict_text, figures, spent_usd, methods_table)
     print(markdown_summary(summary, winners, verdict_text, methods_table))
     if board.filter(rank.is_candidate()).is_empty():

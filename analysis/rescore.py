@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from analysis import load, rank
+from analysis.terminal import CLEAR_LINE, fitted
 from trainables.methods import BASELINE, METHODS
 from trainables.record import FULL_VALIDATION_QUALITY, read_record
 
@@ -143,8 +144,6 @@ def _keep(item: Cached, reference, fatal: bool) -> dict | None:
 
 
 def _show_progress(done: int, total: int, what: str) -> None:
-    from sweeps.progress import CLEAR_LINE, fitted
-
     line = f"  scored {done}/{total} {what}"
     if sys.stdout.isatty():  # one line, redrawn in place, as the sweep's status line
         print(CLEAR_LINE + fitted(line), end="\n" if done == total else "", flush=True)

@@ -4,15 +4,15 @@ Request fields are looked up in this registry by id and never used as paths. A w
 method saves a whole model (full fine-tuning) is served as a model of its own, beside the base.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainables import winners
 from trainables.config import ConfigError
 from trainables.methods import METHODS
 from trainables.tasks import get_task
+from trainables.winners import WINNERS_FILE
 
-WINNERS_FILE = "winners.json"
 BASE_MODEL_ID = "base"
 
 
@@ -52,44 +52,33 @@ class Registry:
 def load_registry(experiment_dir: Path, top: int | None = None) -> Registry:
     """The top winners of a sweep; every problem is a ConfigError naming the file and field."""
     path = experiment_dir / WINNERS_FILE
-    if not path.is_file():
-        raise ConfigError(
-            f"{path}: no such file; run the sweep or `python -m analysis.report {experiment_dir}`"
-        )
-    try:
-        winners = json.loads(path.read_text())["winners"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ConfigError(f"{path}: not a winners file ({error})") from None
-    winners = winners[:top] if top else winners
-    if not winners:
+    listed = winners.read(experiment_dir).winners
+    listed = listed[:top] if top else listed
+    if not listed:
         raise ConfigError(f"{path}: lists no winners")
-    bases = {winner.get("base_model") for winner in winners}
+    bases = {winner.base_model for winner in listed}
     if len(bases) != 1:
         raise ConfigError(
-            f"{path}: winners share no base model ({', '.join(map(str, bases))}); serve one at a time"
+            f"{path}: winners share no base model ({', '.join(sorted(bases))}); serve one at a time"
         )
     adapters = {}
-    for position, winner in enumerate(winners):
+    for position, winner in enumerate(listed):
         where = f"{path}: winners[{position}]"
-        if missing := [
-            key for key in ("id", "task", "method", "adapter_path", "quantize_4bit") if key not in winner
-        ]:
-            raise ConfigError(f"{where}: missing field '{missing[0]}'")
         try:
-            task = get_task(winner["task"]).name
+            task = get_task(winner.task).name
         except KeyError as error:
             raise ConfigError(f"{where}: {error.args[0]}") from None
-        method = METHODS.get(winner["method"])
+        method = METHODS.get(winner.method)
         if method is None:
-            raise ConfigError(f"{where}: unknown method '{winner['method']}'; known: {', '.join(METHODS)}")
+            raise ConfigError(f"{where}: unknown method '{winner.method}'; known: {', '.join(METHODS)}")
         adapter = Adapter(
-            adapter_id=winner["id"],
+            adapter_id=winner.id,
             task=task,
-            task_ref=winner["task"],
-            method=winner["method"],
-            path=Path(winner["adapter_path"]),
-            quantize_4bit=bool(winner["quantize_4bit"]),
-            quality=(winner.get("validation") or {}).get("quality"),
+            task_ref=winner.task,
+            method=winner.method,
+            path=Path(winner.adapter_path),
+            quantize_4bit=winner.quantize_4bit,
+            quality=winner.validation.quality,
             standalone=method.standalone,
             shares_mixed_batch=method.shares_mixed_batch,
             served_together_when_equal=method.served_together_when_equal,

@@ -3,20 +3,14 @@
 sweep's dollars spent, of its budget when it has one; elapsed time and an estimate of the time left) in place of Tune's tables (--verbose)."""
 
 import math
-import shutil
 import sys
 import time
 
 from ray import tune
 
+from analysis.terminal import CLEAR_LINE, fitted
+
 REDRAW_EVERY_S = 1.0
-CLEAR_LINE = "\r\x1b[K"
-
-
-def fitted(line: str) -> str:
-    """A line to redraw in place, cut to the terminal's width: "\r" returns to the start of a
-    wrapped line's last row only, so each redraw of a wider line would leave a row behind."""
-    return line[: shutil.get_terminal_size().columns - 1]
 
 
 def duration(seconds: float) -> str:

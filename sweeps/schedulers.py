@@ -14,29 +14,28 @@ import math
 import pickle
 from collections.abc import Sequence
 
+import polars as pl
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from analysis import rank
 from sweeps.objectives import NAMES, Objective
 
 Point = tuple[float, ...]  # a trial's objectives at a rung, each oriented so that larger is better
 
 
-def dominates(a: Point, b: Point) -> bool:
-    return all(x >= y for x, y in zip(a, b, strict=True)) and any(x > y for x, y in zip(a, b, strict=True))
-
-
 def front_indices(points: Sequence[Point]) -> list[int]:
     """Non-dominated sorting: 0 for the points no other dominates, 1 for those only front 0
-    dominates, and so on. Quadratic, which a rung of a few dozen trials affords."""
+    dominates, and so on (dominance as analysis.rank defines it)."""
+    axes = {f"objective_{axis}": True for axis in range(len(points[0]) if points else 0)}
+    remaining = pl.DataFrame(points, schema=list(axes), orient="row").with_row_index("point")
     fronts = [-1] * len(points)
-    remaining = set(range(len(points)))
     level = 0
-    while remaining:
-        current = {i for i in remaining if not any(dominates(points[j], points[i]) for j in remaining)}
-        for i in current:
-            fronts[i] = level
-        remaining -= current
+    while remaining.height:
+        beaten = rank.dominated(remaining, axes)
+        for index in remaining.filter(~beaten)["point"]:
+            fronts[index] = level
+        remaining = remaining.filter(beaten)
         level += 1
     return fronts
 

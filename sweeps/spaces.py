@@ -14,12 +14,7 @@ from dataclasses import dataclass
 import optuna
 from pydantic import BaseModel
 
-from trainables.config import METHOD_SCOPE
-from trainables.methods import METHODS
-
-
-def scoped(method: str, name: str) -> str:
-    return f"{method}{METHOD_SCOPE}{name}"
+from trainables.methods import METHODS, scoped
 
 
 @dataclass(frozen=True)
@@ -34,15 +29,6 @@ class MethodScope:
 
     def suggest_categorical(self, name: str, choices: list):
         return self.trial.suggest_categorical(scoped(self.method, name), choices)
-
-
-def hyperparameter_names(methods: list[str] | None = None) -> list[str]:
-    """The scoped names of every dimension of the methods (all of them by default), in order."""
-    return [
-        scoped(method, dimension.field)
-        for method in methods or METHODS
-        for dimension in METHODS[method].dimensions
-    ]
 
 
 def sampler(seed: int) -> optuna.samplers.TPESampler:

@@ -1,30 +1,19 @@
-"""The sweep's Optuna study, kept in its experiment directory so that it outlives the driver.
+"""The sweep's Optuna study: created in its experiment directory before the search starts, and
+checked against the objectives of a resumed or extended sweep (analysis.study reads it).
 
 Ray Tune's OptunaSearch keeps its study in memory (pickled with Tune's searcher state) unless it is
-given a storage. In an Optuna journal file the study survives Tuner.restore, an extension of the
-sweep (--extend) continues it, warm-started from every earlier trial, and optuna.load_study or
-optuna-dashboard opens it:
-
-    optuna-dashboard <sweep dir>/optuna_study.journal
+given a storage: a journal file in the sweep's directory (analysis.study.storage) outlives it.
 """
 
 import warnings
 from pathlib import Path
 
 import optuna
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 
+from analysis.study import STUDY_NAME, load, storage
 from sweeps.objectives import Objective
 
-STUDY_FILE = "optuna_study.journal"
-STUDY_NAME = "search"
-
-
-def storage(sweep_dir: Path) -> JournalStorage:
-    """A journal file: one append-only file beside the trials, no database server; its file lock
-    also works on NFS, where a sweep's storage may live on a cluster."""
-    return JournalStorage(JournalFileBackend(str(sweep_dir / STUDY_FILE)))
+__all__ = ["STUDY_NAME", "load", "open_study", "storage"]
 
 
 def open_study(sweep_dir: Path, objectives: list[Objective], sampler: optuna.samplers.BaseSampler) -> None:
@@ -47,10 +36,3 @@ def open_study(sweep_dir: Path, objectives: list[Objective], sampler: optuna.sam
             study.set_metric_names(names)
     elif study.metric_names != names:
         raise ValueError(f"objectives: the sweep's study optimises {study.metric_names}, not {names}")
-
-
-def load(sweep_dir: Path) -> optuna.Study | None:
-    """The sweep's study; None for a sweep without one (run before studies were kept)."""
-    if not (sweep_dir / STUDY_FILE).is_file():
-        return None
-    return optuna.load_study(study_name=STUDY_NAME, storage=storage(sweep_dir))

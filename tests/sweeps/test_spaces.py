@@ -7,8 +7,9 @@ import optuna
 import pytest
 
 from sweeps.settings import SearchRanges
-from sweeps.spaces import DefineByRun, first_points, hyperparameter_names, sampler
+from sweeps.spaces import DefineByRun, first_points, sampler
 from trainables.config import ConfigError
+from trainables.methods import hyperparameter_names
 from trainables.registries import trial_config
 
 # A synthetic objective whose best learning rate lies two decades apart for the two methods.

@@ -3,6 +3,7 @@
 Adding a method is its module here and one line below; tests are parametrized over the registry.
 """
 
+from trainables.config import METHOD_SCOPE
 from trainables.methods import (
     adalora,
     baseline,
@@ -45,6 +46,20 @@ def trained_methods() -> list[str]:
     return [name for name, method in METHODS.items() if method.trains]
 
 
+def scoped(method: str, name: str) -> str:
+    """A method's hyperparameter as a sweep names it: lora.learning_rate, a dimension of its own."""
+    return f"{method}{METHOD_SCOPE}{name}"
+
+
+def hyperparameter_names(methods: list[str] | None = None) -> list[str]:
+    """The scoped names of every dimension of the methods (all of them by default), in order."""
+    return [
+        scoped(method, dimension.field)
+        for method in methods or METHODS
+        for dimension in METHODS[method].dimensions
+    ]
+
+
 def search_dimensions() -> dict[str, Dimension]:
     """Every search key of a sweep's `search:` block, and the dimension it ranges over."""
     dimensions = {}
@@ -61,6 +76,8 @@ __all__ = [
     "BuildContext",
     "Dimension",
     "Method",
+    "hyperparameter_names",
+    "scoped",
     "search_dimensions",
     "trained_methods",
 ]
