@@ -13,7 +13,7 @@ python3 -m venv "$venv"
 # shellcheck disable=SC1091
 source "$venv/bin/activate"
 # In an `if`, not bare: under `set -e` a failure before the chain's last `&&` would not stop the script.
-if ! { pip install torch==2.13.0 && pip install -e ".[test]" && ruff check . && ruff format --check . && lint-imports && python -m pytest; }; then
+if ! { pip install torch==2.13.0 && pip install -e ".[test]" && ruff check . && ruff format --check . && lint-imports && deptry . && python -m pytest; }; then
     echo "the newest versions fail the checks above: constraints.txt left as it is" >&2
     exit 1
 fi
