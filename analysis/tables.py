@@ -79,6 +79,11 @@ COLUMNS: dict[str, tuple[str, Callable[[pl.Expr], pl.Expr]]] = {
 }
 
 
+# What html.escape(text, quote=True) replaces, in one pass over each column.
+HTML_SPECIAL = ["&", "<", ">", '"', "'"]
+HTML_ESCAPED = ["&amp;", "&lt;", "&gt;", "&quot;", "&#x27;"]
+
+
 def _cell(name: str, dtype: pl.DataType) -> pl.Expr:
     value = pl.col(name)
     if dtype.is_float():
@@ -91,7 +96,9 @@ def _cell(name: str, dtype: pl.DataType) -> pl.Expr:
         text = three_figures(value)
     else:
         text = as_text(value)
-    escaped = text.str.replace_many(["&", "<", ">"], ["&amp;", "&lt;", "&gt;"]).fill_null("")
+    # Quotes too: the text also goes into a data-value="..." attribute, and an error text or a path
+    # from a shared sweep must not close it and open one of its own (an onmouseover, a script).
+    escaped = text.str.replace_many(HTML_SPECIAL, HTML_ESCAPED).fill_null("")
     exact = value.cast(pl.String).fill_null("") if dtype.is_numeric() else escaped
     opening = '<td class="num" data-value="{}">' if dtype.is_numeric() else '<td data-value="{}">'
     return pl.format(opening + "{}</td>", exact, escaped).alias(name)

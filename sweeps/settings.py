@@ -93,7 +93,8 @@ class SweepSettings(BaseModel):
     gpus_per_trial: float | None = Field(None, ge=0, description="default: 1 when CUDA is visible, else 0")
     address: str | None = None
     storage: str = "./results"
-    name: str | None = None
+    # One path component of safe characters: the sweep's directory under storage/task/, never elsewhere.
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
     resume: bool = False
     seed: int = 0
     smoke: bool = False

@@ -48,3 +48,30 @@ def test_cells_keep_their_exact_value_for_sorting_and_an_empty_table_says_none()
     assert (
         tables.to_html(pl.DataFrame({"trial_id": []}, schema={"trial_id": pl.String}), "t") == "<p>None.</p>"
     )
+
+
+def test_text_from_a_shared_sweep_cannot_open_an_attribute_or_a_tag():
+    """An error text, id or path comes from records a stranger may have written: each cell escapes
+    it as html.escape does, quotes included, in its text and in its data-value attribute."""
+    import html
+    from html.parser import HTMLParser
+
+    hostile = ['x" onmouseover="alert(1)', "y' onclick='alert(2)", "<script>alert(3)</script>", "a & b"]
+    table = tables.to_html(pl.DataFrame({"error": hostile}), "failures")
+
+    class Cells(HTMLParser):
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.attributes, self.tags = [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            if tag == "td":
+                self.attributes.append(dict(attrs))
+
+    parsed = Cells()
+    parsed.feed(table)
+    assert "script" not in parsed.tags
+    assert [set(attributes) for attributes in parsed.attributes] == [{"data-value"}] * len(hostile)
+    assert [attributes["data-value"] for attributes in parsed.attributes] == hostile
+    assert all(html.escape(text, quote=True) in table for text in hostile)

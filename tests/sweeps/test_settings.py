@@ -101,6 +101,15 @@ def test_existing_sweep_name_needs_resume(tmp_path, capsys):
     assert "already holds a sweep; pass --resume" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["/abs/dir", "..", "", "a/b", "../../elsewhere", ".hidden", "x" * 101])
+def test_a_name_is_one_safe_path_component_under_the_results_root(tmp_path, capsys, name):
+    outside = tmp_path / "outside"
+    assert run.main(["qg", "--name", name, "--storage", str(tmp_path / "results")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "name: String should match pattern" in error
+    assert not outside.exists() and not (tmp_path / "results").exists()  # nothing written anywhere
+
+
 @pytest.mark.parametrize("method", sorted(trained_methods()))
 def test_every_method_searches_its_hyperparameters_and_shares_search_keys_alike(method):
     spec = METHODS[method]
