@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_STOP_SEQUENCES = 4
+MAX_SEED = 2**63 - 1
 
 
 class _Strict(BaseModel):
@@ -22,7 +23,8 @@ class SamplingFields(_Strict):
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    # What torch's generators take: a larger seed would raise on the decoding thread.
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     n: Literal[1] = 1
     stream: Literal[False] = False
 

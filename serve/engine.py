@@ -398,6 +398,9 @@ class AdapterEngine:
             base.remove(adapter_id)
 
     def _join(self, joining: list[_Waiting]) -> None:
+        joining = self._admissible(joining)
+        if not joining:
+            return
         model = self._prepare([waiting.request for waiting in joining])
         for group in self._similar_lengths(joining):
             requests = [waiting.request for waiting in group]
@@ -412,6 +415,20 @@ class AdapterEngine:
             }
             forward = self._forward(step=False, newcomers=rows, model=call.model)
             self._answer(self._batch.join(rows, forward, prompt))
+
+    def _admissible(self, joining: list[_Waiting]) -> list[_Waiting]:
+        """The newcomers whose own row can be made (its prompt encoded, its sampler seeded); each
+        other one fails alone, with its own error, so that one bad request never fails the batch."""
+        admitted = []
+        for waiting in joining:
+            try:
+                self.tokenizer(waiting.request.prompt)
+                Row(waiting.request, 0)
+            except Exception as error:  # the request's own problem: handed to it alone
+                waiting.ticket.set_exception(error)
+                continue
+            admitted.append(waiting)
+        return admitted
 
     def _similar_lengths(self, joining: list[_Waiting]) -> list[list[_Waiting]]:
         """The newcomers in prefill groups whose padding adds at most PREFILL_PADDING to their tokens.

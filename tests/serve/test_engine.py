@@ -136,3 +136,23 @@ def test_vera_adapters_of_other_projection_seeds_take_turns_on_one_base(served_b
     ]
     assert served == alone * 2
     assert alone[0] != alone[1]  # another seed, other projections: another answer
+
+
+def test_a_request_whose_row_cannot_be_made_fails_alone(served_base, winners_dir):
+    """A seed torch cannot take, or a prompt the tokenizer cannot encode, fails its own request;
+    the request decoded beside it answers as it does alone."""
+    engine = AdapterEngine(served_base, (False,))
+    engine.add(
+        read_adapter(model_id("lora"), winners_dir / "lora", False, METHODS["lora"].shares_mixed_batch)
+    )
+    normal = Request(PROMPT, model_id("lora"), 16)
+    (alone,) = engine.generate([normal])
+    hostile = [
+        Request(PROMPT, model_id("lora"), 16, sampling=Sampling(temperature=1.0, seed=2**70)),
+        Request("\ud800", model_id("lora"), 16),
+    ]
+    for bad in hostile:
+        tickets = [engine.submit(bad), engine.submit(normal)]
+        assert tickets[1].result(timeout=60) == alone
+        assert tickets[0].exception(timeout=60) is not None
+    engine.close()
