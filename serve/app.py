@@ -8,6 +8,7 @@ A fully fine-tuned winner is multiplexed the same way, as a whole model of its o
 """
 
 import asyncio
+import hashlib
 import hmac
 import time
 from dataclasses import dataclass
@@ -123,7 +124,19 @@ def model_server(limits: Limits):
     return AdapterServer
 
 
-def gateway(limits: Limits, api_key: str | None):
+def key_digest(key: str) -> bytes:
+    """What the gateway keeps of the API key: Ray pickles the deployment into its object store,
+    which then holds this digest, never the key itself."""
+    return hashlib.sha256(key.encode()).digest()
+
+
+def bearer_token(authorization: str) -> str:
+    """The token of an 'Authorization: Bearer TOKEN' header; the scheme's case does not matter."""
+    scheme, _, token = authorization.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def gateway(limits: Limits, api_key_digest: bytes | None):
     app = FastAPI(title="peft-sweeps", docs_url=None, redoc_url=None)
 
     @app.exception_handler(ApiError)
@@ -143,9 +156,9 @@ def gateway(limits: Limits, api_key: str | None):
 
     @app.middleware("http")
     async def _authenticate(request: Request, call_next):
-        if api_key and request.url.path != "/healthz":
-            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(given.encode(), api_key.encode()):
+        if api_key_digest and request.url.path != "/healthz":
+            given = bearer_token(request.headers.get("authorization", ""))
+            if not hmac.compare_digest(key_digest(given), api_key_digest):
                 body = api.error_body("missing or wrong API key", "authentication_error")
                 return JSONResponse(body, status_code=401)
         return await call_next(request)
@@ -307,7 +320,7 @@ def _task_inputs(spec, given: dict) -> dict:
     return {field: given.get(field) for field in (*spec.inputs, *spec.optional_inputs)}
 
 
-def build(registry: Registry, limits: Limits, api_key: str | None):
+def build(registry: Registry, limits: Limits, api_key_digest: bytes | None):
     """The bound application, ready for serve.run."""
     server = model_server(limits).bind(registry)
-    return gateway(limits, api_key).bind(server, registry)
+    return gateway(limits, api_key_digest).bind(server, registry)

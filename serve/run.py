@@ -33,7 +33,16 @@ def parser() -> argparse.ArgumentParser:
         "machine's cores divided among the replicas)",
     )
     cli.add_argument("--max-adapters-per-replica", type=int, default=DEFAULTS.max_adapters_per_replica)
-    cli.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE})")
+    keys = cli.add_mutually_exclusive_group()
+    keys.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE})")
+    keys.add_argument(
+        "--api-key-file", type=Path, help="read the key from this file: it then shows in no process list"
+    )
+    cli.add_argument(
+        "--insecure-no-api-key",
+        action="store_true",
+        help="serve beyond loopback (--host) without an API key, knowing anyone who reaches it may use it",
+    )
     cli.add_argument("--max-prompt-tokens", type=int, default=DEFAULTS.max_prompt_tokens)
     cli.add_argument(
         "--max-tokens", type=int, default=DEFAULTS.max_tokens, help="cap on a request's max_tokens"
@@ -76,6 +85,35 @@ def limits_from(args: argparse.Namespace, gpus: int, cores: int) -> Limits:
     )
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def api_key_from(args: argparse.Namespace, environment: dict[str, str]) -> str | None:
+    """The key requests must bear: --api-key, --api-key-file or $PEFT_SWEEPS_API_KEY; None for
+    none, which only a server on loopback, or one told --insecure-no-api-key, may run without."""
+    if args.api_key_file is not None:
+        try:
+            key = args.api_key_file.read_text().strip()
+        except OSError as error:
+            raise ConfigError(f"--api-key-file: cannot read {args.api_key_file} ({error.strerror})") from None
+        source = f"--api-key-file {args.api_key_file}"
+    elif args.api_key is not None:
+        key, source = args.api_key, "--api-key"
+    elif API_KEY_VARIABLE in environment:
+        key, source = environment[API_KEY_VARIABLE], f"${API_KEY_VARIABLE}"
+    else:
+        key, source = None, None
+    if key is not None and not key.strip():
+        raise ConfigError(f"{source}: the API key is empty; give one, or none to serve on loopback only")
+    loopback = args.host in LOOPBACK_HOSTS or args.host.startswith("127.")
+    if key is None and not loopback and not args.insecure_no_api_key:
+        raise ConfigError(
+            f"--host {args.host}: serving beyond this machine needs an API key (--api-key-file, --api-key "
+            f"or ${API_KEY_VARIABLE}), or --insecure-no-api-key to serve anyone who reaches it"
+        )
+    return key
+
+
 def _interrupt(*_) -> None:
     raise KeyboardInterrupt
 
@@ -87,20 +125,21 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         limits = limits_from(args, torch.cuda.device_count(), len(os.sched_getaffinity(0)))
+        api_key = api_key_from(args, dict(os.environ))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    api_key = args.api_key or os.environ.get(API_KEY_VARIABLE) or None
 
     import ray
     from ray import serve
 
-    from serve.app import build
+    from serve.app import build, key_digest
 
     ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
     serve.start(http_options={"host": args.host, "port": args.port})
     try:
-        serve.run(build(registry, limits, api_key), name="peft-sweeps", route_prefix="/")
+        digest = key_digest(api_key) if api_key else None
+        serve.run(build(registry, limits, digest), name="peft-sweeps", route_prefix="/")
         url = f"http://{args.host}:{args.port}"
         print(f"serving {len(registry.adapters)} adapters on {registry.base_model} at {url}/v1", flush=True)
         print(f"models: base, {', '.join(registry.adapters)}; Ctrl-C stops", flush=True)

@@ -1,9 +1,12 @@
 """The server's limits from its command line: how many cores a model replica holds."""
 
-import pytest
+import hashlib
 
-from serve.app import Limits, gateway, model_server
-from serve.run import limits_from, parser
+import pytest
+from ray import cloudpickle
+
+from serve.app import Limits, bearer_token, gateway, key_digest, model_server
+from serve.run import API_KEY_VARIABLE, api_key_from, limits_from, parser
 from trainables.config import ConfigError
 
 
@@ -27,3 +30,50 @@ def test_a_cpu_replica_holds_its_share_of_the_cores_and_the_gateway_none():
 def test_a_replica_without_cores_is_refused():
     with pytest.raises(ConfigError, match="--cpus-per-replica: must be positive"):
         _limits("--cpus-per-replica", "0")
+
+
+def _key(*options: str, environment: dict | None = None):
+    return api_key_from(parser().parse_args(["winners", *options]), environment or {})
+
+
+def test_the_api_key_comes_from_a_flag_a_file_or_the_environment(tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("from-a-file\n")
+    assert _key("--api-key-file", str(key_file)) == "from-a-file"
+    assert _key("--api-key", "from-a-flag", environment={API_KEY_VARIABLE: "ignored"}) == "from-a-flag"
+    assert _key(environment={API_KEY_VARIABLE: "from-the-environment"}) == "from-the-environment"
+    assert _key() is None  # on loopback, no key is no authentication
+
+
+@pytest.mark.parametrize(
+    ("options", "environment", "problem"),
+    [
+        ((), {API_KEY_VARIABLE: ""}, r"\$PEFT_SWEEPS_API_KEY: the API key is empty"),
+        (("--api-key", " "), {}, "--api-key: the API key is empty"),
+        (("--api-key-file", "EMPTY"), {}, "--api-key-file .*: the API key is empty"),
+        (("--api-key-file", "MISSING"), {}, "--api-key-file: cannot read"),
+        (("--host", "0.0.0.0"), {}, "--host 0.0.0.0: serving beyond this machine needs an API key"),
+    ],
+)
+def test_an_empty_key_or_an_open_server_without_one_is_refused(tmp_path, options, environment, problem):
+    (tmp_path / "EMPTY").write_text("\n")
+    options = tuple(
+        str(tmp_path / option) if option in ("EMPTY", "MISSING") else option for option in options
+    )
+    with pytest.raises(ConfigError, match=problem):
+        _key(*options, environment=environment)
+
+
+def test_an_open_server_without_a_key_needs_saying_so():
+    assert _key("--host", "0.0.0.0", "--insecure-no-api-key") is None
+    assert _key("--host", "0.0.0.0", "--api-key", "k") == "k"
+
+
+def test_the_bearer_scheme_is_matched_whatever_its_case_and_only_a_digest_is_kept():
+    assert bearer_token("Bearer k1") == bearer_token("bearer k1") == bearer_token("BEARER  k1 ") == "k1"
+    assert bearer_token("Basic k1") == "" and bearer_token("k1") == ""
+    digest = key_digest("secret-key")
+    assert digest == hashlib.sha256(b"secret-key").digest() and b"secret-key" not in digest
+    # What Ray pickles of the gateway (with its own cloudpickle) holds the digest, never the key.
+    pickled = cloudpickle.dumps(gateway(_limits(), digest).func_or_class)
+    assert digest in pickled and b"secret-key" not in pickled

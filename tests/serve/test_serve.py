@@ -222,6 +222,17 @@ def test_bad_requests_get_their_status_and_the_server_stays_up(server, path, bod
     assert good == 200 and completion["usage"]["completion_tokens"] == 2
 
 
+def test_the_bearer_scheme_is_matched_whatever_its_case(server):
+    body = json.dumps({"model": "qg-lora-test", "prompt": "hi", "max_tokens": 2}).encode()
+    for scheme in ("bearer", "BEARER"):
+        headers = {"content-type": "application/json", "authorization": f"{scheme} {API_KEY}"}
+        request = urllib.request.Request(
+            server + "/v1/completions", data=body, headers=headers, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            assert response.status == 200 and json.loads(response.read())["usage"]["completion_tokens"] == 2
+
+
 def test_concurrent_clients_get_the_one_at_a_time_answers(server):
     client = _client(server)
     work = [(ADAPTERS[n % 3], PROMPTS[n % len(PROMPTS)]) for n in range(240)]
