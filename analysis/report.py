@@ -20,6 +20,7 @@ import polars as pl
 
 from analysis import equal_budget, load, plots, rank, rescore, tables, verdict
 from analysis.layout import COMPARISON_DIR
+from trainables import files
 from trainables.config import ConfigError
 from trainables.methods import BASELINE, METHODS
 from trainables.record import ADAPTER_DIR, read_record
@@ -289,7 +290,7 @@ def write_html(
     page = f"<!doctype html><html><head>{head}<script>{plotly.offline.get_plotlyjs()}</script></head><body>"
     page += "\n".join(sections)
     path = directory / "report.html"
-    path.write_text(f"{page}<script>{tables.TABLE_SCRIPT}</script></body></html>", encoding="utf-8")
+    files.write_atomically(path, f"{page}<script>{tables.TABLE_SCRIPT}</script></body></html>")
     return path
 
 
@@ -350,8 +351,10 @@ def build(
     spent_usd = loaded["total_cost_usd"].fill_null(0.0).sum()  # every trial's, finalist re-runs too
     frame = rank.across_seeds(loaded)
     board = rank.leaderboard(frame, weights)
-    board.drop("trial_dir").write_csv(directory / "leaderboard.csv")
-    board.write_parquet(directory / "leaderboard.parquet")
+    with files.replaced_atomically(directory / "leaderboard.csv") as written:
+        board.drop("trial_dir").write_csv(written)
+    with files.replaced_atomically(directory / "leaderboard.parquet") as written:
+        board.write_parquet(written)
     summary = rank.method_summary(loaded)  # every run: the search's, and the stages' re-runs
     study = plots.search_study(directory)
     figures = [

@@ -28,6 +28,7 @@ import polars as pl
 
 from analysis import load, rank
 from analysis.terminal import CLEAR_LINE, fitted
+from trainables import files
 from trainables.methods import BASELINE, METHODS
 from trainables.record import FULL_VALIDATION_QUALITY, read_record
 
@@ -167,16 +168,17 @@ class Cached:
         return self.path, self.checkpoint
 
     def saved(self) -> dict | None:
-        if (
-            self.path.is_file()
-            and (saved := json.loads(self.path.read_text()))["checkpoint"] == self.checkpoint
-        ):
-            return saved
-        return None
+        """The kept result, while it belongs to the checkpoint; a file that does not parse (a write
+        cut short before writes were atomic) counts as missing, and is computed again."""
+        try:
+            saved = json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return saved if isinstance(saved, dict) and saved.get("checkpoint") == self.checkpoint else None
 
     def keep(self, result: dict) -> dict:
         kept = {"checkpoint": self.checkpoint} | result
-        self.path.write_text(json.dumps(kept, default=str))
+        files.write_atomically(self.path, json.dumps(kept, default=str))
         return kept
 
 

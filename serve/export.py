@@ -26,7 +26,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import save_file
 
 from serve.adapters import Adapter, load_registry
-from trainables import models
+from trainables import files, models
 from trainables.errors import ConfigError
 from trainables.methods import METHODS, Method
 
@@ -151,9 +151,11 @@ def export(sweep_dir: Path, winner_id: str | None, form: str, out: Path) -> list
     method = check_exportable(adapter, form)
     check_out_dir(out)
     base_path = models.resolve(base_model)
-    if form == "merged":
-        return write_merged(method, base_path, adapter, out)
-    return write_lora(method, base_path, base_model, adapter, out)
+    # Written whole or not at all: an export cut short leaves no directory that looks complete.
+    with files.directory_replaced_atomically(out) as written:
+        if form == "merged":
+            return write_merged(method, base_path, adapter, written)
+        return write_lora(method, base_path, base_model, adapter, written)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -14,9 +14,12 @@ sweep saved when it started; the command line sets only how this run goes (RUN_O
 import json
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from analysis.load import EXTENSION_PREFIX
 from sweeps.settings import SweepSettings
-from trainables.errors import ConfigError
+from trainables import files
+from trainables.errors import ConfigError, describe
 
 SETTINGS_FILE = "sweep_settings.json"
 # What an extension's command line decides; the rest is the sweep's own.
@@ -31,7 +34,7 @@ def save_settings(settings: SweepSettings, sweep_dir: Path) -> None:
     path = sweep_dir / SETTINGS_FILE
     if not path.exists():
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(settings.model_dump_json(indent=2, exclude=set(RUN_OPTIONS)))
+        files.write_atomically(path, settings.model_dump_json(indent=2, exclude=set(RUN_OPTIONS)))
 
 
 def extension_settings(command: SweepSettings, sweep_dir: Path) -> SweepSettings:
@@ -41,8 +44,15 @@ def extension_settings(command: SweepSettings, sweep_dir: Path) -> SweepSettings
         raise ConfigError(
             f"extend: {sweep_dir} has no {SETTINGS_FILE} (a sweep from before --extend existed)"
         )
-    saved = json.loads(path.read_text())
-    return SweepSettings.model_validate(saved | {option: getattr(command, option) for option in RUN_OPTIONS})
+    try:
+        saved = json.loads(path.read_text())
+        return SweepSettings.model_validate(
+            saved | {option: getattr(command, option) for option in RUN_OPTIONS}
+        )
+    except (json.JSONDecodeError, TypeError) as error:
+        raise ConfigError(f"extend: {path} is not the settings a sweep saves ({error})") from None
+    except ValidationError as error:
+        raise ConfigError(f"extend: {path}: {describe(error)}") from None
 
 
 def extension_dirs(sweep_dir: Path) -> list[Path]:

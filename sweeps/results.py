@@ -4,6 +4,8 @@ from pathlib import Path
 
 import polars as pl
 
+from trainables import files
+
 # quality: on the first eval_examples validation rows (what ASHA compares); quality_full_validation:
 # on the whole split, measured by a trial that ran to the end (the report measures the others).
 SUMMARY_COLUMNS = [
@@ -13,8 +15,10 @@ SUMMARY_COLUMNS = [
 
 
 def write_tables(trials: pl.DataFrame, sweep_dir: Path) -> None:
-    trials.write_csv(sweep_dir / "trials.csv")
-    trials.write_parquet(sweep_dir / "trials.parquet")
+    with files.replaced_atomically(sweep_dir / "trials.csv") as written:
+        trials.write_csv(written)
+    with files.replaced_atomically(sweep_dir / "trials.parquet") as written:
+        trials.write_parquet(written)
 
 
 def summary(trials: pl.DataFrame) -> str:

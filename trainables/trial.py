@@ -22,7 +22,7 @@ import torch
 from peft import PeftModel, prepare_model_for_kbit_training
 from safetensors.torch import load_file, save_file
 
-from trainables import loop, measure, models, registries
+from trainables import files, loop, measure, models, registries
 from trainables.config import ConfigError, TrialConfig
 from trainables.methods import BASELINE, METHODS, BuildContext, Method
 from trainables.record import ADAPTER_DIR, EVALUATIONS, FULL_VALIDATION_QUALITY, RECORD_FILE
@@ -377,9 +377,7 @@ class Recorder:
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Written aside, then renamed: analysis of a live sweep never reads half a record.
-            written = self.path.with_suffix(".partial")
-            written.write_text(json.dumps(self.record, indent=2, default=str))
-            written.replace(self.path)
+            files.write_atomically(self.path, json.dumps(self.record, indent=2, default=str))
 
 
 def execute(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from trainables import files
 from trainables.errors import ConfigError, problems
 
 WINNERS_FILE = "winners.json"
@@ -115,7 +116,7 @@ class Winners(Strict):
 
     def write(self, directory: Path) -> Path:
         path = directory / WINNERS_FILE
-        path.write_text(self.model_dump_json(indent=2))
+        files.write_atomically(path, self.model_dump_json(indent=2))
         return path
 
 

@@ -113,3 +113,15 @@ def test_the_test_split_is_scored_slowest_candidate_first_and_each_score_reaches
     assert workers.order == [0.5, 0.3, 0.2, None]  # unmeasured latency: last
     assert list(scored) == list(rows)  # in the order asked for
     assert all(scored[name]["row"] == rows[name]["trial_dir"] for name in rows)
+
+
+def test_a_kept_result_that_does_not_parse_counts_as_missing_and_is_computed_again(tmp_path):
+    path = tmp_path / load.MEASURED_FILE
+    computed = []
+    cached = rescore.Cached(path, "checkpoint_000002", lambda: computed.append(1) or {"metrics": {"x": 1}})
+    path.write_text('{"checkpoint": "checkpoint_000002", "metr')  # cut short by a crash
+    assert cached.saved() is None
+    (result,) = rescore._all_cached([cached], rescore.IN_PROCESS, "kept checkpoints")
+    assert computed == [1] and result["metrics"] == {"x": 1}
+    assert json.loads(path.read_text()) == {"checkpoint": "checkpoint_000002", "metrics": {"x": 1}}
+    assert cached.saved() == result  # kept whole this time, and reused

@@ -9,7 +9,7 @@ import optuna
 import polars as pl
 import pytest
 
-from sweeps import study
+from sweeps import extend, run, study
 
 pytestmark = pytest.mark.slow
 
@@ -48,3 +48,17 @@ def test_multi_objective_sweep_with_a_budget_then_extended_by_one_trial(smoke_sw
     assert len(loaded.trials) == searched + 1
     assert loaded.trials[-1].params["method"] == new["method"].item()
     assert "spent in all" in (sweep_dir / "report.html").read_text()
+
+
+@pytest.mark.parametrize("saved", ['{"task": "qg", "max_st', "[1, 2]", '{"task": "qg", "samples": 0}'])
+def test_a_broken_saved_settings_file_is_a_one_line_error(tmp_path, capsys, saved):
+    sweep_dir = tmp_path / "qg" / "cut"
+    sweep_dir.mkdir(parents=True)
+    (sweep_dir / "experiment_state-2026.json").write_text("{}")
+    (sweep_dir / extend.SETTINGS_FILE).write_text(saved)
+    assert run.main(["qg", "--name", "cut", "--extend", "2", "--storage", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert (
+        error.startswith(f"error: extend: {sweep_dir / extend.SETTINGS_FILE}")
+        and len(error.splitlines()) == 1
+    )
