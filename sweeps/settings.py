@@ -4,8 +4,10 @@ Validated in one place; every problem is collected and reported on one line nami
 """
 
 import datetime
+import os
 import socket
 import tempfile
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -244,6 +246,8 @@ def resolve(task: str, yaml_path: str | None, cli: dict) -> SweepSettings:
     if values.get("smoke"):
         values = _merge(values, SMOKE)
         values.setdefault("samples", len(values.get("methods") or default_methods(values.get("model"))))
+    if values.get("mlflow"):
+        values["mlflow"] = mlflow_uri_without_credentials(values["mlflow"])
     source = f"{yaml_path}: " if yaml_path else ""
     try:
         settings = SweepSettings.model_validate({**values, "task": task})
@@ -277,6 +281,21 @@ def _unreachable(address: str) -> str | None:
     except OSError as error:
         return f"cannot reach a Ray cluster at '{address}' ({error.strerror or error})"
     return None
+
+
+def mlflow_uri_without_credentials(uri: str) -> str:
+    """The tracking URI without a user:password@ in it, which would show in errors and in the
+    callback Tune pickles into the results folder: they go to the environment variables MLflow's
+    client reads instead (an explicit MLFLOW_TRACKING_USERNAME / _PASSWORD wins)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    credentials = {"MLFLOW_TRACKING_USERNAME": parts.username, "MLFLOW_TRACKING_PASSWORD": parts.password}
+    for variable, value in credentials.items():
+        if value is not None:
+            os.environ.setdefault(variable, urllib.parse.unquote(value))
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=host))
 
 
 def _mlflow_problem(uri: str) -> str | None:

@@ -1,3 +1,4 @@
+import os
 import pickle
 import subprocess
 import sys
@@ -207,3 +208,19 @@ def test_the_driver_checks_a_sweep_without_loading_the_training_code(tmp_path):
     )
     loaded = subprocess.run([sys.executable, "-c", checked], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]", loaded.stderr[-2000:]
+
+
+def test_mlflow_credentials_leave_the_uri_for_the_environment(tmp_path, monkeypatch, capsys):
+    for variable in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(variable, "")  # recorded as absent, so the test's own setting is undone
+        monkeypatch.delenv(variable)
+    settings = resolve(
+        "qg", None, {"mlflow": "http://ana:s%40cret@127.0.0.1:5000/track", "storage": str(tmp_path)}
+    )
+    assert settings.mlflow == "http://127.0.0.1:5000/track"
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "ana"
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "s@cret"
+    # A URI MLflow refuses is named in the error without its password.
+    assert run.main(["qg", "--mlflow", "nosuch://bob:hunter2@host/x", "--storage", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "nosuch://host/x" in error and "hunter2" not in error
