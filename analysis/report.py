@@ -10,6 +10,7 @@ and every comparison with a 95% paired bootstrap interval (analysis.verdict).
 import argparse
 import datetime
 import html
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,10 +82,12 @@ def trial_name(row: dict) -> str:
     return adapter_id(row["task"], row["method"], row["trial_id"])
 
 
-def winner_entry(row: dict) -> dict:
-    """What winners.json says of a winner (a leaderboard row); judge() adds its test block."""
+def winner_entry(row: dict, directory: Path) -> dict:
+    """What winners.json says of a winner (a leaderboard row); judge() adds its test block. Its
+    paths are relative to the sweep's directory: they leak no home directory, and a sweep folder
+    moved or copied elsewhere still serves and exports."""
     record = read_record(row["trial_dir"])
-    checkpoint = Path(row["best_checkpoint"])
+    checkpoint = Path(os.path.relpath(row["best_checkpoint"], directory))
     return {
         "id": trial_name(row),
         "trial_id": row["trial_id"],
@@ -365,7 +368,7 @@ def build(
         *(plots.search_plots(study) if study else []),
     ]
     chosen = chosen_winners(board, top)
-    winners = [winner_entry(row) for row in chosen.iter_rows(named=True)]
+    winners = [winner_entry(row, directory) for row in chosen.iter_rows(named=True)]
     judged = None
     if score_on_test and winners:
         judged = judge(board, loaded, chosen, winners, workers, (directory / COMPARISON_DIR).is_dir())

@@ -76,7 +76,8 @@ def load_registry(experiment_dir: Path, top: int | None = None) -> Registry:
             task=task,
             task_ref=winner.task,
             method=winner.method,
-            path=Path(winner.adapter_path),
+            # Absolute for the replicas, whose working directory is not this one; an absolute path stays.
+            path=experiment_dir.resolve() / winner.adapter_path,
             quantize_4bit=winner.quantize_4bit,
             quality=winner.validation.quality,
             standalone=method.standalone,

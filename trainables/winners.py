@@ -75,7 +75,7 @@ class Winner(Strict):
     method: str
     base_model: str
     quantize_4bit: bool
-    adapter_path: str
+    adapter_path: str  # relative to the sweep's directory (absolute in files written by hand)
     trial_id: str | None = None
     exports: list[str] = []  # what `python -m serve.export --to` can write of it
     checkpoint_path: str | None = None

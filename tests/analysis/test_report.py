@@ -1,5 +1,6 @@
 import json
 import re
+import shutil
 from pathlib import Path
 
 import plotly.offline
@@ -8,6 +9,7 @@ import pytest
 from peft import PeftModel
 
 from analysis import browser, load, report
+from serve.adapters import load_registry
 from trainables import models, trial
 from trainables.methods import METHODS
 
@@ -95,7 +97,7 @@ def test_winners_reload_and_carry_test_scores(smoke_sweep):
         assert 0.0 <= winner["test"]["format_valid_rate"] <= 1.0 and "quality" in winner["test"]
         method = METHODS[winner["method"]]
         loaded = method.load_trained(
-            winner["base_model"], Path(winner["adapter_path"]), winner["quantize_4bit"]
+            winner["base_model"], sweep_dir / winner["adapter_path"], winner["quantize_4bit"]
         )
         assert isinstance(loaded, PeftModel) != method.standalone  # full: a whole model of its own
         # What winners.json points at is what was trained and ranked: on the rows its trial
@@ -105,6 +107,25 @@ def test_winners_reload_and_carry_test_scores(smoke_sweep):
         again = trial.evaluate(loaded, tokenizer, plan, "").metrics
         served = pl.col("trial_id") == winner["trial_id"], pl.col("step") == winner["validation"]["step"]
         assert again["val_loss"] == pytest.approx(curves.filter(*served)["val_loss"].item(), rel=1e-5)
+
+
+def test_a_sweep_folder_copied_elsewhere_still_serves_and_leaks_no_path(smoke_sweep, tmp_path):
+    _, sweep_dir = smoke_sweep
+    text = (sweep_dir / report.WINNERS_FILE).read_text()
+    for winner in json.loads(text)["winners"]:
+        assert (
+            not Path(winner["adapter_path"]).is_absolute()
+            and not Path(winner["checkpoint_path"]).is_absolute()
+        )
+    assert str(sweep_dir) not in text and str(sweep_dir) not in (sweep_dir / "report.html").read_text()
+    moved = tmp_path / "elsewhere" / "qg-sweep"
+    shutil.copytree(sweep_dir, moved)
+    registry = load_registry(moved)
+    assert len(registry.adapters) == len(json.loads(text)["winners"])
+    for adapter in registry.adapters.values():
+        assert adapter.path.is_relative_to(moved) and (adapter.path / "adapter_config.json").is_file() != (
+            adapter.method == "full"
+        )
 
 
 def test_finalists_rank_on_the_mean_of_their_seeds(smoke_sweep):
