@@ -9,7 +9,6 @@ import optuna
 import plotly.graph_objects as go
 import polars as pl
 from plotly.colors import qualitative
-from ray.tune.search.optuna import OptunaSearch
 
 from analysis import study as sweep_study
 from analysis.load import HYPERPARAMETERS
@@ -21,7 +20,6 @@ COLOURS = dict(zip(sorted(METHODS), itertools.cycle(qualitative.Plotly)))
 
 QUALITY_LABEL = "quality (validation)"
 HOVER = "trial %{customdata[0]} (%{customdata[1]})<br>%{customdata[2]}<extra></extra>"
-SEARCHER_STATE = "searcher-state-*.pkl"
 
 
 def hyperparameters_text() -> pl.Expr:
@@ -114,16 +112,10 @@ def quality_by_method(board: pl.DataFrame) -> go.Figure:
 
 
 def search_study(directory: Path) -> optuna.Study | None:
-    """The Optuna study of the sweep: the one kept in its directory (every trial, extensions
-    included), else, for a sweep from before studies were kept, the one in the searcher state Ray
-    Tune saves to resume; None before the search saved one."""
-    if kept := sweep_study.load(directory):
-        return kept
-    if not any(directory.glob(SEARCHER_STATE)):
-        return None
-    searcher = OptunaSearch()
-    searcher.restore_from_dir(str(directory))
-    return searcher._ot_study  # Ray 2.60 has no public accessor for the study it drives
+    """The Optuna study of the sweep, kept in its directory (every trial, extensions included);
+    None for a sweep without one. Never Tune's pickled searcher state: a report reads no pickle,
+    so that reporting on someone else's sweep runs none of its code."""
+    return sweep_study.load(directory)
 
 
 def search_plots(study: optuna.Study) -> list[go.Figure]:

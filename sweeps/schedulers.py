@@ -10,9 +10,10 @@ ends of each front rank first). It goes on when fewer than n/eta of the n record
 strictly above it, the rule ASHA applies to a single metric; with one objective it is ASHA.
 """
 
+import json
 import math
-import pickle
 from collections.abc import Sequence
+from pathlib import Path
 
 import polars as pl
 from ray.tune.experiment import Trial
@@ -134,9 +135,16 @@ class ParetoSuccessiveHalving(FIFOScheduler):
         return f"ParetoSuccessiveHalving({names}): {self.stopped} stopped; rungs {rungs}"
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as file:
-            pickle.dump(self.__dict__, file)
+        """JSON, not a pickle: restoring a sweep's state runs no code from its files."""
+        state = {
+            "rungs": [[milestone, {trial: list(point) for trial, point in rung.items()}]
+                      for milestone, rung in self.rungs.items()],
+            "stopped": self.stopped,
+        }  # fmt: skip
+        Path(checkpoint_path).write_text(json.dumps(state))
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as file:
-            self.__dict__.update(pickle.load(file))
+        state = json.loads(Path(checkpoint_path).read_text())
+        self.rungs = {milestone: {trial: tuple(point) for trial, point in rung.items()}
+                      for milestone, rung in state["rungs"]}  # fmt: skip
+        self.stopped = state["stopped"]

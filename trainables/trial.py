@@ -345,7 +345,8 @@ def save_checkpoint(
 
 def restore_checkpoint(directory: Path, method: Method, model, optimizer, scheduler) -> loop.TrainState:
     model.load_state_dict(load_file(directory / TRAINABLE_STATE), strict=False)
-    saved = torch.load(directory / OPTIMIZER_STATE, weights_only=False)
+    # Tensors and plain containers only: a checkpoint from someone else's sweep runs no code here.
+    saved = torch.load(directory / OPTIMIZER_STATE, weights_only=True)
     method.restore_training_state(model, saved["method_state"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])

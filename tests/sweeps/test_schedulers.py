@@ -1,5 +1,6 @@
 """Pareto-aware successive halving on hand-made rung results, next to Ray's own ASHA."""
 
+import json
 import math
 
 import pytest
@@ -92,12 +93,16 @@ def test_latency_measured_only_at_the_end_is_not_ranked_at_rungs():
     assert scheduler.on_trial_result(None, _trial("b"), _result(0.7, 1.1)) == TrialScheduler.STOP
 
 
-def test_state_survives_save_and_restore(tmp_path):
+def test_state_survives_save_and_restore_as_json_not_a_pickle(tmp_path):
     scheduler = _pareto()
     scheduler.on_trial_result(None, _trial("a"), _result(0.8, 1.0))
-    scheduler.save(str(tmp_path / "scheduler.pkl"))
+    scheduler.on_trial_result(None, _trial("b"), _result(0.7, 1.1))
+    scheduler.save(str(tmp_path / "scheduler.json"))
+    saved = json.loads((tmp_path / "scheduler.json").read_text())  # plain data: restoring runs no code
+    assert saved["stopped"] == 1
     restored = _pareto()
-    restored.restore(str(tmp_path / "scheduler.pkl"))
+    restored.restore(str(tmp_path / "scheduler.json"))
+    assert restored.rungs == scheduler.rungs and restored.stopped == 1
     assert restored.on_trial_result(None, _trial("c"), _result(0.4, 1.2)) == TrialScheduler.STOP
 
 

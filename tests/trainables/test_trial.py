@@ -3,6 +3,7 @@ import json
 import math
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -352,3 +353,28 @@ def test_a_kept_checkpoint_is_measured_without_generating_its_periodic_rows_agai
     assert reused.per_example == generated_again.per_example
     assert reused.losses.sums == pytest.approx(generated_again.losses.sums, rel=1e-6)
     assert reused.metrics["quality"] == generated_again.metrics["quality"]
+
+
+class _Planted:
+    """What a hostile checkpoint holds: unpickling it would touch a file (run code)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_resuming_a_checkpoint_from_elsewhere_runs_none_of_its_code(tmp_path):
+    import pickle
+
+    from safetensors.torch import save_file
+
+    model = torch.nn.Linear(2, 2)
+    save_file({name: p.detach() for name, p in model.named_parameters()}, tmp_path / trial.TRAINABLE_STATE)
+    marker = tmp_path / "code-ran"
+    torch.save({"optimizer": _Planted(marker)}, tmp_path / trial.OPTIMIZER_STATE)
+    optimizer = torch.optim.AdamW(model.parameters())
+    with pytest.raises(pickle.UnpicklingError):
+        trial.restore_checkpoint(tmp_path, METHODS["lora"], model, optimizer, None)
+    assert not marker.exists()
