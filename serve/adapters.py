@@ -4,6 +4,7 @@ Request fields are looked up in this registry by id and never used as paths. A w
 method saves a whole model (full fine-tuning) is served as a model of its own, beside the base.
 """
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ class Adapter:
     standalone: bool = False  # a whole model (its own weights), not an adapter on the base
     shares_mixed_batch: bool = False  # answers in one batch with other such adapters on its base
     served_together_when_equal: tuple[str, ...] = ()  # config fields adapters on one base must share
+    prompt_positions: int = 0  # positions it puts before every prompt (prompt tuning's virtual tokens)
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ def load_registry(experiment_dir: Path, top: int | None = None) -> Registry:
             raise ConfigError(
                 f"{where}: adapter_path {adapter.path} lacks {', '.join(missing)} (safetensors only)"
             )
+        adapter = dataclasses.replace(adapter, prompt_positions=method.prompt_positions(adapter.path))
         if adapter.adapter_id == BASE_MODEL_ID or adapter.adapter_id in adapters:
             raise ConfigError(f"{where}: id '{adapter.adapter_id}' is reserved or repeated")
         adapters[adapter.adapter_id] = adapter

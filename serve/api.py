@@ -65,6 +65,17 @@ class TaskRequest(_Strict):
         return dict(self.model_extra or {})
 
 
+def encodable(*texts: str) -> bool:
+    """Whether every text is valid Unicode text (a lone surrogate such as "\\ud800" is not): the
+    tokenizer refuses it, and the client gets a 400 instead of an error from deep inside."""
+    try:
+        for text in texts:
+            text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 

@@ -148,6 +148,12 @@ def gateway(limits: Limits, api_key_digest: bytes | None):
         problems = [f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in error.errors()]
         return JSONResponse(api.error_body("; ".join(problems), "invalid_request_error"), status_code=422)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, error: Exception):
+        # Whatever else goes wrong, here or in a model replica, the client still gets OpenAI's shape.
+        body = api.error_body(f"internal error: {type(error).__name__}", "server_error")
+        return JSONResponse(body, status_code=500)
+
     @app.exception_handler(HTTPException)
     async def _http(_: Request, error: HTTPException):
         return JSONResponse(
@@ -192,13 +198,24 @@ def gateway(limits: Limits, api_key_digest: bytes | None):
             return model
 
         async def _run(self, request: EngineRequest) -> Completion:
-            prompt_tokens = len(self.tokenizer(request.prompt)["input_ids"])
+            if not api.encodable(request.prompt, *request.stop):
+                raise ApiError(
+                    400, "the prompt or a stop string is not valid text: it cannot be encoded as UTF-8"
+                )
+            # Off the event loop: a long prompt must not hold up every other request, /healthz included.
+            prompt_tokens = len((await asyncio.to_thread(self.tokenizer, request.prompt))["input_ids"])
             if prompt_tokens > limits.max_prompt_tokens:
                 raise ApiError(
                     413, f"prompt is {prompt_tokens} tokens; the limit is {limits.max_prompt_tokens}"
                 )
-            if prompt_tokens + request.max_tokens > self.context_length:
-                message = f"prompt ({prompt_tokens}) plus max_tokens exceeds the model's {self.context_length} tokens"
+            adapter = self.registry.adapters.get(request.adapter or "")
+            in_front = adapter.prompt_positions if adapter else 0
+            if in_front + prompt_tokens + request.max_tokens > self.context_length:
+                virtual = f" after its adapter's {in_front} virtual tokens" if in_front else ""
+                message = (
+                    f"prompt ({prompt_tokens}{virtual}) plus max_tokens exceeds the model's "
+                    f"{self.context_length} tokens"
+                )
                 raise ApiError(400, message, param="max_tokens")
             handle = self.server.options(multiplexed_model_id=request.adapter or "")
             response = handle.complete.remote(request)

@@ -44,3 +44,13 @@ def test_a_full_winner_without_safetensors_weights_is_refused(winners_dir, tmp_p
     _winners(tmp_path / "sweep", [_listed(winners_dir)["full"] | {"adapter_path": str(pickled)}])
     with pytest.raises(ConfigError, match=r"winners\[0\]: adapter_path .* lacks model\.safetensors"):
         load_registry(tmp_path / "sweep")
+
+
+def test_a_prompt_tuning_adapter_declares_the_positions_it_puts_before_every_prompt(winners_dir):
+    """They count in the model's context beside the prompt and the answer (the gateway's check)."""
+    adapters = {adapter.method: adapter for adapter in load_registry(winners_dir).adapters.values()}
+    saved = json.loads((adapters["prompt_tuning"].path / "adapter_config.json").read_text())
+    assert adapters["prompt_tuning"].prompt_positions == saved["num_virtual_tokens"] > 0
+    assert all(
+        adapter.prompt_positions == 0 for method, adapter in adapters.items() if method != "prompt_tuning"
+    )

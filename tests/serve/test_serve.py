@@ -209,13 +209,20 @@ def test_full_winner_is_served_as_its_own_model(server, winners_dir):
         ("/v1/tasks/translation", {"text": "hi"}, API_KEY, 404),
         ("/v1/tasks/qg", {"history": "h", "question": ""}, API_KEY, 422),
         ("/v1/tasks/qg", {"history": "h", "question": "q?", "path": "/etc"}, API_KEY, 422),
+        ("/v1/completions", {"model": "base", "prompt": "\ud800"}, API_KEY, 400),  # a lone surrogate
+        ("/v1/completions", {"model": "base", "prompt": "hi", "stop": ["\udfff"]}, API_KEY, 400),
+        ("/v1/completions", {"model": "base", "prompt": "hi", "seed": 2**64}, API_KEY, 422),
         ("/v1/completions", {"model": "base", "prompt": "hi"}, None, 401),
         ("/v1/completions", {"model": "base", "prompt": "hi"}, "wrong", 401),
     ],
 )
 def test_bad_requests_get_their_status_and_the_server_stays_up(server, path, body, key, status):
     got, answer = _post(server, path, body, key)
-    assert got == status and answer["error"]["message"]
+    assert (
+        got == status
+        and answer["error"]["message"]
+        and set(answer["error"]) == {"message", "type", "param", "code"}
+    )
     good, completion = _post(
         server, "/v1/completions", {"model": "qg-lora-test", "prompt": "hi", "max_tokens": 2}
     )

@@ -143,6 +143,9 @@ class Method:
     # set); otherwise the method is opt-in through --methods.
     in_default_sweep: bool = True
     default_below_params: int | None = None
+    # Serving: positions the saved adapter (its directory) puts in front of every prompt, which
+    # count in the model's context beside the prompt and the answer (prompt tuning's virtual tokens).
+    prompt_positions: Callable[[Path], int] = lambda saved: 0
 
     @property
     def export_forms(self) -> tuple[str, ...]:

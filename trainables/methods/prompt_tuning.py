@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
@@ -37,10 +39,16 @@ def _prompt_tuning(hyperparameters: PromptTuningHyperparameters, context: BuildC
     )
 
 
+def virtual_tokens(saved: Path) -> int:
+    """The virtual tokens a saved prompt-tuning adapter puts in front of every prompt."""
+    return int(json.loads((saved / "adapter_config.json").read_text())["num_virtual_tokens"])
+
+
 METHOD = Method(
     "prompt_tuning",
     with_peft(_prompt_tuning),
     hyperparameters=PromptTuningHyperparameters,
     dimensions=DIMENSIONS,
     mergeable=False,  # virtual tokens in front of the prompt: no weight to merge them into
+    prompt_positions=virtual_tokens,
 )
