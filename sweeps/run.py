@@ -175,7 +175,8 @@ def connect(settings: SweepSettings, verbose: bool) -> None:
         raise ConfigError(f"address: cannot reach a Ray cluster at '{settings.address}' ({error})") from None
     if context.dashboard_url:
         print(
-            f"Ray dashboard: http://{context.dashboard_url}  (each trial's actor, log with its metrics, and resources)",
+            f"Ray dashboard: http://{context.dashboard_url}  (each trial's actor, log with its metrics, and "
+            "resources; it asks for Ray's token: `ray get-auth-token` prints it)",
             flush=True,
         )
 

@@ -45,7 +45,9 @@ def _records(sweep_dir: Path) -> dict[str, dict]:
 def test_smoke_sweep_end_to_end(smoke_sweep, tiny_model):
     done, sweep_dir = smoke_sweep
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "Ray dashboard: http://127.0.0.1:" in done.stdout
+    assert (
+        "Ray dashboard: http://127.0.0.1:" in done.stdout and "`ray get-auth-token` prints it" in done.stdout
+    )
     trials = pl.read_csv(sweep_dir / "trials.csv")
     required = ["trial_id", "method", "status", "quality", "cost_usd", "train_time_s", "latency_s",
                 "tokens_per_s", "trainable_params", "error", "lora.learning_rate", "lora.rank",
