@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARACTERS = 256
+MAX_MESSAGES = 256
 MAX_SEED = 2**63 - 1
 
 
@@ -34,6 +36,8 @@ class SamplingFields(_Strict):
         stops = [stop] if isinstance(stop, str) else stop or []
         if len(stops) > MAX_STOP_SEQUENCES:
             raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
+        if any(len(text) > MAX_STOP_CHARACTERS for text in stops):
+            raise ValueError(f"a stop sequence of at most {MAX_STOP_CHARACTERS} characters")
         return stops
 
     def stop_sequences(self) -> tuple[str, ...]:
@@ -50,7 +54,7 @@ class ChatMessage(_Strict):
 
 
 class ChatRequest(SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
 
     def prompt(self) -> str:
         """The adapters were trained on plain prompts, so a chat is the messages' text, in order."""

@@ -42,6 +42,9 @@ from trainables.tasks import generation_budget, get_task
 class Limits:
     max_prompt_tokens: int = 1024
     max_tokens: int = 256
+    # A request body larger than this is refused before it is parsed (a prompt of max_prompt_tokens
+    # takes a few kB; a chat of many messages more).
+    max_body_bytes: int = 1_048_576
     request_timeout_s: float = 60.0
     max_queued_requests: int = 64
     max_batch_size: int = 16
@@ -124,6 +127,37 @@ def model_server(limits: Limits):
     return AdapterServer
 
 
+class BodyLimit:
+    """Refuses a request body larger than `limit` bytes with a 413: at once where Content-Length
+    declares it, else as soon as the body received passes it, so no large body is ever held."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    def too_large(self) -> ApiError:
+        return ApiError(413, f"request body is larger than {self.limit} bytes (--max-body-bytes)")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            error = self.too_large()
+            response = JSONResponse(api.error_body(error.message, error.kind), status_code=error.status)
+            return await response(scope, receive, send)
+        received = 0
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise self.too_large()  # the app's ApiError handler answers it
+            return message
+
+        return await self.app(scope, counted, send)
+
+
 def key_digest(key: str) -> bytes:
     """What the gateway keeps of the API key: Ray pickles the deployment into its object store,
     which then holds this digest, never the key itself."""
@@ -138,6 +172,8 @@ def bearer_token(authorization: str) -> str:
 
 def gateway(limits: Limits, api_key_digest: bytes | None):
     app = FastAPI(title="peft-sweeps", docs_url=None, redoc_url=None)
+
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, error: ApiError):

@@ -45,6 +45,9 @@ def parser() -> argparse.ArgumentParser:
     )
     cli.add_argument("--max-prompt-tokens", type=int, default=DEFAULTS.max_prompt_tokens)
     cli.add_argument(
+        "--max-body-bytes", type=int, default=DEFAULTS.max_body_bytes, help="larger request bodies get a 413"
+    )
+    cli.add_argument(
         "--max-tokens", type=int, default=DEFAULTS.max_tokens, help="cap on a request's max_tokens"
     )
     cli.add_argument("--request-timeout-s", type=float, default=DEFAULTS.request_timeout_s)
@@ -68,6 +71,7 @@ def limits_from(args: argparse.Namespace, gpus: int, cores: int) -> Limits:
         "cpus_per_replica": cpus_per_replica,
         "max_adapters_per_replica": args.max_adapters_per_replica,
         "max_prompt_tokens": args.max_prompt_tokens,
+        "max_body_bytes": args.max_body_bytes,
         "max_tokens": args.max_tokens,
         "request_timeout_s": args.request_timeout_s,
         "max_queued_requests": args.max_queued_requests,

@@ -16,3 +16,19 @@ def test_a_seed_torch_cannot_take_is_refused_naming_the_field(seed):
 def test_every_seed_torch_takes_is_accepted():
     for seed in (0, 7, api.MAX_SEED):
         assert api.CompletionRequest(model="m", prompt="hi", seed=seed).seed == seed
+
+
+def test_stop_strings_and_messages_are_capped_in_number_and_length():
+    with pytest.raises(ValidationError, match="at most 256 characters"):
+        api.CompletionRequest(model="m", prompt="hi", stop=["x" * (api.MAX_STOP_CHARACTERS + 1)])
+    with pytest.raises(ValidationError, match="at most 4 stop sequences"):
+        api.CompletionRequest(model="m", prompt="hi", stop=["a", "b", "c", "d", "e"])
+    message = {"role": "user", "content": "hi"}
+    assert len(api.ChatRequest(model="m", messages=[message] * api.MAX_MESSAGES).messages) == api.MAX_MESSAGES
+    with pytest.raises(ValidationError, match="at most 256 items"):
+        api.ChatRequest(model="m", messages=[message] * (api.MAX_MESSAGES + 1))
+
+
+def test_text_that_is_not_valid_unicode_is_told_apart():
+    assert api.encodable("hi", "stop", "é ✓")
+    assert not api.encodable("hi", "\ud800") and not api.encodable("\udfff")

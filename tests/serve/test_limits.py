@@ -77,3 +77,56 @@ def test_the_bearer_scheme_is_matched_whatever_its_case_and_only_a_digest_is_kep
     # What Ray pickles of the gateway (with its own cloudpickle) holds the digest, never the key.
     pickled = cloudpickle.dumps(gateway(_limits(), digest).func_or_class)
     assert digest in pickled and b"secret-key" not in pickled
+
+
+def _answer(limit: int, chunks: list[bytes], declared: int | None) -> tuple[int, dict]:
+    """A POST to an app behind BodyLimit, driven through ASGI: its status, its JSON body, and how
+    many of the body's chunks the app had read by then."""
+    import asyncio
+    import json
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+
+    from serve import api
+    from serve.app import ApiError, BodyLimit
+
+    app = FastAPI()
+    app.add_middleware(BodyLimit, limit=limit)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_, error: ApiError):
+        return JSONResponse(api.error_body(error.message, error.kind), status_code=error.status)
+
+    @app.post("/echo")
+    async def _echo(request: Request):
+        return {"bytes": len(await request.body())}
+
+    messages = [
+        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)
+    ]
+    read, sent = [], []
+
+    async def receive():
+        read.append(1)
+        return messages[len(read) - 1]
+
+    async def send(message):
+        sent.append(message)
+
+    headers = [(b"content-length", str(declared).encode())] if declared is not None else []
+    scope = {"type": "http", "method": "POST", "path": "/echo", "headers": headers, "query_string": b""}
+    asyncio.run(app(scope | {"asgi": {"version": "3.0"}, "http_version": "1.1", "scheme": "http",
+                             "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 1), "root_path": ""},
+                    receive, send))  # fmt: skip
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+    return status, body | {"chunks_read": len(read)}
+
+
+def test_a_body_over_the_limit_is_a_413_before_it_is_read_whole():
+    assert _answer(100, [b"x" * 60, b"x" * 30], declared=90)[:1] == (200,)
+    status, body = _answer(100, [b"x" * 60] * 1000, declared=60_000)  # declared: refused unread
+    assert status == 413 and "larger than 100 bytes" in body["error"]["message"] and body["chunks_read"] == 0
+    status, body = _answer(100, [b"x" * 60] * 1000, declared=None)  # chunked: refused as it passes
+    assert status == 413 and body["error"]["type"] == "invalid_request_error" and body["chunks_read"] == 2
