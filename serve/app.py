@@ -45,6 +45,9 @@ class Limits:
     # A request body larger than this is refused before it is parsed (a prompt of max_prompt_tokens
     # takes a few kB; a chat of many messages more).
     max_body_bytes: int = 1_048_576
+    # Bound to loopback: only requests naming a loopback host are answered, so that a web page the
+    # user opens cannot reach the server through a name that resolves to 127.0.0.1 (DNS rebinding).
+    loopback_hosts_only: bool = True
     request_timeout_s: float = 60.0
     max_queued_requests: int = 64
     max_batch_size: int = 16
@@ -158,6 +161,31 @@ class BodyLimit:
         return await self.app(scope, counted, send)
 
 
+LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
+
+
+def is_loopback_host(header: str) -> bool:
+    """Whether a Host header ('127.0.0.1:8000', 'localhost', '[::1]:8000') names this machine."""
+    name = header.rsplit("]", 1)[0].lstrip("[") if header.startswith("[") else header.rsplit(":", 1)[0]
+    return name.lower() in LOOPBACK_NAMES or name.startswith("127.")
+
+
+class LoopbackHosts:
+    """Answers only requests whose Host header names a loopback address (a 421 JSON error else)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            if not is_loopback_host(host):
+                body = api.error_body(f"host '{host}' is not this server's: it answers on loopback only",
+                                      "invalid_request_error")  # fmt: skip
+                return await JSONResponse(body, status_code=421)(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def key_digest(key: str) -> bytes:
     """What the gateway keeps of the API key: Ray pickles the deployment into its object store,
     which then holds this digest, never the key itself."""
@@ -174,6 +202,8 @@ def gateway(limits: Limits, api_key_digest: bytes | None):
     app = FastAPI(title="peft-sweeps", docs_url=None, redoc_url=None)
 
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
+    if limits.loopback_hosts_only:
+        app.add_middleware(LoopbackHosts)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, error: ApiError):

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from serve.adapters import load_registry
-from serve.app import Limits
+from serve.app import LOOPBACK_NAMES, Limits
 from trainables.config import ConfigError
 
 API_KEY_VARIABLE = "PEFT_SWEEPS_API_KEY"
@@ -83,13 +83,15 @@ def limits_from(args: argparse.Namespace, gpus: int, cores: int) -> Limits:
         raise ConfigError("--batch-wait-s: must not be negative")
     return Limits(
         **numbers,
+        loopback_hosts_only=is_loopback(args.host),
         batch_wait_s=args.batch_wait_s,
         mix_adapters=not args.separate_adapter_batches,
         gpus_per_replica=1.0 if gpus else 0.0,
     )
 
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK_NAMES or host.startswith("127.")
 
 
 def api_key_from(args: argparse.Namespace, environment: dict[str, str]) -> str | None:
@@ -109,8 +111,7 @@ def api_key_from(args: argparse.Namespace, environment: dict[str, str]) -> str |
         key, source = None, None
     if key is not None and not key.strip():
         raise ConfigError(f"{source}: the API key is empty; give one, or none to serve on loopback only")
-    loopback = args.host in LOOPBACK_HOSTS or args.host.startswith("127.")
-    if key is None and not loopback and not args.insecure_no_api_key:
+    if key is None and not is_loopback(args.host) and not args.insecure_no_api_key:
         raise ConfigError(
             f"--host {args.host}: serving beyond this machine needs an API key (--api-key-file, --api-key "
             f"or ${API_KEY_VARIABLE}), or --insecure-no-api-key to serve anyone who reaches it"

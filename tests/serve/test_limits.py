@@ -130,3 +130,38 @@ def test_a_body_over_the_limit_is_a_413_before_it_is_read_whole():
     assert status == 413 and "larger than 100 bytes" in body["error"]["message"] and body["chunks_read"] == 0
     status, body = _answer(100, [b"x" * 60] * 1000, declared=None)  # chunked: refused as it passes
     assert status == 413 and body["error"]["type"] == "invalid_request_error" and body["chunks_read"] == 2
+
+
+def test_a_server_on_loopback_answers_only_requests_naming_a_loopback_host():
+    """Against DNS rebinding: a page that makes attacker.example resolve to 127.0.0.1 still sends
+    Host: attacker.example, and gets a 421."""
+    import asyncio
+
+    from serve.app import LoopbackHosts, is_loopback_host
+
+    assert all(
+        map(is_loopback_host, ["127.0.0.1:8000", "localhost", "LOCALHOST:1", "[::1]:8000", "127.0.1.1"])
+    )
+    assert not any(map(is_loopback_host, ["attacker.example:8000", "10.0.0.2", "[2001:db8::1]:80", ""]))
+    reached = []
+
+    async def inner(scope, receive, send):
+        reached.append(scope["headers"])
+
+    async def status(host: bytes) -> int | None:
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": "/v1/models", "headers": [(b"host", host)]}
+        await LoopbackHosts(inner)(scope, None, send)
+        return next((m["status"] for m in sent if m["type"] == "http.response.start"), None)
+
+    assert asyncio.run(status(b"attacker.example:8000")) == 421 and reached == []
+    assert asyncio.run(status(b"127.0.0.1:8000")) is None and len(reached) == 1  # passed on to the app
+    assert _limits().loopback_hosts_only and not _limits_on("0.0.0.0").loopback_hosts_only
+
+
+def _limits_on(host: str) -> Limits:
+    return limits_from(parser().parse_args(["winners", "--host", host, "--api-key", "k"]), 0, 8)
