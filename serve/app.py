@@ -8,6 +8,7 @@ A fully fine-tuned winner is multiplexed the same way, as a whole model of its o
 """
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import time
@@ -38,27 +39,43 @@ from trainables import models
 from trainables.tasks import generation_budget, get_task
 
 
+def _limit(default, help: str):
+    """A Limits field whose help is its option's on the server's command line (serve.run)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class Limits:
-    max_prompt_tokens: int = 1024
-    max_tokens: int = 256
-    # A request body larger than this is refused before it is parsed (a prompt of max_prompt_tokens
-    # takes a few kB; a chat of many messages more).
-    max_body_bytes: int = 1_048_576
+    """How a server runs. The fields with help are the server's command-line options (serve.run
+    generates them from here); the others it derives."""
+
+    max_prompt_tokens: int = _limit(1024, "prompts longer than this many tokens get a 413")
+    max_tokens: int = _limit(256, "cap on a request's max_tokens")
+    # A prompt of max_prompt_tokens takes a few kB; a chat of many messages more.
+    max_body_bytes: int = _limit(1_048_576, "request bodies larger than this get a 413, before parsing")
+    request_timeout_s: float = _limit(60.0, "a request unanswered this long gets a 504 and leaves its batch")
+    max_queued_requests: int = _limit(64, "requests waiting beyond this get a 503")
+    max_batch_size: int = _limit(16, "rows decoded together")
+    batch_wait_s: float = _limit(0.01, "how long an idle replica waits for companions of a first request")
+    max_adapters_per_replica: int = _limit(8, "adapters a replica keeps loaded; the least recently used go")
+    replicas: int = _limit(1, "model replicas")
+    # Ray gives a replica's torch as many threads as the CPUs it holds (OMP_NUM_THREADS): with the
+    # default of 1, a CPU-only replica decoded on one core of the machine.
+    cpus_per_replica: int = _limit(
+        1,
+        "cores (torch threads) each model replica holds (default: 1 with GPUs, else this machine's cores "
+        "divided among the replicas)",
+    )
+    mix_adapters: bool = True  # False: each adapter's requests batch apart (to measure what mixing gains)
+    gpus_per_replica: float = 0.0
     # Bound to loopback: only requests naming a loopback host are answered, so that a web page the
     # user opens cannot reach the server through a name that resolves to 127.0.0.1 (DNS rebinding).
     loopback_hosts_only: bool = True
-    request_timeout_s: float = 60.0
-    max_queued_requests: int = 64
-    max_batch_size: int = 16
-    batch_wait_s: float = 0.01
-    max_adapters_per_replica: int = 8
-    mix_adapters: bool = True  # False: each adapter's requests batch apart (to measure what mixing gains)
-    replicas: int = 1
-    gpus_per_replica: float = 0.0
-    # Ray gives a replica's torch as many threads as the CPUs it holds (OMP_NUM_THREADS): with the
-    # default of 1, a CPU-only replica decoded on one core of the machine.
-    cpus_per_replica: int = 1
+
+    @classmethod
+    def options(cls) -> list[dataclasses.Field]:
+        """The fields the command line sets."""
+        return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
 
 
 class ApiError(Exception):

@@ -16,7 +16,6 @@ from serve.app import LOOPBACK_NAMES, Limits
 from trainables.config import ConfigError
 
 API_KEY_VARIABLE = "PEFT_SWEEPS_API_KEY"
-DEFAULTS = Limits()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -25,14 +24,6 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes it beyond this machine")
     cli.add_argument("--port", type=int, default=8000)
     cli.add_argument("--top", type=int, help="serve only the K best winners")
-    cli.add_argument("--replicas", type=int, default=DEFAULTS.replicas)
-    cli.add_argument(
-        "--cpus-per-replica",
-        type=int,
-        help="cores (torch threads) each model replica holds (default: 1 with GPUs, else this "
-        "machine's cores divided among the replicas)",
-    )
-    cli.add_argument("--max-adapters-per-replica", type=int, default=DEFAULTS.max_adapters_per_replica)
     keys = cli.add_mutually_exclusive_group()
     keys.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE})")
     keys.add_argument(
@@ -43,17 +34,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve beyond loopback (--host) without an API key, knowing anyone who reaches it may use it",
     )
-    cli.add_argument("--max-prompt-tokens", type=int, default=DEFAULTS.max_prompt_tokens)
-    cli.add_argument(
-        "--max-body-bytes", type=int, default=DEFAULTS.max_body_bytes, help="larger request bodies get a 413"
-    )
-    cli.add_argument(
-        "--max-tokens", type=int, default=DEFAULTS.max_tokens, help="cap on a request's max_tokens"
-    )
-    cli.add_argument("--request-timeout-s", type=float, default=DEFAULTS.request_timeout_s)
-    cli.add_argument("--max-queued-requests", type=int, default=DEFAULTS.max_queued_requests)
-    cli.add_argument("--max-batch-size", type=int, default=DEFAULTS.max_batch_size)
-    cli.add_argument("--batch-wait-s", type=float, default=DEFAULTS.batch_wait_s)
+    for limit in Limits.options():
+        # Derived from the machine when not given (limits_from); the others default as Limits does.
+        default = None if limit.name == "cpus_per_replica" else limit.default
+        cli.add_argument(
+            f"--{limit.name.replace('_', '-')}", type=limit.type, default=default, help=limit.metadata["help"]
+        )
     cli.add_argument(
         "--separate-adapter-batches",
         action="store_true",
@@ -63,30 +49,19 @@ def parser() -> argparse.ArgumentParser:
 
 
 def limits_from(args: argparse.Namespace, gpus: int, cores: int) -> Limits:
-    cpus_per_replica = args.cpus_per_replica
-    if cpus_per_replica is None:
-        cpus_per_replica = 1 if gpus else max(1, cores // max(1, args.replicas))
-    numbers = {
-        "replicas": args.replicas,
-        "cpus_per_replica": cpus_per_replica,
-        "max_adapters_per_replica": args.max_adapters_per_replica,
-        "max_prompt_tokens": args.max_prompt_tokens,
-        "max_body_bytes": args.max_body_bytes,
-        "max_tokens": args.max_tokens,
-        "request_timeout_s": args.request_timeout_s,
-        "max_queued_requests": args.max_queued_requests,
-        "max_batch_size": args.max_batch_size,
-    }
-    if bad := [f"--{name.replace('_', '-')}" for name, value in numbers.items() if value <= 0]:
+    given = {limit.name: getattr(args, limit.name) for limit in Limits.options()}
+    if given["cpus_per_replica"] is None:
+        given["cpus_per_replica"] = 1 if gpus else max(1, cores // max(1, args.replicas))
+    at_least_one = {name: value for name, value in given.items() if name != "batch_wait_s"}
+    if bad := [f"--{name.replace('_', '-')}" for name, value in at_least_one.items() if value <= 0]:
         raise ConfigError(f"{', '.join(bad)}: must be positive")
     if args.batch_wait_s < 0:
         raise ConfigError("--batch-wait-s: must not be negative")
     return Limits(
-        **numbers,
-        loopback_hosts_only=is_loopback(args.host),
-        batch_wait_s=args.batch_wait_s,
+        **given,
         mix_adapters=not args.separate_adapter_batches,
         gpus_per_replica=1.0 if gpus else 0.0,
+        loopback_hosts_only=is_loopback(args.host),
     )
 
 

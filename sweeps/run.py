@@ -15,14 +15,16 @@ import logging
 import math
 import os
 import sys
+import types
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import polars as pl
+from pydantic.fields import FieldInfo
 
 from analysis import load, rank, report, rescore
 from sweeps import extend, results, stages, study
-from sweeps.objectives import NAMES as OBJECTIVE_NAMES
 from sweeps.objectives import Objective
 from sweeps.settings import (
     SweepSettings,
@@ -42,72 +44,44 @@ RAY_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 EXPERIMENT_STATE = "experiment_state*.json"
 
 
+# Settings the command line does not set: the task is its positional argument; the rest come from
+# the task's preset or --config.
+NOT_ON_THE_COMMAND_LINE = {"task", "search", "trial", "baseline_shots", "grace_evals", "winners"}
+# Settings of which a command line gives one at most: a trial's length is steps or epochs.
+EXCLUSIVE = ("max_steps", "epochs")
+
+
+def option(field: FieldInfo) -> dict:
+    """argparse's arguments for a SweepSettings field: its type, choices and help from the model.
+    Every default is None, so that an option not given leaves the preset's or the YAML's value."""
+    kind = field.annotation
+    if isinstance(kind, types.UnionType):  # X | None: the option gives an X
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    extra = field.json_schema_extra or {}
+    arguments = {
+        "help": field.description,
+        "default": None,
+        **({"metavar": extra["metavar"]} if extra else {}),
+    }
+    if kind is bool:
+        return arguments | {"action": argparse.BooleanOptionalAction if field.default else "store_true"}
+    if typing.get_origin(kind) is typing.Literal:
+        return arguments | {"choices": list(typing.get_args(kind))}
+    if typing.get_origin(kind) is list:
+        return arguments | {"type": lambda text: text.split(",")}
+    return arguments | {"type": kind}
+
+
 def parser() -> argparse.ArgumentParser:
+    """The sweep's command line, generated from SweepSettings: one option per field."""
     cli = argparse.ArgumentParser(prog="python -m sweeps.run", description=__doc__.split("\n\n")[0])
     cli.add_argument("task", help=f"a registered task ({', '.join(TASKS)}) or a YAML task file")
     cli.add_argument("--config", help="YAML file overriding the task's preset")
-    cli.add_argument("--model", help="HF id or local path (default: the embedded model)")
-    cli.add_argument(
-        "--methods", type=lambda text: text.split(","), help="comma-separated subset of the methods"
-    )
-    cli.add_argument("--samples", type=int, help="number of PEFT trials (baselines come on top)")
-    budget = cli.add_mutually_exclusive_group()
-    budget.add_argument("--max-steps", type=int, help="optimizer steps per trial")
-    budget.add_argument("--epochs", type=float, help="epochs per trial instead of --max-steps")
-    cli.add_argument("--time-budget-s", type=float, help="stop starting trials after this many seconds")
-    cli.add_argument("--concurrency", type=int, help="trials at once")
-    cli.add_argument("--cpus-per-trial", type=float)
-    cli.add_argument("--gpus-per-trial", type=float, help="fractions let small trials share a GPU")
-    cli.add_argument("--address", help="join a running Ray cluster, e.g. auto after `ray start --head`")
-    cli.add_argument("--storage", help="results root (default ./results; a shared path on a cluster)")
-    cli.add_argument("--name", help="experiment name (default: a timestamp)")
-    cli.add_argument(
-        "--resume", action="store_true", default=None, help="continue the named (or latest) sweep"
-    )
-    cli.add_argument("--seed", type=int)
-    cli.add_argument(
-        "--objectives",
-        type=lambda text: text.split(","),
-        help=f"what the search optimises, comma-separated: any of {', '.join(OBJECTIVE_NAMES)} (default "
-        "quality); with several, Optuna samples multi-objectively and Pareto-aware successive halving "
-        "stops trials",
-    )
-    cli.add_argument(
-        "--scheduler",
-        choices=["asha", "pareto"],
-        help="early stopping: asha (on the first objective) or pareto (default: asha with one objective)",
-    )
-    cli.add_argument(
-        "--budget-usd", type=float, help="start no more trials once spent + committed dollars would pass this"
-    )
-    cli.add_argument(
-        "--extend",
-        type=int,
-        metavar="N",
-        help="add N trials to the named (or latest) finished sweep, continuing its Optuna study",
-    )
-    cli.add_argument("--max-failures", type=int, help="retries of a trial that failed for a transient reason")
-    cli.add_argument(
-        "--finalist-seeds",
-        type=int,
-        help="seeds per finalist (the top of the front re-trained) and per compared method, ranked on "
-        "their mean",
-    )
-    cli.add_argument(
-        "--compare-methods",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="after the search, train each method's best configuration to the whole budget, so that "
-        "the verdict compares methods at equal budget (default: on)",
-    )
-    cli.add_argument(
-        "--smoke", action="store_true", default=None, help="a tiny budget, for tests and a first look"
-    )
-    cli.add_argument(
-        "--mlflow",
-        metavar="URI",
-        help="log every trial to this MLflow tracking URI (e.g. sqlite:///mlflow.db, http://host:5000)",
-    )
+    exclusive = cli.add_mutually_exclusive_group()
+    for name, field in SweepSettings.model_fields.items():
+        if name not in NOT_ON_THE_COMMAND_LINE:
+            group = exclusive if name in EXCLUSIVE else cli
+            group.add_argument(f"--{name.replace('_', '-')}", **option(field))
     cli.add_argument(
         "--verbose", action="store_true", help="Tune's full output and every trial's log, not one status line"
     )

@@ -80,35 +80,68 @@ SearchRanges = create_model(
 
 
 class SweepSettings(BaseModel):
+    """What a sweep is. Each field's description is its help on the command line, which
+    sweeps.run generates from this model (fields in sweeps.run.NOT_ON_THE_COMMAND_LINE aside)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     task: str
-    model: str = models.EMBEDDED
+    model: str = Field(models.EMBEDDED, description="HF id or local path (default: the embedded model)")
     # Every method but those opt-in for a model this large (full fine-tuning from 1B parameters up).
-    methods: list[str] = Field(default_factory=lambda values: default_methods(values.get("model")))
-    samples: int = Field(10, ge=1, description="PEFT trials; baselines come on top")
-    max_steps: int = Field(160, ge=1)
-    epochs: float | None = Field(None, gt=0)
-    time_budget_s: float | None = Field(None, gt=0)
-    concurrency: int = Field(2, ge=1)
-    cpus_per_trial: float = Field(1, gt=0)
-    gpus_per_trial: float | None = Field(None, ge=0, description="default: 1 when CUDA is visible, else 0")
-    address: str | None = None
-    storage: str = "./results"
+    methods: list[str] = Field(
+        default_factory=lambda values: default_methods(values.get("model")),
+        description="comma-separated subset of the methods",
+    )
+    samples: int = Field(10, ge=1, description="number of PEFT trials (baselines come on top)")
+    max_steps: int = Field(160, ge=1, description="optimizer steps per trial")
+    epochs: float | None = Field(None, gt=0, description="epochs per trial instead of --max-steps")
+    time_budget_s: float | None = Field(
+        None, gt=0, description="stop starting trials after this many seconds"
+    )
+    concurrency: int = Field(2, ge=1, description="trials at once")
+    cpus_per_trial: float = Field(1, gt=0, description="CPUs each trial holds")
+    gpus_per_trial: float | None = Field(
+        None,
+        ge=0,
+        description="GPUs each trial holds; fractions let small trials share a GPU (default: 1 when "
+        "CUDA is visible, else 0)",
+    )
+    address: str | None = Field(
+        None, description="join a running Ray cluster, e.g. auto after `ray start --head`"
+    )
+    storage: str = Field("./results", description="results root (a shared path on a cluster)")
     # One path component of safe characters: the sweep's directory under storage/task/, never elsewhere.
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-    resume: bool = False
-    seed: int = 0
-    smoke: bool = False
+    name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+        description="experiment name (default: a timestamp)",
+    )
+    resume: bool = Field(False, description="continue the named (or latest) sweep")
+    seed: int = Field(0, description="seeds Optuna, data order and initialisation")
+    smoke: bool = Field(False, description="a tiny budget, for tests and a first look")
     baseline_shots: list[int] = [0, 2]
     max_failures: int = Field(1, ge=0, description="retries of a trial that failed for a transient reason")
     grace_evals: int = Field(1, ge=1, description="evaluations before ASHA may stop a trial")
-    # Several: Optuna samples multi-objectively and the Pareto-aware scheduler stops trials.
-    objectives: list[str] = Field(["quality"], description=f"any of {', '.join(OBJECTIVE_NAMES)}")
-    # Default: ASHA on quality with one objective, Pareto-aware successive halving with several.
-    scheduler: Literal["asha", "pareto"] | None = None
-    budget_usd: float | None = Field(None, gt=0, description="start no trial past this many dollars")
-    extend: int | None = Field(None, ge=1, description="trials added to a finished sweep")
+    objectives: list[str] = Field(
+        ["quality"],
+        description=f"what the search optimises, comma-separated: any of {', '.join(OBJECTIVE_NAMES)} "
+        "(default quality); with several, Optuna samples multi-objectively and Pareto-aware successive "
+        "halving stops trials",
+    )
+    scheduler: Literal["asha", "pareto"] | None = Field(
+        None,
+        description="early stopping: asha (on the first objective) or pareto (default: asha with one "
+        "objective, pareto with several)",
+    )
+    budget_usd: float | None = Field(
+        None, gt=0, description="start no more trials once spent + committed dollars would pass this"
+    )
+    extend: int | None = Field(
+        None,
+        ge=1,
+        description="add N trials to the named (or latest) finished sweep, continuing its Optuna study",
+        json_schema_extra={"metavar": "N"},
+    )
     winners: int = Field(
         3,
         ge=1,
@@ -117,16 +150,23 @@ class SweepSettings(BaseModel):
     )
     # Off by default: each seed beyond the first re-trains up to `winners` trials to their end.
     finalist_seeds: int = Field(
-        1, ge=1, description="seeds per finalist and per compared method, which rank on their mean"
+        1,
+        ge=1,
+        description="seeds per finalist (the top of the front re-trained) and per compared method, "
+        "ranked on their mean",
     )
     # The verdict compares methods through runs of equal budget; without them it labels each
     # comparison of runs that trained for different lengths as such, and calls none of them real.
     compare_methods: bool = Field(
         True,
-        description="train each method's best configuration to the whole budget (with finalist_seeds "
-        "seeds), so that the verdict compares methods at equal budget",
+        description="after the search, train each method's best configuration to the whole budget, so "
+        "that the verdict compares methods at equal budget",
     )
-    mlflow: str | None = Field(None, description="MLflow tracking URI every trial is logged to")
+    mlflow: str | None = Field(
+        None,
+        description="log every trial to this MLflow tracking URI (e.g. sqlite:///mlflow.db, http://host:5000)",
+        json_schema_extra={"metavar": "URI"},
+    )
     search: SearchRanges = SearchRanges()
     trial: dict[str, Any] = {}
 

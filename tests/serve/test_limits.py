@@ -165,3 +165,11 @@ def test_a_server_on_loopback_answers_only_requests_naming_a_loopback_host():
 
 def _limits_on(host: str) -> Limits:
     return limits_from(parser().parse_args(["winners", "--host", host, "--api-key", "k"]), 0, 8)
+
+
+def test_the_server_s_command_line_is_generated_from_its_limits():
+    options = {action.dest: action for action in parser()._actions if action.option_strings}
+    for limit in Limits.options():
+        assert options[limit.name].help == limit.metadata["help"]
+        assert options[limit.name].default == (None if limit.name == "cpus_per_replica" else limit.default)
+    assert _limits("--max-body-bytes", "10", "--batch-wait-s", "0").max_body_bytes == 10

@@ -224,3 +224,30 @@ def test_mlflow_credentials_leave_the_uri_for_the_environment(tmp_path, monkeypa
     assert run.main(["qg", "--mlflow", "nosuch://bob:hunter2@host/x", "--storage", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert "nosuch://host/x" in error and "hunter2" not in error
+
+
+def test_the_command_line_is_generated_from_the_settings_model():
+    """One option per setting, its help the field's description: the two cannot drift apart."""
+    from sweeps.settings import SweepSettings
+
+    options = {action.dest: action for action in run.parser()._actions if action.option_strings}
+    settings = {
+        name: field
+        for name, field in SweepSettings.model_fields.items()
+        if name not in run.NOT_ON_THE_COMMAND_LINE
+    }
+    assert settings.keys() <= options.keys() and options.keys() - settings.keys() == {
+        "help",
+        "config",
+        "verbose",
+    }
+    for name, field in settings.items():
+        assert options[name].help == field.description and field.description, name
+        assert options[name].option_strings[0] == f"--{name.replace('_', '-')}"
+    parsed = run.parser().parse_args(["qg", "--methods", "lora,ia3", "--no-compare-methods", "--epochs", "2"])
+    assert (parsed.methods, parsed.compare_methods, parsed.epochs, parsed.max_steps) == (
+        ["lora", "ia3"],
+        False,
+        2.0,
+        None,
+    )
