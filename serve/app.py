@@ -8,6 +8,7 @@ A fully fine-tuned winner is multiplexed the same way, as a whole model of its o
 """
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import hashlib
 import hmac
@@ -266,6 +267,9 @@ def gateway(limits: Limits, api_key_digest: bytes | None):
             self.tokenizer = models.load_tokenizer(path)
             self.context_length = AutoConfig.from_pretrained(path).max_position_embeddings
             self.created = int(time.time())
+            # One thread: off the event loop, but one encoding at a time, as a fast tokenizer shared
+            # by threads can fail ("Already borrowed") when calls overlap.
+            self.tokenizing = concurrent.futures.ThreadPoolExecutor(max_workers=1)
             # Each task's answers get the budget its adapters were evaluated with: the trials'
             # computation, on the same base model's tokenizer. The server's cap still applies.
             self.task_max_tokens = {
@@ -286,7 +290,10 @@ def gateway(limits: Limits, api_key_digest: bytes | None):
                     400, "the prompt or a stop string is not valid text: it cannot be encoded as UTF-8"
                 )
             # Off the event loop: a long prompt must not hold up every other request, /healthz included.
-            prompt_tokens = len((await asyncio.to_thread(self.tokenizer, request.prompt))["input_ids"])
+            encoded = await asyncio.get_running_loop().run_in_executor(
+                self.tokenizing, self.tokenizer, request.prompt
+            )
+            prompt_tokens = len(encoded["input_ids"])
             if prompt_tokens > limits.max_prompt_tokens:
                 raise ApiError(
                     413, f"prompt is {prompt_tokens} tokens; the limit is {limits.max_prompt_tokens}"
