@@ -29,9 +29,10 @@ import by_hand  # bench/by_hand.py: the Trainer + PEFT side
 import sweep_overhead  # bench/sweep_overhead.py: runs the sweep and accounts for its time
 import torch
 
-from analysis import report, rescore, verdict
+from analysis import rescore, verdict
 from sweeps import run
 from trainables import loop, measure, models, trial
+from trainables.winners import WINNERS_FILE
 
 MISSION_METHODS = ("qlora", "lora", "adalora", "ia3", "prompt_tuning")
 
@@ -75,7 +76,7 @@ def platform_sweep(arguments: list[str], concurrency: int, storage: Path) -> tup
     """The sweep's best on validation quality, and its top-ranked winner (the same trial or not)."""
     wall, sweep_dir = sweep_overhead.timed_sweep(arguments, storage)
     sweep_overhead.print_overhead(sweep_dir, wall, concurrency)
-    winners = json.loads((sweep_dir / report.WINNERS_FILE).read_text())["winners"]
+    winners = json.loads((sweep_dir / WINNERS_FILE).read_text())["winners"]
     best = next(winner for winner in winners if winner["best_on_validation"])
     return tuple(
         # The verdict scored its winners on the whole test split and kept their per-example scores.

@@ -38,6 +38,7 @@ from trainables.errors import ConfigError
 from trainables.methods import BASELINE
 from trainables.record import EVALUATIONS
 from trainables.tasks import TASKS
+from trainables.winners import WINNERS_FILE
 
 RUN_AGAIN = "run_again"  # the grid key under which a later stage's run travels, its whole config
 RAY_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
@@ -513,7 +514,7 @@ def sweep(settings: SweepSettings, directory: Path, verbose: bool = False) -> bo
     if finished:
         try:
             report.build(directory, rank.parse_weights(""), top=settings.winners, workers=workers)
-            print(f"report: {directory / 'report.html'}  winners: {directory / report.WINNERS_FILE}")
+            print(f"report: {directory / 'report.html'}  winners: {directory / WINNERS_FILE}")
         except load.NotAnExperiment as error:
             print(f"no winners: {error}", file=sys.stderr)
     return finished

@@ -12,6 +12,7 @@ from analysis import browser, load, report
 from serve.adapters import load_registry
 from trainables import models, trial
 from trainables.methods import METHODS
+from trainables.winners import WINNERS_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +88,7 @@ def test_the_report_draws_every_plot_in_a_real_browser(smoke_sweep):
 
 def test_winners_reload_and_carry_test_scores(smoke_sweep):
     _, sweep_dir = smoke_sweep
-    winners = json.loads((sweep_dir / report.WINNERS_FILE).read_text())["winners"]
+    winners = json.loads((sweep_dir / WINNERS_FILE).read_text())["winners"]
     curves = load.curves(sweep_dir)
     assert 1 <= len(winners) <= 4  # --winners 3, and the best on quality if the trade-off left it out
     best = max(winner["validation"]["quality"] for winner in winners)
@@ -111,7 +112,7 @@ def test_winners_reload_and_carry_test_scores(smoke_sweep):
 
 def test_a_sweep_folder_copied_elsewhere_still_serves_and_leaks_no_path(smoke_sweep, tmp_path):
     _, sweep_dir = smoke_sweep
-    text = (sweep_dir / report.WINNERS_FILE).read_text()
+    text = (sweep_dir / WINNERS_FILE).read_text()
     for winner in json.loads(text)["winners"]:
         assert (
             not Path(winner["adapter_path"]).is_absolute()
@@ -154,7 +155,7 @@ def test_finalists_rank_on_the_mean_of_their_seeds(smoke_sweep):
 
 def test_winners_carry_intervals_and_comparisons_and_the_report_opens_with_the_verdict(smoke_sweep):
     _, sweep_dir = smoke_sweep
-    winners = json.loads((sweep_dir / report.WINNERS_FILE).read_text())["winners"]
+    winners = json.loads((sweep_dir / WINNERS_FILE).read_text())["winners"]
     methods = set(pl.read_parquet(sweep_dir / "leaderboard.parquet")["method"]) - {"base"}
     for position, winner in enumerate(winners):
         test = winner["test"]
@@ -194,7 +195,7 @@ def test_report_cli_rebuilds_with_other_weights(smoke_sweep, capsys):
     _, sweep_dir = smoke_sweep
     weights = "quality=1,latency=0,cost=0,size=0"  # the top by utility is then the best on quality
     assert report.main([str(sweep_dir), "--weights", weights, "--top", "1", "--no-test"]) == 0
-    (winner,) = json.loads((sweep_dir / report.WINNERS_FILE).read_text())["winners"]
+    (winner,) = json.loads((sweep_dir / WINNERS_FILE).read_text())["winners"]
     assert winner["best_on_validation"]
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from analysis import load, report
+from analysis import load
+from trainables.winners import WINNERS_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +33,7 @@ def _sweep(tiny_model: str, storage: Path, *extra: str) -> subprocess.CompletedP
 
 
 def _saved(sweep_dir: Path) -> dict:
-    return json.loads((sweep_dir / report.WINNERS_FILE).read_text())
+    return json.loads((sweep_dir / WINNERS_FILE).read_text())
 
 
 def _id(saved: dict, method: str) -> str:
