@@ -155,7 +155,8 @@ def test_finalists_rank_on_the_mean_of_their_seeds(smoke_sweep):
 
 def test_winners_carry_intervals_and_comparisons_and_the_report_opens_with_the_verdict(smoke_sweep):
     _, sweep_dir = smoke_sweep
-    winners = json.loads((sweep_dir / WINNERS_FILE).read_text())["winners"]
+    saved = json.loads((sweep_dir / WINNERS_FILE).read_text())
+    winners = saved["winners"]
     methods = set(pl.read_parquet(sweep_dir / "leaderboard.parquet")["method"]) - {"base"}
     for position, winner in enumerate(winners):
         test = winner["test"]
@@ -167,10 +168,16 @@ def test_winners_carry_intervals_and_comparisons_and_the_report_opens_with_the_v
             low, high = comparison["ci95"]
             assert low <= comparison["difference"] <= high
             assert comparison["distinguishable"] == (not low <= 0 <= high)
-        if position == 0:  # the top winner: also the runner-up and every other method's best
-            others = methods - {winner["method"]}
-            assert len(against) >= 1 + len(others) and len(set(against)) == len(against)
-            assert {name.split("-")[1] for name in against[1:]} >= {m.split("_")[0] for m in others}
+        if position == 0 and len(winners) > 1:  # the top winner: also the runner-up
+            assert against[-1] == winners[1]["id"] and len(set(against)) == len(against)
+    # The method best on validation against every other method, each at the budget both trained.
+    compared = saved["method_comparisons"]
+    assert {c["method"] for c in compared} == {saved["methods"][0]["method"]}
+    assert {c["against_method"] for c in compared} == methods - {saved["methods"][0]["method"]}
+    for comparison in compared:
+        low, high = comparison["ci95"]
+        assert low <= comparison["difference"] <= high
+        assert comparison["real_difference"] == (comparison["equal_budget"] and not low <= 0 <= high)
     page = (sweep_dir / "report.html").read_text()
     assert page.index("<h2>Verdict</h2>") < page.index("<h2>Per method</h2>")
     assert f"Verdict: {winners[0]['id']}" in page and "95% CI" in page
