@@ -4,7 +4,7 @@ Early stopping is right for the search and wrong for a comparison: a method that
 a quarter of the budget has shown only its first quarter. So each method is represented by its best
 configuration on the search's evidence (rank.best_configurations), through the runs of that
 configuration that trained the whole budget, one per seed (the sweep's comparison stage trains
-them, sweeps.comparison). Where there are none (the stage was skipped, or its runs failed), the
+them, sweeps.stages). Where there are none (the stage was skipped, or its runs failed), the
 configuration's own search run stands in, and every comparison it takes part in says that the
 budgets differ instead of calling a difference real.
 """

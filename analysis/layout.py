@@ -5,7 +5,7 @@ which holds the search's (its baselines included)."""
 BASELINES_DIR = "baselines"
 FINALISTS_DIR = "finalists"
 # Where a sweep trains each method's best configuration to the whole budget, for the verdict to
-# compare methods at equal budgets (sweeps.comparison).
+# compare methods at equal budgets (sweeps.stages).
 COMPARISON_DIR = "comparison"
 # Where --extend runs the trials it adds to a finished sweep: extension-1, extension-2, ...
 EXTENSION_PREFIX = "extension-"

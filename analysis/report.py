@@ -181,19 +181,22 @@ def judge(
     if between_methods:
         lines += [equal_budget.lead_line(methods, comparison_stage_ran)]
         lines += [comparison.words() + "." for comparison in between_methods]
-    tested = {
-        row["trial_dir"]: equal_budget.on_test([row], scored, per_example, indices) for row in base_rows
-    } | {method.method: equal_budget.on_test(method.runs, scored, per_example, indices) for method in methods}
+    base_tests = [equal_budget.on_test([row], scored, per_example, indices) for row in base_rows]
+    method_tests = [equal_budget.on_test(method.runs, scored, per_example, indices) for method in methods]
     base_rows_of_table = [
-        (f"{BASELINE} ({int(row['shots'])}-shot)", base_name(row), [row], tested[row["trial_dir"]])
-        for row in base_rows
+        (f"{BASELINE} ({int(row['shots'])}-shot)", base_name(row), [row], test)
+        for row, test in zip(base_rows, base_tests, strict=True)
     ]
     table_rows = base_rows_of_table + [
-        (method.method, trial_name(method.runs[0]), method.runs, tested[method.method]) for method in methods
+        (method.method, trial_name(method.runs[0]), method.runs, test)
+        for method, test in zip(methods, method_tests, strict=True)
     ]
     return Judgement(
         lines,
-        [equal_budget.as_json(method, trial_name, tested[method.method]) for method in methods],
+        [
+            equal_budget.as_json(method, trial_name, test)
+            for method, test in zip(methods, method_tests, strict=True)
+        ],
         [
             comparison.as_json() | {"method": methods[0].method, "against_method": other.method}
             for comparison, other in zip(between_methods, methods[1:], strict=True)
@@ -349,8 +352,7 @@ def build(
     workers: rescore.Workers = rescore.IN_PROCESS,
 ) -> list[dict]:
     """Write every report file into directory; returns the winners. Raises NotAnExperiment."""
-    rescore.measure_kept_checkpoints(load.load(directory), workers)
-    loaded = load.load(directory)
+    loaded = rescore.measured_trials(directory, workers)
     spent_usd = loaded["total_cost_usd"].fill_null(0.0).sum()  # every trial's, finalist re-runs too
     frame = rank.across_seeds(loaded)
     board = rank.leaderboard(frame, weights)

@@ -219,6 +219,13 @@ def measure_kept_checkpoints(frame: pl.DataFrame, workers: Workers = IN_PROCESS)
     return todo.height
 
 
+def measured_trials(directory: Path, workers: Workers = IN_PROCESS) -> pl.DataFrame:
+    """The sweep's trials once every kept checkpoint has its ranking figure (the ones ASHA stopped
+    are measured on the whole validation split first): what the report and the later stages rank."""
+    measure_kept_checkpoints(load.load(directory), workers)
+    return load.load(directory)
+
+
 def ended_trial_measurement(trial_dir: Path, results: Path) -> Cached | None:
     """What a trial that has just ended still needs measured: its kept checkpoint, when its last
     evaluation did not measure it and nothing has since; else None. `results`: its result.json

@@ -417,12 +417,13 @@ class AdapterEngine:
             self._answer(self._batch.join(rows, forward, prompt))
 
     def _admissible(self, joining: list[_Waiting]) -> list[_Waiting]:
-        """The newcomers whose own row can be made (its prompt encoded, its sampler seeded); each
-        other one fails alone, with its own error, so that one bad request never fails the batch."""
+        """The newcomers whose own row can be made (its text valid Unicode, its sampler seeded);
+        each other one fails alone, with its own error, so that one bad request never fails the
+        batch. A UTF-8 check, not an encoding: the prompts are tokenized once, in their groups."""
         admitted = []
         for waiting in joining:
             try:
-                self.tokenizer(waiting.request.prompt)
+                waiting.request.prompt.encode("utf-8")
                 Row(waiting.request, 0)
             except Exception as error:  # the request's own problem: handed to it alone
                 waiting.ticket.set_exception(error)

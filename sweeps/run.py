@@ -458,7 +458,7 @@ def run_stage(
     experiment = directory / stage
     if tune.Tuner.can_restore(str(experiment)):
         return fit_or_resume(experiment, None, trainable)
-    configs = configs_of(stages.measured(directory, workers))
+    configs = configs_of(rescore.measured_trials(directory, workers))
     if not configs:
         return True  # every run it would make, the sweep has already
     return fit_or_resume(experiment, functools.partial(build, configs), trainable)

@@ -11,7 +11,7 @@ run of the same configuration and seed) is not trained again.
 
 import polars as pl
 
-from analysis import load, rank, report, rescore
+from analysis import rank, report
 from trainables.record import read_record
 
 
@@ -30,13 +30,6 @@ def missing_runs(frame: pl.DataFrame, chosen: pl.DataFrame, seeds: range) -> lis
         for seed in seeds
         if (row["config_without_seed"], seed) not in done
     ]
-
-
-def measured(directory, workers: rescore.Workers) -> pl.DataFrame:
-    """The sweep's trials once every kept checkpoint has its ranking figure (ASHA's stopped trials
-    are measured on the whole validation split first)."""
-    rescore.measure_kept_checkpoints(load.load(directory), workers)
-    return load.load(directory)
 
 
 def comparison_configs(frame: pl.DataFrame, first_seed: int, seeds: int) -> list[dict]:
