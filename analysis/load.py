@@ -28,12 +28,10 @@ from analysis.layout import (
 from analysis.rank import is_trained
 from trainables.errors import ConfigError
 from trainables.methods import hyperparameter_names
-from trainables.record import ADAPTER_DIR, FULL_VALIDATION_QUALITY, RECORD_FILE
+from trainables.record import ADAPTER_DIR, FULL_VALIDATION_QUALITY, MEASURED_FILE, RECORD_FILE
 
 # Each method's searched hyperparameters under their own names (lora.learning_rate), as trials carry them.
 HYPERPARAMETERS = ["shots", *hyperparameter_names()]
-# What analysis.rescore measured of a kept checkpoint the trial itself did not measure.
-MEASURED_FILE = "kept_checkpoint.json"
 # Tune's state of an experiment (one file per run of its driver; the newest is the current one).
 EXPERIMENT_STATE = "experiment_state-*.json"
 # Held by a sweep's driver while Tune runs its trials; the kernel drops it when the driver dies.
@@ -281,7 +279,7 @@ def _kept_checkpoints(experiment_dir: Path) -> pl.DataFrame:
 
 
 def _measured_checkpoints(experiment_dir: Path) -> pl.DataFrame:
-    """What analysis.rescore measured, by trial directory and checkpoint."""
+    """What trainables.evaluation.scoring measured, by trial directory and checkpoint."""
     rows = []
     for path in experiment_dir.glob(f"**/{MEASURED_FILE}"):
         measured = json.loads(path.read_text())
@@ -301,7 +299,7 @@ def load(experiment_dir: Path) -> pl.DataFrame:
     """trials + best_checkpoint (the best evaluation whose checkpoint is kept: the one served),
     subset_quality (its figure on the eval_examples rows) and every objective of that checkpoint:
     FINAL_MEASUREMENTS measured by the trial when it was its last evaluation (a baseline's only
-    one), else by analysis.rescore, null until then, and a trial without them is not a candidate;
+    one), else by trainables.evaluation.scoring, null until then, and a trial without them is not a candidate;
     AT_CHECKPOINT as its evaluation reported them (cost_usd: what producing it cost), with the
     trial's whole cost as total_cost_usd. A baseline serves the base model: its own figures stand.
     """

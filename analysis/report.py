@@ -19,10 +19,11 @@ import plotly.graph_objects as go
 import plotly.offline
 import polars as pl
 
-from analysis import equal_budget, load, plots, rank, rescore, tables, verdict
+from analysis import equal_budget, load, measurements, plots, rank, tables, verdict
 from analysis.layout import COMPARISON_DIR
 from trainables import files
 from trainables.config import ConfigError
+from trainables.evaluation import scoring
 from trainables.methods import BASELINE, METHODS
 from trainables.record import ADAPTER_DIR, read_record
 from trainables.tasks import get_task
@@ -140,7 +141,7 @@ def judge(
     loaded: pl.DataFrame,
     chosen: pl.DataFrame,
     winners: list[dict],
-    workers: rescore.Workers = rescore.IN_PROCESS,
+    workers: scoring.ScoringPool = scoring.IN_PROCESS,
     comparison_stage_ran: bool = True,
 ) -> Judgement:
     """Scores the winners, the baselines and the runs each method is compared by on the whole test
@@ -154,7 +155,7 @@ def judge(
     winner_rows = chosen.to_dicts()
     methods = equal_budget.compared_methods(loaded)
     to_score = [*base_rows, *winner_rows, *(run for method in methods for run in method.runs)]
-    scored = rescore.scores_on_test({row["trial_dir"]: row for row in to_score}, workers)
+    scored = scoring.scores_on_test({row["trial_dir"]: row for row in to_score}, workers)
     per_example = {key: result["per_example"] for key, result in scored.items()}
     examples = _common_length(per_example)
     indices = verdict.resample_indices(examples)
@@ -349,10 +350,10 @@ def build(
     weights: dict[str, float],
     top: int = 3,
     score_on_test: bool = True,
-    workers: rescore.Workers = rescore.IN_PROCESS,
+    workers: scoring.ScoringPool = scoring.IN_PROCESS,
 ) -> list[dict]:
     """Write every report file into directory; returns the winners. Raises NotAnExperiment."""
-    loaded = rescore.measured_trials(directory, workers)
+    loaded = measurements.measured_trials(directory, workers)
     spent_usd = loaded["total_cost_usd"].fill_null(0.0).sum()  # every trial's, finalist re-runs too
     frame = rank.across_seeds(loaded)
     board = rank.leaderboard(frame, weights)

@@ -13,8 +13,9 @@ import torch
 from datasets import Dataset
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-from trainables import loop, trial
+from trainables import encoding
 from trainables.methods import METHODS
+from trainables.training import trial
 
 
 class _CountingCollator(DataCollatorForSeq2Seq):
@@ -77,7 +78,7 @@ def train_with_trainer(
         dataloader_num_workers=0,
         seed=config.seed,
     )
-    collator = _CountingCollator(tokenizer, label_pad_token_id=loop.IGNORE_INDEX, padding=True)
+    collator = _CountingCollator(tokenizer, label_pad_token_id=encoding.IGNORE_INDEX, padding=True)
     hook = METHODS[config.method].after_optimizer_step
     trainer = Trainer(
         model=model,

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from trainables import measure, models, trial
+from trainables import measure, models
+from trainables.training import trial
 
 # meta-llama/Llama-2-7b-hf's shape.
 LLAMA_2_7B = dict(

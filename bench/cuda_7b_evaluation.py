@@ -20,7 +20,9 @@ from pathlib import Path
 import torch
 from cuda_7b import build_random_7b  # bench/cuda_7b.py
 
-from trainables import loop, models, trial
+from trainables import encoding, models
+from trainables.evaluation import passes
+from trainables.training import trial
 
 
 def timed(run) -> tuple[float, float]:
@@ -39,18 +41,18 @@ def compare(method: str, directory: str, rows: int, batch: int) -> list[str]:
     model, tokenizer = trial.load_trainable_model(plan, directory), models.load_tokenizer(directory)
     model.eval()
     examples = list(plan.splits["validation"].select(range(rows)))
-    features = loop.encode_examples(plan.task, tokenizer, examples, None)
+    features = encoding.encode_examples(plan.task, tokenizer, examples, None)
     prompts = [plan.task.format_prompt(example) for example in examples]
     budget = plan.task.generation_budget(tokenizer, plan.uncapped_train)
-    lengths = [len(loop.prompt_ids(feature)) for feature in features]
+    lengths = [len(encoding.prompt_ids(feature)) for feature in features]
 
     def one_pass(count: int = rows):
-        batches = loop.row_batches(lengths[:count], batch)
-        return loop.losses_and_generations(model, tokenizer, features[:count], budget, batches)
+        batches = passes.row_batches(lengths[:count], batch)
+        return passes.losses_and_generations(model, tokenizer, features[:count], budget, batches)
 
     def two_passes(count: int = rows):
-        losses = loop.target_losses(model, features[:count], batch, tokenizer.pad_token_id)
-        return losses, loop.generate(model, tokenizer, prompts[:count], budget, batch)
+        losses = passes.target_losses(model, features[:count], batch, tokenizer.pad_token_id)
+        return losses, passes.generate(model, tokenizer, prompts[:count], budget, batch)
 
     one_pass(4), two_passes(4)  # warm-up
     runs = {name: [timed(run) for _ in range(2)] for name, run in (("two", two_passes), ("one", one_pass))}

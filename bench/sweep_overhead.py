@@ -18,8 +18,9 @@ from pathlib import Path
 
 import polars as pl
 
-from analysis import load, rescore
+from analysis import load
 from sweeps import results, run
+from trainables.evaluation import scoring
 from trainables.methods import BASELINE
 
 
@@ -49,7 +50,7 @@ def print_overhead(sweep_dir: Path, wall: float, concurrency: int) -> float:
         pl.col("wall_time_s").filter(trained).fill_null(0).sum().alias("trained_wall"),
     ).row(0, named=True)
     in_trials = totals["train"] + totals["eval"]
-    verdict = rescore.evaluation_seconds(sweep_dir)
+    verdict = scoring.evaluation_seconds(sweep_dir)
     capacity = wall * concurrency
     print(
         f"{len(trials)} trials, wall {wall:.0f} s x concurrency {concurrency} = {capacity:.0f} trial-seconds: "

@@ -12,8 +12,9 @@ import time
 
 import by_hand  # bench/by_hand.py: the Trainer + PEFT side
 
-from trainables import loop, models, trial
+from trainables import encoding, models
 from trainables.methods import METHODS
+from trainables.training import loop, trial
 
 
 def ours(plan, model_path, features, pad_id) -> float:
@@ -45,7 +46,7 @@ def main() -> None:
     plan = trial.prepare(values | {"batch_size": args.batch_size, "eval_every": 10**9})
     model_path = models.resolve(args.model)
     tokenizer = models.load_tokenizer(model_path)
-    features = loop.encode_examples(plan.task, tokenizer, plan.splits["train"], plan.config.max_length)
+    features = encoding.encode_examples(plan.task, tokenizer, plan.splits["train"], plan.config.max_length)
     results = {"ours": [], "trainer": []}
     for round_number in range(args.rounds):
         results["ours"].append(ours(plan, model_path, features, tokenizer.pad_token_id))

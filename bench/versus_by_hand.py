@@ -29,9 +29,11 @@ import by_hand  # bench/by_hand.py: the Trainer + PEFT side
 import sweep_overhead  # bench/sweep_overhead.py: runs the sweep and accounts for its time
 import torch
 
-from analysis import rescore, verdict
+from analysis import verdict
 from sweeps import run
-from trainables import loop, measure, models, trial
+from trainables import encoding, measure, models
+from trainables.evaluation import scoring
+from trainables.training import trial
 from trainables.winners import WINNERS_FILE
 
 MISSION_METHODS = ("qlora", "lora", "adalora", "ia3", "prompt_tuning")
@@ -58,7 +60,9 @@ def by_hand_study(settings, scratch: Path) -> Side:
         plan = trial.prepare(settings.trial_constants() | {"method": method, "eval_split": "test"})
         model_path = models.resolve(plan.config.model)
         tokenizer = models.load_tokenizer(model_path)
-        features = loop.encode_examples(plan.task, tokenizer, plan.splits["train"], plan.config.max_length)
+        features = encoding.encode_examples(
+            plan.task, tokenizer, plan.splits["train"], plan.config.max_length
+        )
         trained = by_hand.train_with_trainer(plan, model_path, features, tokenizer, scratch / method)
         evaluation = trial.evaluate(trained.model, tokenizer, plan, "", whole_split=True)
         scores[method] = evaluation.per_example
@@ -84,7 +88,7 @@ def platform_sweep(arguments: list[str], concurrency: int, storage: Path) -> tup
             "platform (python -m sweeps.run)",
             wall,
             f"{winner['id']} ({winner['method']})",
-            json.loads((Path(winner["checkpoint_path"]).parent / rescore.TEST_SCORES_FILE).read_text())[
+            json.loads((Path(winner["checkpoint_path"]).parent / scoring.TEST_SCORES_FILE).read_text())[
                 "per_example"
             ],
         )

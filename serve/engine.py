@@ -29,12 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import PeftConfig, PeftModel, PeftModelForCausalLM, PeftType, set_peft_model_state_dict
+from peft import PeftConfig, PeftModelForCausalLM, PeftType, set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from serve.gathered_lora import GatheredLora
-from trainables import loop, models
-from trainables.decoding import Completion, Request, Row, RunningBatch, Sampling
+from trainables import models
+from trainables.decoding import calls
+from trainables.decoding.batch import Completion, Request, Row, RunningBatch, Sampling
+from trainables.methods import is_prompt_learning
 
 __all__ = ["AdapterEngine", "Completion", "LoadedAdapter", "LoadedModel", "Request", "Sampling"]
 
@@ -134,7 +136,7 @@ class _Base:
             # the trial was scored on: load it afresh (rare: its last adapter was evicted).
             self.model = None
             self.model = self.load().eval()
-        elif self.peft is not None and not self.peft.active_peft_config.is_prompt_learning:
+        elif self.peft is not None and not is_prompt_learning(self.peft):
             # Prompt tuning wraps the base without touching its modules; the other types inject layers.
             self.peft.unload()  # removes the injected layers; base weights are untouched
         self.peft, self.active_kind, self.injected, self.mixing = None, None, set(), set()
@@ -315,7 +317,7 @@ class AdapterEngine:
             try:
                 for adapter_id in retired:
                     self._uninject(adapter_id)
-                with torch.inference_mode(), loop.autocast(self.device):
+                with torch.inference_mode(), calls.autocast(self.device):
                     if joining:
                         self._join(joining)
                     if len(self._batch):
@@ -407,7 +409,7 @@ class AdapterEngine:
             inputs = self._batch.prompts(requests)
             prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
             rows = [Row(w.request, n, owner=w.ticket) for w, n in zip(group, prompt_tokens, strict=True)]
-            call = loop.generation_call(model, inputs)  # prompt tuning's virtual tokens, put in once
+            call = calls.generation_call(model, inputs)  # prompt tuning's virtual tokens, put in once
             prompt = {
                 name: call.inputs[name]
                 for name in ("input_ids", "inputs_embeds", "attention_mask")
@@ -473,7 +475,7 @@ class AdapterEngine:
             base = self.bases[self._lane[1]]
             if step:
                 model = base.lane_model()
-                if _is_prompt_learning(model):
+                if is_prompt_learning(model):
                     model = model.get_base_model()  # its virtual tokens went in at the prefill
             if kind in ("base", "mixed"):
                 rows_context = functools.partial(base.rows, [row.request.adapter for row in rows])
@@ -497,7 +499,3 @@ class AdapterEngine:
         for ticket in tickets:
             if not ticket.done():
                 ticket.set_exception(error)
-
-
-def _is_prompt_learning(model) -> bool:
-    return isinstance(model, PeftModel) and model.active_peft_config.is_prompt_learning

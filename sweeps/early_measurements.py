@@ -9,8 +9,9 @@ import polars as pl
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from analysis import rescore
-from trainables.methods import BASELINE
+from analysis import measurements
+from trainables.evaluation import scoring
+from trainables.methods import METHODS
 
 WAITING = (Trial.PENDING, Trial.PAUSED)  # trials that still need a slot
 
@@ -26,25 +27,25 @@ class MeasureEndedTrials(Callback):
     one to them (earlier, they would only delay the search's trials). The k-shot prompt, the
     longest to score, goes first.
 
-    Each result is kept where the verdict looks for it (analysis.rescore), under the checkpoint's
+    Each result is kept where the verdict looks for it (trainables.evaluation.scoring), under the checkpoint's
     name, so the verdict computes only what is missing, and again a checkpoint that Tune has since
     replaced. The search does not wait for the jobs still running when it ends: they stay in
     flight in `workers`, which the sweep's verdict shares and waits for, so that the verdict's
     own scoring starts in whichever slot frees first."""
 
-    def __init__(self, workers: rescore.Workers, planned: int):
+    def __init__(self, workers: scoring.ScoringPool, planned: int):
         self.workers, self.planned = workers, planned
         self._completed_baselines: list[Trial] = []  # scored on test in the search's tail
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if trial.config.get("method") == BASELINE:
+        if not METHODS[trial.config["method"]].trains:
             if trial.last_result.get("status") == "completed":
                 self._completed_baselines.append(trial)
             return
         results = Path(trial.local_path) / "result.json"  # Tune's logger writes it there first
         try:
             measurement = (
-                rescore.ended_trial_measurement(Path(trial.path), results) if results.is_file() else None
+                measurements.ended_trial_measurement(Path(trial.path), results) if results.is_file() else None
             )
         except (OSError, ValueError, KeyError, pl.exceptions.PolarsError) as error:
             # An unreadable file must not end the sweep: the verdict measures the trial after the search.
@@ -58,8 +59,8 @@ class MeasureEndedTrials(Callback):
         if self._completed_baselines and self._in_tail(trials):
             by_shots = sorted(self._completed_baselines, key=lambda t: -t.config.get("shots", 0))
             for baseline in by_shots:
-                if (scoring := rescore.baseline_test_scoring(Path(baseline.path))) is not None:
-                    self.workers.start(scoring)
+                if (job := scoring.baseline_test_scoring(Path(baseline.path))) is not None:
+                    self.workers.start(job)
             self._completed_baselines = []
 
     def on_experiment_end(self, trials, **info):

@@ -14,7 +14,7 @@ from analysis import rank
 # the same eval_examples rows for every trial.
 REPORTED = {"quality": "quality", "cost": "cost_usd", "latency": "latency_s", "size": "adapter_bytes"}
 NAMES = list(REPORTED)
-# Latency is measured once, on the model a trial ends with (trainables.trial.final_measurements),
+# Latency is measured once, on the model a trial ends with (trainables.training.trial.final_measurements),
 # not at every evaluation: early stopping cannot rank on it, the sampler learns it at the end.
 AT_THE_END_ONLY = {"latency"}
 

@@ -8,7 +8,7 @@ import time
 
 from ray import tune
 
-from analysis.terminal import CLEAR_LINE, fitted
+from trainables.terminal import CLEAR_LINE, fitted
 
 REDRAW_EVERY_S = 1.0
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import polars as pl
 from pydantic.fields import FieldInfo
 
-from analysis import load, rank, report, rescore
+from analysis import load, measurements, rank, report
 from sweeps import extend, results, stages, study
 from sweeps.objectives import Objective
 from sweeps.settings import (
@@ -35,6 +35,7 @@ from sweeps.settings import (
 )
 from sweeps.spaces import DefineByRun, first_points, sampler
 from trainables.errors import ConfigError
+from trainables.evaluation import scoring
 from trainables.methods import BASELINE
 from trainables.record import EVALUATIONS
 from trainables.tasks import TASKS
@@ -165,10 +166,10 @@ def trial_resources(settings: SweepSettings) -> dict:
     return {"cpu": settings.cpus_per_trial, "gpu": gpus}
 
 
-def scoring_workers(settings: SweepSettings) -> rescore.Workers:
+def scoring_workers(settings: SweepSettings) -> scoring.ScoringPool:
     """The verdict's scoring runs beside itself with the trials' resources and concurrency. One
     serves the whole sweep: what its search starts scoring, the verdict waits for."""
-    return rescore.Workers(trial_resources(settings), settings.concurrency)
+    return scoring.ScoringPool(trial_resources(settings), settings.concurrency)
 
 
 def evaluations_per_trial(settings: SweepSettings) -> int:
@@ -333,7 +334,7 @@ def search_tuner(
     samples: int,
     first: list[dict],
     trainable,
-    workers: rescore.Workers,
+    workers: scoring.ScoringPool,
     verbose: bool,
     baselines: Sequence[dict] = (),
 ):
@@ -377,7 +378,7 @@ def baseline_configs(settings: SweepSettings) -> list[dict]:
 
 
 def run_search(
-    settings: SweepSettings, directory: Path, trainable, workers: rescore.Workers, verbose: bool
+    settings: SweepSettings, directory: Path, trainable, workers: scoring.ScoringPool, verbose: bool
 ) -> bool:
     def build():
         first = first_points(settings.methods, settings.search)[: settings.samples]
@@ -390,7 +391,7 @@ def run_search(
 
 
 def run_extensions(
-    settings: SweepSettings, directory: Path, trainable, workers: rescore.Workers, verbose: bool
+    settings: SweepSettings, directory: Path, trainable, workers: scoring.ScoringPool, verbose: bool
 ) -> bool:
     """With --extend N, a new extension of N trials (no method is enqueued first again: the study
     already holds each method's trials); otherwise (--resume) the sweep's interrupted extensions go on."""
@@ -413,8 +414,8 @@ def run_extensions(
 def run(config: dict) -> None:
     """The trainable. It imports the training code where the trial runs: the driver never loads
     PEFT or the model classes, seconds that every sweep's start would otherwise wait for. Its name
-    is what Tune saves with an experiment and checks on --resume, as trainables.trial.run's was."""
-    from trainables import trial
+    is what Tune saves with an experiment and checks on --resume, as trainables.training.trial.run's was."""
+    from trainables.training import trial
 
     trial.run(config)
 
@@ -428,7 +429,7 @@ def run_again(config: dict) -> None:
 def run_stage(
     settings: SweepSettings,
     directory: Path,
-    workers: rescore.Workers,
+    workers: scoring.ScoringPool,
     verbose: bool,
     stage: str,
     configs_of: Callable[[pl.DataFrame], list[dict]],
@@ -458,7 +459,7 @@ def run_stage(
     experiment = directory / stage
     if tune.Tuner.can_restore(str(experiment)):
         return fit_or_resume(experiment, None, trainable)
-    configs = configs_of(rescore.measured_trials(directory, workers))
+    configs = configs_of(measurements.measured_trials(directory, workers))
     if not configs:
         return True  # every run it would make, the sweep has already
     return fit_or_resume(experiment, functools.partial(build, configs), trainable)

@@ -24,13 +24,12 @@ from pydantic import (
 )
 
 from sweeps.objectives import NAMES as OBJECTIVE_NAMES
-from sweeps.presets import PRESETS
 from trainables import models
 from trainables.config import TrialConfig
 from trainables.errors import ConfigError, describe
 from trainables.methods import METHODS, search_dimensions, trained_methods
 from trainables.registries import known_task, trial_config
-from trainables.tasks import canonical_task, generation_budget, get_task, is_task_file
+from trainables.tasks import PRESETS, canonical_task, generation_budget, get_task, is_task_file
 
 SMOKE = {
     "max_steps": 4,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from analysis import rescore
 from trainables import embedded
+from trainables.evaluation import scoring
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -32,7 +32,7 @@ def local_ray():
 
 
 @dataclasses.dataclass(frozen=True)
-class CountingWorkers(rescore.Workers):
+class CountingWorkers(scoring.ScoringPool):
     """The sweep's scoring workers (real Ray tasks), counting the jobs they submit."""
 
     submitted: list = dataclasses.field(default_factory=list)

@@ -11,6 +11,8 @@ FULL_VALIDATION_QUALITY = "quality_full_validation"
 # A trained trial's periodic evaluations so far: what the early-stopping schedulers count its
 # progress in. The baselines report none, so no scheduler compares or stops them.
 EVALUATIONS = "evaluations"
+# A kept checkpoint's final measurements when the trial did not take them (evaluation.scoring).
+MEASURED_FILE = "kept_checkpoint.json"
 
 
 def read_record(trial_dir: str | Path) -> dict:

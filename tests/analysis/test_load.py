@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from analysis import load, rank, report
-from trainables import trial
+from trainables.training import trial
 
 CONFIG = {"task": "qg", "method": "lora", "model": "embedded", "seed": 0}
 

@@ -10,8 +10,9 @@ from peft import PeftModel
 
 from analysis import browser, load, report
 from serve.adapters import load_registry
-from trainables import models, trial
+from trainables import models
 from trainables.methods import METHODS
+from trainables.training import trial
 from trainables.winners import WINNERS_FILE
 
 pytestmark = pytest.mark.slow

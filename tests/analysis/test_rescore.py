@@ -7,8 +7,9 @@ import shutil
 
 import pytest
 
-from analysis import load, rescore
-from trainables import trial
+from analysis import load, measurements
+from trainables.evaluation import scoring
+from trainables.training import trial
 
 VALUES = {"task": "qg", "method": "lora", "max_steps": 6, "eval_every": 3, "eval_examples": 4,
           "full_eval_examples": 8, "batch_size": 4, "learning_rate": 1e-2}  # fmt: skip
@@ -39,14 +40,16 @@ def test_the_report_measures_a_kept_checkpoint_that_is_not_the_last(tiny_model, 
     assert before[trial.FULL_VALIDATION_QUALITY] is not None  # the trial measured its last model...
     assert before["best_quality"] is None and before["latency_s"] is None  # ...not the one it kept
 
-    assert rescore.measure_kept_checkpoints(load.load(tmp_path)) == 1
+    assert measurements.measure_kept_checkpoints(load.load(tmp_path)) == 1
     after = load.load(tmp_path).row(0, named=True)
     kept = trial.score_checkpoint(
         VALUES | {"model": tiny_model}, trial_dir / "checkpoint_000000", "validation"
     )
     assert after["best_quality"] == pytest.approx(kept.metrics["quality"])
     assert after["full_validation_examples"] == VALUES["full_eval_examples"] and after["latency_s"] > 0
-    assert rescore.measure_kept_checkpoints(load.load(tmp_path)) == 0  # kept beside the trial, not redone
+    assert (
+        measurements.measure_kept_checkpoints(load.load(tmp_path)) == 0
+    )  # kept beside the trial, not redone
 
 
 def test_a_trial_that_just_ended_has_its_kept_checkpoint_measured_from_tunes_staged_results(
@@ -61,13 +64,13 @@ def test_a_trial_that_just_ended_has_its_kept_checkpoint_measured_from_tunes_sta
     staged.parent.mkdir()
     (trial_dir / "result.json").rename(staged)
 
-    measurement = rescore.ended_trial_measurement(trial_dir, staged)
+    measurement = measurements.ended_trial_measurement(trial_dir, staged)
     assert measurement.checkpoint == "checkpoint_000000"
     measurement.keep(measurement.compute())
-    assert rescore.ended_trial_measurement(trial_dir, staged) is None  # kept: not measured again
+    assert measurements.ended_trial_measurement(trial_dir, staged) is None  # kept: not measured again
 
     staged.rename(trial_dir / "result.json")
-    assert rescore.measure_kept_checkpoints(load.load(sweep_dir)) == 0  # the verdict finds it kept
+    assert measurements.measure_kept_checkpoints(load.load(sweep_dir)) == 0  # the verdict finds it kept
     assert load.load(sweep_dir).row(0, named=True)["best_quality"] is not None
 
 
@@ -79,19 +82,19 @@ def test_a_trial_whose_last_evaluation_measured_its_kept_checkpoint_needs_nothin
     (tmp_path / "result.json").write_text(
         json.dumps(result | {"checkpoint_dir_name": "checkpoint_000001"}) + "\n"
     )
-    assert rescore.ended_trial_measurement(tmp_path, tmp_path / "result.json") is None
+    assert measurements.ended_trial_measurement(tmp_path, tmp_path / "result.json") is None
 
 
 def test_without_ray_the_jobs_run_in_this_process(tmp_path):
-    item = rescore.Cached(tmp_path / "scores.json", "c", lambda: {"pid": os.getpid()})
-    assert rescore.Workers({"cpu": 1, "gpu": 0}, concurrency=2).run([item], "jobs") == [
+    item = scoring.KeptJob(tmp_path / "scores.json", "c", lambda: {"pid": os.getpid()})
+    assert scoring.ScoringPool({"cpu": 1, "gpu": 0}, concurrency=2).run([item], "jobs") == [
         {"checkpoint": "c", "pid": os.getpid()}
     ]
     assert item.saved() == {"checkpoint": "c", "pid": os.getpid()}
 
 
 @dataclasses.dataclass(frozen=True)
-class _RecordingWorkers(rescore.Workers):
+class _RecordingWorkers(scoring.ScoringPool):
     """Runs nothing: records the order of the jobs it is given, and answers each with its row."""
 
     order: list = dataclasses.field(default_factory=list)
@@ -109,7 +112,7 @@ def test_the_test_split_is_scored_slowest_candidate_first_and_each_score_reaches
         rows[name] = {"trial_dir": str(tmp_path / name), "method": "base", "best_checkpoint": None,
                       "latency_s": latency}  # fmt: skip
     workers = _RecordingWorkers()
-    scored = rescore.scores_on_test(rows, workers)
+    scored = scoring.scores_on_test(rows, workers)
     assert workers.order == [0.5, 0.3, 0.2, None]  # unmeasured latency: last
     assert list(scored) == list(rows)  # in the order asked for
     assert all(scored[name]["row"] == rows[name]["trial_dir"] for name in rows)
@@ -118,10 +121,10 @@ def test_the_test_split_is_scored_slowest_candidate_first_and_each_score_reaches
 def test_a_kept_result_that_does_not_parse_counts_as_missing_and_is_computed_again(tmp_path):
     path = tmp_path / load.MEASURED_FILE
     computed = []
-    cached = rescore.Cached(path, "checkpoint_000002", lambda: computed.append(1) or {"metrics": {"x": 1}})
+    cached = scoring.KeptJob(path, "checkpoint_000002", lambda: computed.append(1) or {"metrics": {"x": 1}})
     path.write_text('{"checkpoint": "checkpoint_000002", "metr')  # cut short by a crash
     assert cached.saved() is None
-    (result,) = rescore._all_cached([cached], rescore.IN_PROCESS, "kept checkpoints")
+    (result,) = scoring._all_cached([cached], scoring.IN_PROCESS, "kept checkpoints")
     assert computed == [1] and result["metrics"] == {"x": 1}
     assert json.loads(path.read_text()) == {"checkpoint": "checkpoint_000002", "metrics": {"x": 1}}
     assert cached.saved() == result  # kept whole this time, and reused

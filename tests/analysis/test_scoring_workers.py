@@ -1,5 +1,5 @@
 """The sweep's scoring workers: Ray tasks side by side, and jobs already in flight shared between
-the search and the verdict (analysis.rescore.Workers)."""
+the search and the verdict (trainables.evaluation.scoring.ScoringPool)."""
 
 import functools
 import os
@@ -9,20 +9,20 @@ import time
 import pytest
 import ray
 
-from analysis import rescore
 from sweeps.progress import CLEAR_LINE
+from trainables.evaluation import scoring
 
 
-def _items(directory, jobs: list) -> list[rescore.Cached]:
+def _items(directory, jobs: list) -> list[scoring.KeptJob]:
     """Each job as the result of its own file under directory."""
     directory.mkdir(exist_ok=True)
-    return [rescore.Cached(directory / f"{index}.json", "c", job) for index, job in enumerate(jobs)]
+    return [scoring.KeptJob(directory / f"{index}.json", "c", job) for index, job in enumerate(jobs)]
 
 
 def test_workers_score_as_ray_tasks_side_by_side_keep_the_results_and_the_jobs_order(
     capsys, monkeypatch, tmp_path, local_ray
 ):
-    workers = rescore.Workers({"cpu": 1, "gpu": 0}, concurrency=2)
+    workers = scoring.ScoringPool({"cpu": 1, "gpu": 0}, concurrency=2)
     items = _items(tmp_path / "ordered", [functools.partial(dict, index=index) for index in range(5)])
     ordered = workers.run(items, "jobs")
     logged = capsys.readouterr().out
@@ -92,7 +92,7 @@ def test_a_job_in_flight_that_failed_is_started_again_by_the_verdict(tmp_path, l
 def test_a_job_this_call_started_that_fails_fails_the_call(tmp_path, local_ray):
     (item,) = _items(tmp_path / "jobs", [functools.partial(int, "not a number")])
     with pytest.raises(ray.exceptions.RayTaskError):
-        rescore.Workers({"cpu": 1, "gpu": 0}, concurrency=2).run([item], "jobs")
+        scoring.ScoringPool({"cpu": 1, "gpu": 0}, concurrency=2).run([item], "jobs")
 
 
 def test_a_job_in_flight_that_fails_unasked_for_leaves_the_call_to_its_own_jobs(

@@ -4,7 +4,8 @@ import time
 
 from serve.engine import AdapterEngine, Request, Sampling, read_adapter
 from tests.serve.conftest import _adapter, model_id
-from trainables import loop, models
+from trainables import models
+from trainables.evaluation import passes
 from trainables.methods import METHODS
 
 PROMPT = "Question 1: what is the weather like in town number 1?"
@@ -46,7 +47,7 @@ def test_one_batch_of_every_adapter_answers_as_each_reloaded_alone(served_base, 
     served = [c.text for c in engine.generate([Request(PROMPT, model_id(name), 16) for name in on_base])]
     tokenizer = models.load_tokenizer(served_base)
     alone = [
-        loop.generate(METHODS[name].load_trained(served_base, winners_dir / name, False), tokenizer, [PROMPT], 16,
+        passes.generate(METHODS[name].load_trained(served_base, winners_dir / name, False), tokenizer, [PROMPT], 16,
                       batch_size=1).texts[0]
         for name in on_base
     ]  # fmt: skip
@@ -75,7 +76,7 @@ def test_a_qlora_adapter_evicted_and_loaded_again_answers_as_scored(served_base,
     prompts = [f"Question {n}: what is the weather like in town number {n}?" for n in range(8)]
     served = [engine.generate([Request(prompt, model_id("qlora"), 32)])[0].text for prompt in prompts]
     assert served == [
-        loop.generate(scored, tokenizer, [prompt], 32, batch_size=1).texts[0] for prompt in prompts
+        passes.generate(scored, tokenizer, [prompt], 32, batch_size=1).texts[0] for prompt in prompts
     ]
 
 
@@ -114,7 +115,7 @@ def test_requests_sent_mid_decode_join_the_running_batch_and_answer_as_alone(ser
     }
     plain[None] = models.load_model(served_base)
     for request, completion in zip([long, *joining[:2]], alone, strict=False):
-        expected = loop.generate(plain[request.adapter], tokenizer, [request.prompt], request.max_tokens, 1)
+        expected = passes.generate(plain[request.adapter], tokenizer, [request.prompt], request.max_tokens, 1)
         assert completion.text == expected.texts[0]
 
 
@@ -129,7 +130,7 @@ def test_vera_adapters_of_other_projection_seeds_take_turns_on_one_base(served_b
     served = [c.text for c in engine.generate([Request(PROMPT, name, 16) for name in folders] * 2)]
     tokenizer = models.load_tokenizer(served_base)
     alone = [
-        loop.generate(
+        passes.generate(
             METHODS["vera"].load_trained(served_base, folder, False), tokenizer, [PROMPT], 16, 1
         ).texts[0]
         for folder in folders.values()

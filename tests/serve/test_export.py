@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM
 
 from serve import export
 from tests.serve.conftest import model_id
-from trainables import loop, models
+from trainables import models
+from trainables.evaluation import passes
 from trainables.methods import METHODS, trained_methods
 
 PROMPTS = [f"Question {n}: what is the weather like in town number {n}?" for n in range(2)]
@@ -18,7 +19,7 @@ TRAINED = sorted(trained_methods())
 
 
 def _greedy(model, base: str) -> list[str]:
-    return loop.generate(model, models.load_tokenizer(base), PROMPTS, 12, len(PROMPTS)).texts
+    return passes.generate(model, models.load_tokenizer(base), PROMPTS, 12, len(PROMPTS)).texts
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from serve.launch import start_server, stop_server
 from tests.serve.conftest import API_KEY, model_id
-from trainables import loop, models
+from trainables import models
+from trainables.evaluation import passes
 from trainables.methods import METHODS, trained_methods
 from trainables.tasks import generation_budget, get_task
 
@@ -55,7 +56,7 @@ def _greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return loop.generate(model, tokenizer, [prompt], max_new_tokens, batch_size=1).texts[0]
+        return passes.generate(model, tokenizer, [prompt], max_new_tokens, batch_size=1).texts[0]
     finally:
         torch.set_num_threads(threads)
 

@@ -5,10 +5,10 @@ from pathlib import Path
 from ray.train._internal.storage import StorageContext
 from ray.tune.experiment import Trial
 
-from analysis import rescore
 from sweeps.early_measurements import MeasureEndedTrials
-from trainables import trial
+from trainables.evaluation import scoring
 from trainables.methods import BASELINE
+from trainables.training import trial
 
 BASELINE_VALUES = {"task": "qg", "method": BASELINE, "eval_examples": 4, "full_eval_examples": 6}
 
@@ -59,11 +59,11 @@ def test_the_baselines_are_scored_on_test_in_the_searchs_tail_and_the_verdict_wa
         baseline.trial_id: {"trial_dir": baseline.path, "method": BASELINE, "best_checkpoint": None}
         for baseline in (zero_shot, two_shot)
     }
-    scored = rescore.scores_on_test(rows, workers)  # the verdict's scoring, with the same workers
+    scored = scoring.scores_on_test(rows, workers)  # the verdict's scoring, with the same workers
     assert len(workers.submitted) == 2  # waited for, not started again
     assert workers.in_flight == {}
     for baseline in (zero_shot, two_shot):
-        assert rescore.baseline_test_scoring(Path(baseline.path)) is None  # kept
+        assert scoring.baseline_test_scoring(Path(baseline.path)) is None  # kept
         in_process = trial.score_base_model(baseline.config, split="test")
         assert scored[baseline.trial_id]["per_example"] == in_process.per_example
         assert len(in_process.per_example) == BASELINE_VALUES["full_eval_examples"]
@@ -73,8 +73,8 @@ def test_a_baseline_that_failed_is_left_to_the_verdict(tiny_model, tmp_path, loc
     sweep_dir = tmp_path / "sweep"
     failed = _baseline_trial(tiny_model, sweep_dir, "b0-base", shots=0)
     failed.update_last_result({"status": "failed"})
-    callback = MeasureEndedTrials(rescore.Workers({"cpu": 1, "gpu": 0}, concurrency=2), planned=1)
+    callback = MeasureEndedTrials(scoring.ScoringPool({"cpu": 1, "gpu": 0}, concurrency=2), planned=1)
     callback.on_trial_complete(0, [failed], failed)
     callback.on_step_begin(0, [failed])
     callback.on_experiment_end([])
-    assert rescore.baseline_test_scoring(sweep_dir / "b0-base") is not None
+    assert scoring.baseline_test_scoring(sweep_dir / "b0-base") is not None

@@ -10,7 +10,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from sweeps import run
 from sweeps.schedulers import ParetoSuccessiveHalving, crowding_distances, front_indices, ranked_above
 from sweeps.settings import resolve
-from trainables import trial
+from trainables.training import trial
 
 
 def _trial(trial_id: str) -> Trial:

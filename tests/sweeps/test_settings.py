@@ -197,7 +197,13 @@ def test_parameter_count_matches_the_loaded_model(tiny_model):
 def test_the_driver_checks_a_sweep_without_loading_the_training_code(tmp_path):
     """The driver never trains: PEFT, bitsandbytes, bert-score, the model classes and the trial code
     load in the trials. Each would add to the seconds every sweep waits before its first trial."""
-    training_code = ["peft", "bitsandbytes", "bert_score", "transformers.modeling_utils", "trainables.trial"]
+    training_code = [
+        "peft",
+        "bitsandbytes",
+        "bert_score",
+        "transformers.modeling_utils",
+        "trainables.training.trial",
+    ]
     checked = (
         "import sys\n"
         "from sweeps import run, settings\n"

@@ -19,8 +19,8 @@ import pytest
 from analysis import load
 from sweeps import study
 from sweeps.settings import default_methods
-from trainables import trial
 from trainables.methods import BASELINE, trained_methods
+from trainables.training import trial
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from tensorboardX.proto.event_pb2 import Event
 from analysis import load
 from sweeps import run, tracking
 from trainables.methods import METHODS
-from trainables.trial import ADAPTER_DIR, RECORD_FILE
+from trainables.training.trial import ADAPTER_DIR, RECORD_FILE
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
-from trainables import copying_circuit, embedded
+from trainables import embedded
+from trainables.embedded import copying_circuit
 
 
 @functools.cache

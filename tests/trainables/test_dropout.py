@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from trainables import models
-from trainables.dropout import CpuDropout, use_cpu_dropout
 from trainables.methods import METHODS, BuildContext
 from trainables.registries import trial_config
+from trainables.training.dropout import CpuDropout, use_cpu_dropout
 
 
 @pytest.mark.parametrize("p", [0.05, 0.2, 0.5])

@@ -6,8 +6,11 @@ import math
 import pytest
 import torch
 
-from trainables import decoding, loop, models, trial
+from trainables import encoding, models
+from trainables.decoding.cache import HEADROOM
+from trainables.evaluation import passes
 from trainables.methods import METHODS, trained_methods
+from trainables.training import trial
 
 PROMPTS = ["The user asked the assistant why the roses look unhealthy.\nWhat soil is best for", "Tell me\n"]
 
@@ -65,7 +68,7 @@ def test_generation_equals_greedy_decoding_with_the_models_forward(method):
         for parameter in (p for p in model.parameters() if p.requires_grad):
             parameter.add_(torch.randn_like(parameter) * 0.5)
     model.eval()
-    generated = loop.generate(model, tokenizer, PROMPTS, 12, batch_size=1, fixed_length=True)
+    generated = passes.generate(model, tokenizer, PROMPTS, 12, batch_size=1, fixed_length=True)
     assert generated.texts == [_greedy_text(model, tokenizer, prompt, 12) for prompt in PROMPTS]
 
 
@@ -82,15 +85,15 @@ def _one_pass_and_two_passes(method: str):
         for parameter in (p for p in model.parameters() if p.requires_grad):
             parameter.add_(torch.randn_like(parameter) * 0.05)
     examples = list(plan.splits["validation"].select(range(7)))
-    features = loop.encode_examples(plan.task, tokenizer, examples, None)
-    prompt_lengths = [len(loop.prompt_ids(feature)) for feature in features]
+    features = encoding.encode_examples(plan.task, tokenizer, examples, None)
+    prompt_lengths = [len(encoding.prompt_ids(feature)) for feature in features]
     assert len(set(prompt_lengths)) > 1  # batches are padded, and sorted out of row order
-    batches = loop.row_batches(prompt_lengths, batch_size=3, head=4)
-    one_pass = loop.losses_and_generations(model, tokenizer, features, 12, batches)
+    batches = passes.row_batches(prompt_lengths, batch_size=3, head=4)
+    one_pass = passes.losses_and_generations(model, tokenizer, features, 12, batches)
     prompts = [plan.task.format_prompt(example) for example in examples]
     two_passes = (
-        loop.target_losses(model, features, 3, tokenizer.pad_token_id),
-        loop.generate(model, tokenizer, prompts, 12, batch_size=3),
+        passes.target_losses(model, features, 3, tokenizer.pad_token_id),
+        passes.generate(model, tokenizer, prompts, 12, batch_size=3),
     )
     return one_pass, two_passes, (model, tokenizer, prompts)
 
@@ -130,22 +133,22 @@ def test_a_k_shot_prefix_encoded_once_gives_the_answers_and_losses_of_encoding_i
     loaded = trial.load_base_model({"task": "qg", "model": model_path, "shots": 2}, "validation")
     task, tokenizer = loaded.plan.task, loaded.tokenizer
     examples = list(loaded.plan.splits["validation"].select(range(7)))
-    features = loop.encode_examples(task, tokenizer, examples, None, loaded.prefix)
-    shared = loop.shared_prompt_start(tokenizer, loaded.prefix, features)
-    prompt_lengths = [len(loop.prompt_ids(feature)) for feature in features]
+    features = encoding.encode_examples(task, tokenizer, examples, None, loaded.prefix)
+    shared = passes.shared_prompt_start(tokenizer, loaded.prefix, features)
+    prompt_lengths = [len(encoding.prompt_ids(feature)) for feature in features]
     assert 0 < shared < min(prompt_lengths)  # the two examples in front of every prompt, not the prompt
-    batches = loop.row_batches(prompt_lengths, batch_size=3, head=4)
+    batches = passes.row_batches(prompt_lengths, batch_size=3, head=4)
 
-    each_row = loop.losses_and_generations(loaded.model, tokenizer, features, 12, batches)
-    once = loop.losses_and_generations(loaded.model, tokenizer, features, 12, batches, shared)
+    each_row = passes.losses_and_generations(loaded.model, tokenizer, features, 12, batches)
+    once = passes.losses_and_generations(loaded.model, tokenizer, features, 12, batches, shared)
 
     assert once[1].texts == each_row[1].texts
     assert once[0].tokens == each_row[0].tokens
     assert once[0].sums == pytest.approx(each_row[0].sums, rel=1e-5)
     # No prefix, or a row that does not start with it: nothing is shared.
-    assert loop.shared_prompt_start(tokenizer, "", features) == 0
-    zero_shot = loop.encode_examples(task, tokenizer, examples[:1], None)
-    assert loop.shared_prompt_start(tokenizer, loaded.prefix, features + zero_shot) == 0
+    assert passes.shared_prompt_start(tokenizer, "", features) == 0
+    zero_shot = encoding.encode_examples(task, tokenizer, examples[:1], None)
+    assert passes.shared_prompt_start(tokenizer, loaded.prefix, features + zero_shot) == 0
 
 
 def test_a_row_that_ends_leaves_the_batch_and_the_others_answer_as_they_would_alone():
@@ -153,14 +156,14 @@ def test_a_row_that_ends_leaves_the_batch_and_the_others_answer_as_they_would_al
     plan = trial.prepare({"task": "qg", "method": "base", "model": model_path})
     model, tokenizer = models.load_model(model_path).eval(), models.load_tokenizer(model_path)
     prompts = [plan.task.format_prompt(row) for row in plan.splits["validation"].select(range(4))]
-    alone = loop.generate(model, tokenizer, prompts, 40, batch_size=1)
+    alone = passes.generate(model, tokenizer, prompts, 40, batch_size=1)
     assert len(set(alone.row_tokens)) > 1  # the rows end at different steps
 
     rows_per_forward = []
     hook = model.register_forward_pre_hook(
         lambda _, args, kwargs: rows_per_forward.append(kwargs["input_ids"].shape[0]), with_kwargs=True
     )
-    together = loop.generate(model, tokenizer, prompts, 40, batch_size=len(prompts))
+    together = passes.generate(model, tokenizer, prompts, 40, batch_size=len(prompts))
     hook.remove()
     assert together.texts == alone.texts and together.row_tokens == alone.row_tokens
     # One forward per step, each on the rows still answering: those that ended were left out.
@@ -173,17 +176,17 @@ def test_a_row_that_ends_leaves_the_batch_and_the_others_answer_as_they_would_al
 def test_decoding_steps_write_the_cache_in_place_and_answer_as_without_a_cache():
     model_path = str(models.resolve("embedded"))
     model, tokenizer = models.load_model(model_path).eval(), models.load_tokenizer(model_path)
-    steps = 2 * decoding.HEADROOM + 10  # the buffers fill up twice
+    steps = 2 * HEADROOM + 10  # the buffers fill up twice
     first_layer_keys = []  # after each forward; kept, so that no freed memory is reused meanwhile
     hook = model.register_forward_hook(
         lambda _, args, kwargs, output: first_layer_keys.append(kwargs["cache"].layers[0].keys),
         with_kwargs=True,
     )
-    generated = loop.generate(model, tokenizer, PROMPTS[:1], steps, batch_size=1, fixed_length=True)
+    generated = passes.generate(model, tokenizer, PROMPTS[:1], steps, batch_size=1, fixed_length=True)
     hook.remove()
     assert generated.texts == [_greedy_text(model, tokenizer, PROMPTS[0], steps)]
     assert len(first_layer_keys) == steps  # the prompt's forward, then one per token but the last
     storage = [keys.untyped_storage().data_ptr() for keys in first_layer_keys]
     copies = sum(before != after for before, after in itertools.pairwise(storage))
     # Concatenating copied the whole cache at every step; here a copy comes once per HEADROOM steps.
-    assert copies <= math.ceil(steps / decoding.HEADROOM)
+    assert copies <= math.ceil(steps / HEADROOM)

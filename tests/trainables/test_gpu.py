@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from trainables import models, trial
+from trainables import models
+from trainables.training import trial
 
 pytestmark = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

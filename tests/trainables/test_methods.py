@@ -8,8 +8,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from trainables import loop, models, trial
-from trainables.methods import METHODS, trained_methods
+from trainables import encoding, models
+from trainables.evaluation import passes
+from trainables.methods import METHODS, is_prompt_learning, trained_methods
+from trainables.training import loop, trial
 
 # The learning rate that moves a method within a few steps on random weights: LoRA's, unless a
 # method needs another (a new LoRA variant needs no row).
@@ -50,7 +52,7 @@ def test_method_trains_and_loss_goes_down(tiny_model, method):
 def test_the_loss_from_target_logits_alone_is_the_loss_from_every_logit(tiny_model, method):
     plan = trial.prepare({"task": "qg", "method": method, "model": tiny_model, "max_steps": 8})
     tokenizer = models.load_tokenizer(tiny_model)
-    rows = loop.encode_examples(plan.task, tokenizer, plan.splits["train"].select(range(4)), 128)
+    rows = encoding.encode_examples(plan.task, tokenizer, plan.splits["train"].select(range(4)), 128)
     model = trial.load_trainable_model(plan, tiny_model)
     with torch.no_grad():  # away from the identity start, so that the adapter counts
         for parameter in model.parameters():
@@ -60,9 +62,9 @@ def test_the_loss_from_target_logits_alone_is_the_loss_from_every_logit(tiny_mod
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.eval()  # but the same network in both passes
-    batch = loop.collate(rows, tokenizer.pad_token_id, torch.device("cpu"))
-    kept = loop.target_logits_only(model, rows, batch)
-    prompt_learning = getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False)
+    batch = encoding.collate(rows, tokenizer.pad_token_id, torch.device("cpu"))
+    kept = encoding.target_logits_only(model, rows, batch)
+    prompt_learning = is_prompt_learning(model)
     assert kept["labels"].shape[1] < batch["labels"].shape[1] or prompt_learning
     assert torch.allclose(model(**kept).loss, model(**batch).loss, rtol=1e-5)
 
@@ -73,10 +75,10 @@ def test_right_padded_batches_need_no_padding_mask(tiny_model, method):
     those with a padding mask."""
     plan = trial.prepare({"task": "qg", "method": method, "model": tiny_model, "max_steps": 8})
     tokenizer = models.load_tokenizer(tiny_model)
-    rows = loop.encode_examples(plan.task, tokenizer, plan.splits["train"].select(range(4)), 1024)
+    rows = encoding.encode_examples(plan.task, tokenizer, plan.splits["train"].select(range(4)), 1024)
     lengths = [len(row["input_ids"]) for row in rows]
     assert len(set(lengths)) > 1  # the batch is padded
-    batch = loop.collate(rows, tokenizer.pad_token_id, torch.device("cpu"))
+    batch = encoding.collate(rows, tokenizer.pad_token_id, torch.device("cpu"))
     padding_mask = (torch.arange(max(lengths)) < torch.tensor(lengths)[:, None]).long()
     model = trial.load_trainable_model(plan, tiny_model)
     model.eval()  # no dropout: the same network in both passes
@@ -142,7 +144,7 @@ def test_full_fine_tuning_trains_every_weight_and_saves_a_model_from_pretrained_
     model = trial.load_trainable_model(plan, tiny_model)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     assert all(p.requires_grad for p in model.parameters())
-    features = loop.encode_examples(plan.task, tokenizer, plan.splits["train"].select(range(16)), 128)
+    features = encoding.encode_examples(plan.task, tokenizer, plan.splits["train"].select(range(16)), 128)
     optimizer, scheduler = loop.make_optimizer(model, plan.config, plan.total_steps)
     loop.train(
         model, features, plan.config, METHODS["full"], plan.total_steps,
@@ -160,8 +162,8 @@ def test_full_fine_tuning_trains_every_weight_and_saves_a_model_from_pretrained_
     reloaded_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "saved")  # a standalone directory
     assert reloaded_tokenizer.get_vocab() == tokenizer.get_vocab()
     prompts = [plan.task.format_prompt(example) for example in plan.splits["validation"].select(range(3))]
-    in_memory = loop.generate(model, tokenizer, prompts, 12, 3).texts
-    assert loop.generate(reloaded, tokenizer, prompts, 12, 3).texts == in_memory
+    in_memory = passes.generate(model, tokenizer, prompts, 12, 3).texts
+    assert passes.generate(reloaded, tokenizer, prompts, 12, 3).texts == in_memory
     inputs = tokenizer(prompts[0], return_tensors="pt")
     with torch.no_grad():
         trained_logits = model(**inputs).logits

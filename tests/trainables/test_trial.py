@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainables import loop, measure, models, trial
+from trainables import encoding, measure, models
 from trainables.config import ConfigError
+from trainables.evaluation import passes
 from trainables.methods import METHODS
+from trainables.training import loop, trial
 
 BASE = {
     "task": "qg", "method": "lora", "max_steps": 6, "eval_every": 3, "eval_examples": 4, "full_eval_examples": 8,
@@ -206,7 +208,7 @@ def test_non_finite_loss_ends_training_with_that_reason(tiny_model):
             if "lora_B" in name:
                 parameter.fill_(math.nan)
     tokenizer = models.load_tokenizer(tiny_model)
-    features = loop.encode_examples(plan.task, tokenizer, plan.splits["train"].select(range(8)), 128)
+    features = encoding.encode_examples(plan.task, tokenizer, plan.splits["train"].select(range(8)), 128)
     optimizer, scheduler = loop.make_optimizer(model, plan.config, plan.total_steps)
     with pytest.raises(loop.NonFiniteLoss, match="training loss became nan at step 1"):
         loop.train(
@@ -242,7 +244,7 @@ def test_length_grouped_batches_cover_every_example_once_and_pad_little():
 
 def test_evaluation_batches_hold_rows_of_similar_prompt_length_and_keep_the_periodic_rows_apart():
     lengths = [9, 1, 8, 2, 7, 3, 6, 4, 5, 10]
-    batches = loop.row_batches(lengths, batch_size=3, head=4)
+    batches = passes.row_batches(lengths, batch_size=3, head=4)
     assert sorted(row for batch in batches for row in batch) == list(range(len(lengths)))
     assert all(max(batch) < 4 or min(batch) >= 4 for batch in batches)
     assert batches[:2] == [[0, 2, 3], [1]]  # longest first, so the first batch sets the widest shape
@@ -265,7 +267,7 @@ def test_generate_counts_the_rows_the_budget_cut(tiny_model, bias, truncated, ne
     tokenizer = models.load_tokenizer(tiny_model)
     model = _eos_biased(models.load_model(tiny_model), tokenizer, bias)
     prompts = ["Where is", "A much longer prompt than the others, padded on the left", "Hi"]
-    generations = loop.generate(model, tokenizer, prompts, max_new_tokens=3, batch_size=2)
+    generations = passes.generate(model, tokenizer, prompts, max_new_tokens=3, batch_size=2)
     assert generations.truncated == truncated and generations.new_tokens == new_tokens
 
 
@@ -301,8 +303,8 @@ def test_fixed_length_generation_runs_past_eos(tiny_model):
     tokenizer = models.load_tokenizer(tiny_model)
     model = _eos_biased(models.load_model(tiny_model), tokenizer, 1e4)  # would end at once
     prompts = ["Where is", "Hi"]
-    assert loop.generate(model, tokenizer, prompts, max_new_tokens=5, batch_size=1).new_tokens == 2
-    timed = loop.generate(model, tokenizer, prompts, max_new_tokens=5, batch_size=1, fixed_length=True)
+    assert passes.generate(model, tokenizer, prompts, max_new_tokens=5, batch_size=1).new_tokens == 2
+    timed = passes.generate(model, tokenizer, prompts, max_new_tokens=5, batch_size=1, fixed_length=True)
     assert timed.new_tokens == 10
 
 
@@ -313,7 +315,7 @@ def test_the_last_evaluation_scores_its_periodic_rows_from_the_whole_splits_gene
     plan = trial.prepare({**BASE, "model": tiny_model, "eval_batch_size": 3})
     tokenizer, model = models.load_tokenizer(tiny_model), models.load_model(tiny_model)
     alone = trial.evaluate(model, tokenizer, plan, "").metrics
-    real_evaluation, generated_rows = loop.losses_and_generations, []
+    real_evaluation, generated_rows = passes.losses_and_generations, []
 
     def counted(model, tokenizer, features, *args, **kwargs):
         generated_rows.append(len(features))
@@ -338,7 +340,7 @@ def test_a_kept_checkpoint_is_measured_without_generating_its_periodic_rows_agai
     loaded = trial.load_checkpoint(values, tmp_path / "step-3", "validation")
     assert len(loaded.periodic.generations.texts) == BASE["eval_examples"]
     assert trial.load_checkpoint(values, tmp_path / "step-3", "test").periodic is None
-    real_evaluation, generated_rows = loop.losses_and_generations, []
+    real_evaluation, generated_rows = passes.losses_and_generations, []
 
     def counted(model, tokenizer, features, max_new_tokens, batches, *args):
         generated_rows.append(sum(len(batch) for batch in batches))

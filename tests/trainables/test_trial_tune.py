@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 from ray import tune
 
-from trainables import measure, trial
+from trainables import measure
+from trainables.training import trial
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from trainables.methods import (
     rslora,
     vera,
 )
-from trainables.methods.base import BuildContext, Dimension, Method
+from trainables.methods.base import BuildContext, Dimension, Method, is_prompt_learning
 
 METHODS: dict[str, Method] = {
     method.name: method
@@ -77,6 +77,7 @@ __all__ = [
     "Dimension",
     "Method",
     "hyperparameter_names",
+    "is_prompt_learning",
     "scoped",
     "search_dimensions",
     "trained_methods",

@@ -169,3 +169,10 @@ def with_peft(peft_config: Callable[[Hyperparameters, BuildContext], PeftConfig]
 
 # The learning rate of a weight adapter; methods whose steps differ by decades search their own.
 ADAPTER_LEARNING_RATE = Dimension("learning_rate", "learning_rate", (1e-4, 1e-2), log=True)
+
+
+def is_prompt_learning(model) -> bool:
+    """Whether the model's active adapter puts virtual tokens in front of every input (prompt
+    tuning): its rows share no prompt cache, and it decodes from embeddings (decoding.calls)."""
+    peft_config = getattr(model, "active_peft_config", None)
+    return peft_config is not None and peft_config.is_prompt_learning

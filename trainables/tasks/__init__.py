@@ -5,11 +5,18 @@ A task can also be a user's YAML task file (see custom.py), named by its path.
 
 from pathlib import Path
 
-from trainables.tasks import ner, qa, qg
 from trainables.tasks.custom import is_task_file, load_task_file
+from trainables.tasks.ner import preset as ner_preset
+from trainables.tasks.ner import task as ner
+from trainables.tasks.qa import preset as qa_preset
+from trainables.tasks.qa import task as qa
+from trainables.tasks.qg import preset as qg_preset
+from trainables.tasks.qg import task as qg
 from trainables.tasks.spec import Task
 
 TASKS: dict[str, Task] = {task.name: task for task in (qg.TASK, ner.TASK, qa.TASK)}
+# A shipped task's sweep defaults: only what differs from SweepSettings' own.
+PRESETS: dict[str, dict] = {"qg": qg_preset.PRESET, "ner": ner_preset.PRESET, "qa": qa_preset.PRESET}
 
 
 def canonical_task(task: str) -> str:

@@ -11,7 +11,7 @@ import datasets
 from trainables.errors import ConfigError
 from trainables.tasks.data import RowValidator, load_splits
 
-PACKAGED_DATA = Path(__file__).resolve().parent / "data"
+TASKS_DIR = Path(__file__).resolve().parent
 # Room beyond the longest training target: test answers may run a little longer.
 BUDGET_MARGIN_SHARE = 0.1
 BUDGET_MARGIN_MIN_TOKENS = 4
@@ -22,8 +22,8 @@ PER_EXAMPLE = "per_example"
 
 def packaged_files(task: str) -> dict[str, Path]:
     return {
-        "train_file": PACKAGED_DATA / task / "train.jsonl",
-        "test_file": PACKAGED_DATA / task / "test.jsonl",
+        "train_file": TASKS_DIR / task / "data" / "train.jsonl",
+        "test_file": TASKS_DIR / task / "data" / "test.jsonl",
     }
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from trainables.tasks import bertscore, get_task
-from trainables.tasks.qg import QUERY_SEPARATOR
+from trainables.tasks.qg.task import QUERY_SEPARATOR
 
 
 @pytest.mark.parametrize("kept", [bertscore.REFERENCES_KEPT, 5])  # 5: most references embedded at every call

@@ -9,12 +9,11 @@ import pytest
 
 from trainables.tasks import get_task
 
-REPO = Path(__file__).resolve().parents[3]
-GENERATORS = {"qg": "make_qg_dataset.py", "ner": "make_ner_dataset.py", "qa": "make_qa_dataset.py"}
+GENERATORS = {task: f"trainables.tasks.{task}.generate" for task in ("qg", "ner", "qa")}
 
 
-def _generate(script: str, out_dir: Path, *options: str) -> Path:
-    subprocess.run([sys.executable, str(REPO / "scripts" / script), str(out_dir), *options], check=True)
+def _generate(module: str, out_dir: Path, *options: str) -> Path:
+    subprocess.run([sys.executable, "-m", module, str(out_dir), *options], check=True)
     return out_dir
 
 

@@ -1,19 +1,16 @@
 import datetime
 import json
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from trainables.tasks import get_task
 from trainables.tasks.entities import entity_scores, parse_entities
-from trainables.tasks.ner import ENTITIES, format_prompt, format_target
+from trainables.tasks.ner.documents import check_digit, mrz_lines
+from trainables.tasks.ner.task import ENTITIES, format_prompt, format_target
 from trainables.tasks.spec import PER_EXAMPLE
 
 NER = get_task("ner")
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
-from ner_documents import check_digit, mrz_lines  # noqa: E402
 
 
 @pytest.fixture(scope="module")

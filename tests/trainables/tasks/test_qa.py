@@ -6,7 +6,7 @@ import pytest
 from trainables.tasks import get_task
 from trainables.tasks.data import DataError, read_jsonl
 from trainables.tasks.metrics import exact_match, jaccard, normalise_answer
-from trainables.tasks.qa import FORMATS, format_prompt, validate_row
+from trainables.tasks.qa.task import FORMATS, format_prompt, validate_row
 from trainables.tasks.spec import PER_EXAMPLE
 
 QA = get_task("qa")

@@ -4,7 +4,13 @@ from pathlib import Path
 import pytest
 
 from trainables.tasks import get_task
-from trainables.tasks.qg import format_prompt, format_target, is_valid_format, parse_queries, penalised_f1
+from trainables.tasks.qg.task import (
+    format_prompt,
+    format_target,
+    is_valid_format,
+    parse_queries,
+    penalised_f1,
+)
 from trainables.tasks.spec import PER_EXAMPLE
 
 QG = get_task("qg")

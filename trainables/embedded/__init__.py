@@ -11,7 +11,7 @@ document's values into the JSON, the paragraph's span into the answer. The inven
 spliced from real rare words, so they are spelt and tokenized like a task's unseen names; its
 tokenizer gives every digit a token of its own, so that a date or number is the same tokens
 wherever it stands and copies verbatim. The heads that copy are set by hand before pretraining
-(trainables/copying_circuit.py), matching two tokens: learned from scratch they form late. The
+(copying_circuit.py), matching two tokens: learned from scratch they form late. The
 package ships the weights, pretrained once on a GPU; a build of other data or another spec is
 deterministic for a seed on CPU and cached under a version key in the user's cache.
 
@@ -41,7 +41,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
-from trainables import copying_circuit
+from trainables.embedded import copying_circuit
 from trainables.tasks.spec import Task
 
 if TYPE_CHECKING:
@@ -51,10 +51,10 @@ BUILDER_VERSION = 2
 SPEC_FILE = "embedded_spec.json"
 VERSION_FILE = "version_key.txt"
 # DEFAULT_SPEC pretrained once on a GPU with
-# `python -m trainables.embedded trainables/embedded_model --device cuda`: about 4 minutes alone on
+# `python -m trainables.embedded trainables/embedded/weights --device cuda`: about 4 minutes alone on
 # an H100 (7 beside a second run), far more than 2 CPU cores can do (about 10 s a step there), so
 # the weights ship.
-SHIPPED_DIR = Path(__file__).resolve().parent / "embedded_model"
+SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 
 
@@ -432,7 +432,3 @@ def main(argv: list[str] | None = None) -> None:
     spec = replace(DEFAULT_SPEC, **overrides)
     build(spec, args.out_dir, args.snapshot_every, args.device)
     print(f"built {args.out_dir} (version key {version_key(spec)})")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
-"""Writes the shipped NER data set: synthetic ID-document OCR text from ner_documents.py.
+"""Writes the shipped NER data set: synthetic ID-document OCR text from documents.py.
 
-python scripts/make_ner_dataset.py [OUT_DIR] [--seed N] [--count N]
+python -m trainables.tasks.ner.generate [OUT_DIR] [--seed N] [--count N]
 
 Deterministic for a seed: the same seed gives byte-identical files (a test checks the shipped
 files against this script's defaults).
@@ -9,14 +9,13 @@ files against this script's defaults).
 import argparse
 from pathlib import Path
 
-from ner_documents import generate
-
 from trainables.tasks.data import write_splits as write_jsonl_splits
+from trainables.tasks.ner.documents import generate
 
 SEED = 20261123
 COUNT = 480
 TEST_SHARE = 0.25
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "trainables" / "tasks" / "data" / "ner"
+DEFAULT_OUT = Path(__file__).resolve().parent / "data"
 
 
 def write_splits(out_dir: Path, count: int = COUNT, seed: int = SEED) -> None:

@@ -22,7 +22,7 @@ import datetime
 import random
 import unicodedata
 
-from trainables.tasks.ner import ENTITIES
+from trainables.tasks.ner.task import ENTITIES
 
 LABELS = {
     "de": {

@@ -8,7 +8,7 @@ real token, and the attention mask hides the padding: a row's greedy answer is t
 alone. Each row also keeps its own sampling settings (and random generator), token limits and
 stop strings, so requests of any settings share one batch.
 
-Serving (serve.engine) lets new requests join between steps. Evaluation (trainables.loop) decodes
+Serving (serve.engine) lets new requests join between steps. Evaluation (trainables.training.loop) decodes
 each batch of rows to its end: as rows finish they leave, so the steps that remain cost only what
 the unfinished rows need, where `generate` computes every row until the batch's longest ends.
 
@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
-HEADROOM = 64  # columns a layer's buffers keep free for the next steps' keys and values
+from trainables.decoding.cache import append_in_place
 
 
 @dataclass(frozen=True)
@@ -226,61 +225,6 @@ class RunningBatch:
     def _tokens_behind(self, tokens: list[int], text: str) -> int:
         """How many leading tokens produced `text` (a stop string may begin inside the last one)."""
         return next(n for n in range(len(tokens) + 1) if len(self._decode(tokens[:n])) >= len(text))
-
-
-class AppendingLayer(DynamicLayer):
-    """A DynamicLayer whose steps append in place. DynamicLayer.update concatenates, so every
-    decoding step copied each layer's whole key/value cache: on the embedded model, a third of a
-    step at 16 rows and 200 columns. Here keys and values are views of buffers with HEADROOM more
-    columns, and a step writes only its own. The buffers are made again (one copy, as a
-    concatenation would) when full, or when keys and values no longer view them: rows left, a
-    batch joined, columns were cut (RunningBatch replaces the tensors; the values stay the same).
-    """
-
-    key_buffer: torch.Tensor | None = None
-    value_buffer: torch.Tensor | None = None
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            return super().update(key_states, value_states, *args, **kwargs)
-        length = self.keys.shape[-2]
-        total = length + key_states.shape[-2]
-        if not self._buffers_hold(total):
-            shape = (*self.keys.shape[:-2], total + HEADROOM, self.keys.shape[-1])
-            self.key_buffer, self.value_buffer = self.keys.new_empty(shape), self.values.new_empty(shape)
-            self.key_buffer[..., :length, :] = self.keys
-            self.value_buffer[..., :length, :] = self.values
-        self.key_buffer[..., length:total, :] = key_states
-        self.value_buffer[..., length:total, :] = value_states
-        self.keys, self.values = self.key_buffer[..., :total, :], self.value_buffer[..., :total, :]
-        return self.keys, self.values
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        """The rows that stay, selected with their buffers' free columns: one copy, as before."""
-        length = self.get_seq_length()
-        if not length or not self._buffers_hold(length):
-            return super().batch_select_indices(indices)
-        self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
-        self.keys, self.values = self.key_buffer[..., :length, :], self.value_buffer[..., :length, :]
-
-    def _buffers_hold(self, total: int) -> bool:
-        """Whether keys and values are still the buffers' first columns, with room up to `total`."""
-        return all(
-            buffer is not None
-            and tensor.data_ptr() == buffer.data_ptr()
-            and tensor.shape[:-2] == buffer.shape[:-2]
-            and tensor.stride() == buffer.stride()
-            and buffer.shape[-2] >= total
-            for tensor, buffer in ((self.keys, self.key_buffer), (self.values, self.value_buffer))
-        )
-
-
-def append_in_place(cache: DynamicCache) -> None:
-    """Makes the cache's plain dynamic layers AppendingLayers (in place; sliding-window and other
-    layers keep their own update)."""
-    for layer in cache.layers:
-        if type(layer) is DynamicLayer:
-            layer.__class__ = AppendingLayer
 
 
 def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Writes the shipped QA data set: the four UnifiedQA formats over paragraphs written for this project.
 
-python scripts/make_qa_dataset.py [OUT_DIR] [--seed N]
+python -m trainables.tasks.qa.generate [OUT_DIR] [--seed N]
 
 Paragraphs describe invented towns, scientists, companies and animal species, so no model can
 answer from memory: every answer is in, or follows from, the paragraph. Each record yields
@@ -25,7 +25,7 @@ from trainables.tasks.data import write_splits as write_jsonl_splits
 SEED = 20261123
 RECORDS_PER_DOMAIN = 30
 TEST_SHARE = 0.25
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "trainables" / "tasks" / "data" / "qa"
+DEFAULT_OUT = Path(__file__).resolve().parent / "data"
 
 ONSETS = ["b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "br", "dr", "kl", "st", "tr"]
 VOWELS = ["a", "e", "i", "o", "u", "au", "ei"]

@@ -22,13 +22,15 @@ import torch
 from peft import PeftModel, prepare_model_for_kbit_training
 from safetensors.torch import load_file, save_file
 
-from trainables import files, loop, measure, models, registries
+from trainables import encoding, files, measure, models, registries
 from trainables.config import ConfigError, TrialConfig
+from trainables.evaluation import passes
 from trainables.methods import BASELINE, METHODS, BuildContext, Method
 from trainables.record import ADAPTER_DIR, EVALUATIONS, FULL_VALIDATION_QUALITY, RECORD_FILE
 from trainables.tasks import get_task
 from trainables.tasks.data import DataError
 from trainables.tasks.spec import PER_EXAMPLE, Task
+from trainables.training import loop
 
 TRAINABLE_STATE = "trainable_state.safetensors"
 OPTIMIZER_STATE = "training_state.pt"
@@ -102,8 +104,8 @@ class Evaluation:
     # What the metrics were computed from, so that a head of the rows can be scored without
     # generating again.
     examples: list[dict]
-    losses: loop.TargetLosses
-    generations: loop.Generations
+    losses: passes.TargetLosses
+    generations: passes.Generations
     max_new_tokens: int
 
     def head(self, task: Task, rows: int) -> "Evaluation":
@@ -122,8 +124,8 @@ class Evaluation:
 def scored(
     task: Task,
     examples: list[dict],
-    losses: loop.TargetLosses,
-    generations: loop.Generations,
+    losses: passes.TargetLosses,
+    generations: passes.Generations,
     max_new_tokens: int,
 ) -> Evaluation:
     scores = task.score(generations.texts, examples)
@@ -156,8 +158,8 @@ class PeriodicRows:
     its whole split, which a later measurement of that checkpoint need not generate again."""
 
     split: str
-    losses: loop.TargetLosses
-    generations: loop.Generations
+    losses: passes.TargetLosses
+    generations: passes.Generations
 
     def save(self, checkpoint: Path) -> None:
         saved = {"split": self.split, "losses": vars(self.losses), "generations": vars(self.generations)}
@@ -170,7 +172,7 @@ class PeriodicRows:
         if not path.is_file() or (saved := json.loads(path.read_text()))["split"] != split:
             return None
         return PeriodicRows(
-            split, loop.TargetLosses(**saved["losses"]), loop.Generations(**saved["generations"])
+            split, passes.TargetLosses(**saved["losses"]), passes.Generations(**saved["generations"])
         )
 
 
@@ -183,20 +185,20 @@ def evaluate(
     what this model gave on them, only the rest of the split is generated."""
     config, task = plan.config, plan.task
     examples = evaluation_rows(plan, whole_split)
-    features = loop.encode_examples(task, tokenizer, examples, None, prefix)
+    features = encoding.encode_examples(task, tokenizer, examples, None, prefix)
     max_new_tokens = task.generation_budget(tokenizer, plan.uncapped_train)
-    prompt_lengths = [len(loop.prompt_ids(feature)) for feature in features]
-    batches = loop.row_batches(prompt_lengths, config.eval_batch_size, head=config.eval_examples)
+    prompt_lengths = [len(encoding.prompt_ids(feature)) for feature in features]
+    batches = passes.row_batches(prompt_lengths, config.eval_batch_size, head=config.eval_examples)
     reused = periodic is not None and len(periodic.generations.texts) == config.eval_examples < len(examples)
     if reused:
         batches = [batch for batch in batches if batch[0] >= config.eval_examples]
-    shared = loop.shared_prompt_start(tokenizer, prefix, features)
-    losses, generations = loop.losses_and_generations(
+    shared = passes.shared_prompt_start(tokenizer, prefix, features)
+    losses, generations = passes.losses_and_generations(
         model, tokenizer, features, max_new_tokens, batches, shared
     )
     if reused:
-        losses = loop.TargetLosses.joined([periodic.losses, losses])
-        generations = loop.Generations.joined([periodic.generations, generations])
+        losses = passes.TargetLosses.joined([periodic.losses, losses])
+        generations = passes.Generations.joined([periodic.generations, generations])
     return scored(task, examples, losses, generations, max_new_tokens)
 
 
@@ -226,7 +228,7 @@ def measure_speed(model, tokenizer, plan: Plan, prefix: str) -> dict:
     max_new_tokens = plan.task.generation_budget(tokenizer, plan.uncapped_train)
 
     def seconds(prompt: str) -> float:
-        return loop.generate(model, tokenizer, [prompt], max_new_tokens, 1, fixed_length=True).seconds
+        return passes.generate(model, tokenizer, [prompt], max_new_tokens, 1, fixed_length=True).seconds
 
     seconds(prompts[0])
     latency = statistics.median(seconds(prompt) for prompt in prompts)
@@ -474,7 +476,7 @@ def _execute(
 
     model = load_trainable_model(plan, model_path)
     trainable, total = parameter_counts(model)
-    features = loop.encode_examples(plan.task, tokenizer, plan.splits["train"], config.max_length)
+    features = encoding.encode_examples(plan.task, tokenizer, plan.splits["train"], config.max_length)
     optimizer, scheduler = loop.make_optimizer(model, config, plan.total_steps)
     state = (
         restore_checkpoint(resume_from, method, model, optimizer, scheduler)

@@ -1,4 +1,4 @@
-"""python -m trainables.evaluate TASK [--model M] [--shots K] [--split test]: score the untouched model.
+"""python -m trainables.evaluation TASK [--model M] [--shots K] [--split test]: score the untouched model.
 
 The reference point every fine-tuned adapter must beat, on all examples of a split.
 """
@@ -7,14 +7,14 @@ import argparse
 import json
 import sys
 
-from trainables import trial
 from trainables.errors import ConfigError
 from trainables.methods import BASELINE
 from trainables.tasks.data import DataError
+from trainables.training import trial
 
 
 def main(argv: list[str] | None = None) -> int:
-    cli = argparse.ArgumentParser(prog="python -m trainables.evaluate", description=__doc__.splitlines()[0])
+    cli = argparse.ArgumentParser(prog="python -m trainables.evaluation", description=__doc__.splitlines()[0])
     cli.add_argument("task")
     cli.add_argument("--model", default="embedded")
     cli.add_argument("--shots", type=int, default=0)

@@ -9,7 +9,7 @@
 Each result is written into the trial's directory under the name of the checkpoint it belongs to,
 so rebuilding a report reuses it and a later checkpoint (a resumed sweep) replaces it.
 
-The driver only submits the scoring: the jobs import the training code (trainables.trial) where
+The driver only submits the scoring: the jobs import the training code (trainables.training.trial) where
 they run, so the driver never loads PEFT or the model classes.
 """
 
@@ -24,16 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import polars as pl
-
-from analysis import load, rank
-from analysis.terminal import CLEAR_LINE, fitted
 from trainables import files
 from trainables.methods import BASELINE, METHODS
-from trainables.record import FULL_VALIDATION_QUALITY, read_record
+from trainables.record import MEASURED_FILE, read_record
+from trainables.terminal import CLEAR_LINE, fitted
 
 if TYPE_CHECKING:
-    from trainables.trial import Loaded
+    from trainables.training.trial import Loaded
 
 TEST_SCORES_FILE = "test_scores.json"
 EVALUATION_SECONDS = "evaluation_seconds"  # the time a kept result took to evaluate, loading aside
@@ -41,23 +38,23 @@ BASELINE_CHECKPOINT = "untouched"  # a baseline keeps no checkpoint: the base mo
 
 
 @dataclass(frozen=True)
-class Workers:
+class ScoringPool:
     """Where the scoring runs. In a sweep, as Ray tasks that each hold what a trial holds
     (`resources`, as for tune.with_resources), at most `concurrency` at a time like the trials, so
     the checkpoints are scored side by side on the cluster's GPUs or cores instead of one after
     another in the driver. Without Ray (python -m analysis.report), in this process.
 
-    One Workers serves a whole sweep: the jobs its search starts (sweeps.early_measurements) stay
+    One ScoringPool serves a whole sweep: the jobs its search starts (sweeps.early_measurements) stay
     in flight while the verdict begins, which waits for them rather than starting them again, so
     that no slot idles between the search's scoring and the verdict's."""
 
     resources: dict | None = None
     concurrency: int = 1
-    # Started and not yet kept, by where the result goes (Cached.key): (its ObjectRef, the item).
+    # Started and not yet kept, by where the result goes (KeptJob.key): (its ObjectRef, the item).
     in_flight: dict = field(default_factory=dict, compare=False, repr=False)
 
-    def run(self, items: list[Cached], what: str) -> list[dict]:
-        """Each item's result, computed and kept (Cached.keep), in the items' order. Jobs already
+    def run(self, items: list[KeptJob], what: str) -> list[dict]:
+        """Each item's result, computed and kept (KeptJob.keep), in the items' order. Jobs already
         in flight count towards `concurrency` and are waited for. A job this call started that
         fails raises; one the search started that fails is reported, and started again if this
         call needs it."""
@@ -87,7 +84,7 @@ class Workers:
                 _show_progress(len(results), len(items), what)
         return [results[index] for index in range(len(items))]
 
-    def start(self, item: Cached) -> None:
+    def start(self, item: KeptJob) -> None:
         """Starts computing `item` as a Ray task, unless it is already in flight."""
         if item.key not in self.in_flight:
             self.in_flight[item.key] = (self.submit(item.compute), item)
@@ -112,7 +109,7 @@ class Workers:
         remote = ray.remote(_call).options(num_cpus=self.resources["cpu"], num_gpus=self.resources["gpu"])
         return remote.remote(job)
 
-    def _next_finished(self) -> tuple[Cached, object]:
+    def _next_finished(self) -> tuple[KeptJob, object]:
         """Waits for a job in flight to finish: its item and its ObjectRef, no longer in flight."""
         import ray
 
@@ -130,7 +127,7 @@ def _call(job: Callable[[], dict]) -> dict:
     return job()
 
 
-def _keep(item: Cached, reference, fatal: bool) -> dict | None:
+def _keep(item: KeptJob, reference, fatal: bool) -> dict | None:
     """The finished job's result, kept; if it failed, raises when `fatal`, else says so on stderr
     and returns None."""
     import ray
@@ -152,11 +149,11 @@ def _show_progress(done: int, total: int, what: str) -> None:
         print(line, flush=True)
 
 
-IN_PROCESS = Workers()
+IN_PROCESS = ScoringPool()
 
 
 @dataclass(frozen=True)
-class Cached:
+class KeptJob:
     """A result kept in `path`, valid while it belongs to `checkpoint`."""
 
     path: Path
@@ -182,7 +179,7 @@ class Cached:
         return kept
 
 
-def _all_cached(items: list[Cached], workers: Workers, what: str) -> list[dict]:
+def kept_or_computed(items: list[KeptJob], workers: ScoringPool, what: str) -> list[dict]:
     """Each item's kept result; the missing ones are computed by `workers` and kept."""
     saved = [item.saved() for item in items]
     missing = [index for index, result in enumerate(saved) if result is None]
@@ -196,53 +193,16 @@ def _config(trial_dir: str) -> dict:
     return read_record(trial_dir)["config"]
 
 
-def unmeasured() -> pl.Expr:
-    """Trained trials that ended, whose kept checkpoint has no final measurements yet."""
-    ended = pl.col("status").is_in(["completed", "stopped_early"])
-    trained = rank.is_trained() & pl.col("best_checkpoint").is_not_null()
-    return ended & trained & pl.col("best_quality").is_null()
-
-
-def _kept_checkpoint_measurement(trial_dir: str, checkpoint: Path) -> Cached:
-    return Cached(
-        Path(trial_dir) / load.MEASURED_FILE,
+def kept_checkpoint_measurement(trial_dir: str, checkpoint: Path) -> KeptJob:
+    return KeptJob(
+        Path(trial_dir) / MEASURED_FILE,
         checkpoint.name,
         functools.partial(_final_measurements, trial_dir, checkpoint),
     )
 
 
-def measure_kept_checkpoints(frame: pl.DataFrame, workers: Workers = IN_PROCESS) -> int:
-    """Measures every kept checkpoint that unmeasured() selects; returns how many it measured."""
-    todo = frame.filter(unmeasured()).select("trial_dir", "best_checkpoint")
-    items = [_kept_checkpoint_measurement(trial_dir, Path(best)) for trial_dir, best in todo.iter_rows()]
-    _all_cached(items, workers, "kept checkpoints on the whole validation split")
-    return todo.height
-
-
-def measured_trials(directory: Path, workers: Workers = IN_PROCESS) -> pl.DataFrame:
-    """The sweep's trials once every kept checkpoint has its ranking figure (the ones ASHA stopped
-    are measured on the whole validation split first): what the report and the later stages rank."""
-    measure_kept_checkpoints(load.load(directory), workers)
-    return load.load(directory)
-
-
-def ended_trial_measurement(trial_dir: Path, results: Path) -> Cached | None:
-    """What a trial that has just ended still needs measured: its kept checkpoint, when its last
-    evaluation did not measure it and nothing has since; else None. `results`: its result.json
-    where Tune's logger writes it (a staging directory, synced to trial_dir later)."""
-    best = load.best_kept(load.trial_curve(results, trial_dir), trial_dir)
-    if best.is_empty():
-        return None
-    step, checkpoint = best.select("step", "checkpoint_dir_name").row(0)
-    last = read_record(trial_dir)["metrics"]
-    if last.get("step") == step and last.get(FULL_VALIDATION_QUALITY) is not None:
-        return None
-    measurement = _kept_checkpoint_measurement(str(trial_dir), trial_dir / checkpoint)
-    return measurement if measurement.saved() is None else None
-
-
 def _final_measurements(trial_dir: str, checkpoint: Path) -> dict:
-    from trainables import trial
+    from trainables.training import trial
 
     loaded = trial.load_checkpoint(_config(trial_dir), checkpoint, "validation")
     started = time.perf_counter()
@@ -251,7 +211,7 @@ def _final_measurements(trial_dir: str, checkpoint: Path) -> dict:
 
 
 def _loaded_for_test(row: dict) -> Loaded:
-    from trainables import trial
+    from trainables.training import trial
 
     config = _config(row["trial_dir"])
     if not METHODS[row["method"]].trains:
@@ -274,32 +234,34 @@ def _test_scores(row: dict) -> dict:
 def evaluation_seconds(sweep_dir: Path) -> float:
     """Seconds the verdict's scoring spent evaluating (its models' loading not counted), summed
     over every result it kept in the sweep's trial directories."""
-    kept = [*sweep_dir.glob(f"**/{load.MEASURED_FILE}"), *sweep_dir.glob(f"**/{TEST_SCORES_FILE}")]
+    kept = [*sweep_dir.glob(f"**/{MEASURED_FILE}"), *sweep_dir.glob(f"**/{TEST_SCORES_FILE}")]
     return sum(json.loads(path.read_text()).get(EVALUATION_SECONDS, 0.0) for path in kept)
 
 
-def test_scoring(row: dict) -> Cached:
+def test_scoring(row: dict) -> KeptJob:
     """A leaderboard row's test metrics and per-example primary metric, kept beside its trial: a
     trained trial's kept checkpoint, or the base model as a baseline trial prompted it (its shots)."""
     trained = METHODS[row["method"]].trains
     checkpoint = Path(row["best_checkpoint"]).name if trained else BASELINE_CHECKPOINT
-    return Cached(Path(row["trial_dir"]) / TEST_SCORES_FILE, checkpoint, functools.partial(_test_scores, row))
+    return KeptJob(
+        Path(row["trial_dir"]) / TEST_SCORES_FILE, checkpoint, functools.partial(_test_scores, row)
+    )
 
 
-def baseline_test_scoring(trial_dir: Path) -> Cached | None:
+def baseline_test_scoring(trial_dir: Path) -> KeptJob | None:
     """The test scores of a baseline trial, which every verdict compares its winners with, unless
     already kept."""
     scoring = test_scoring({"trial_dir": str(trial_dir), "method": BASELINE, "best_checkpoint": None})
     return None if scoring.saved() else scoring
 
 
-def scores_on_test(rows: dict[str, dict], workers: Workers = IN_PROCESS) -> dict[str, dict]:
+def scores_on_test(rows: dict[str, dict], workers: ScoringPool = IN_PROCESS) -> dict[str, dict]:
     """Each named leaderboard row's test scores (test_scoring), computed where not kept."""
     # The slowest first (a request's latency stands for what a row costs), so that the last to
     # finish is a short one rather than a long one running alone while the other slots idle.
     slowest_first = sorted(rows, key=lambda name: -(rows[name].get("latency_s") or 0.0))
     items = [test_scoring(rows[name]) for name in slowest_first]
     scored = dict(
-        zip(slowest_first, _all_cached(items, workers, "candidates on the test split"), strict=True)
+        zip(slowest_first, kept_or_computed(items, workers, "candidates on the test split"), strict=True)
     )
     return {name: scored[name] for name in rows}

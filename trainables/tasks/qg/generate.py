@@ -1,6 +1,6 @@
-"""Writes the shipped QG data set from the hand-written topics in qg_topics.py.
+"""Writes the shipped QG data set from the hand-written topics in topics.py.
 
-python scripts/make_qg_dataset.py [OUT_DIR]
+python -m trainables.tasks.qg.generate [OUT_DIR]
 
 Deterministic: the same topics and seed give byte-identical files (a test checks the shipped
 files against this script). Each topic yields single-aspect questions (one query), questions
@@ -14,9 +14,8 @@ import random
 import sys
 from pathlib import Path
 
-from qg_topics import TOPICS
-
 from trainables.tasks.data import write_splits as write_jsonl_splits
+from trainables.tasks.qg.topics import TOPICS
 
 SEED = 20261123
 TEST_SHARE = 0.25
@@ -29,7 +28,7 @@ TRIPLE_TEMPLATES = [
 ]
 COMPARE_TEMPLATES = ["How do the two compare on {a}?", "Which of them is better when it comes to {a}?"]
 COMPARE_SUMMARY = "The user is choosing between {e1} and {e2} for {phrase}."
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "trainables" / "tasks" / "data" / "qg"
+DEFAULT_OUT = Path(__file__).resolve().parent / "data"
 
 
 def _with_lead_in(lead_in: str, question: str) -> str:
