@@ -4,17 +4,38 @@ Request fields are looked up in this registry by id and never used as paths. A w
 method saves a whole model (full fine-tuning) is served as a model of its own, beside the base.
 """
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from trainables import winners
 from trainables.config import ConfigError
-from trainables.methods import METHODS
+from trainables.methods import METHODS, Method
 from trainables.tasks import get_task
 from trainables.winners import WINNERS_FILE
 
 BASE_MODEL_ID = "base"
+
+
+@dataclass(frozen=True)
+class ServingFacts:
+    """How a winner is served: its method's facts and what its saved directory declares."""
+
+    quantize_4bit: bool  # trained on the 4-bit base (QLoRA), so served on it
+    standalone: bool  # a whole model (its own weights), not an adapter on the base
+    shares_mixed_batch: bool  # answers in one batch with other such adapters on its base
+    served_together_when_equal: tuple[str, ...]  # config fields adapters on one base must share
+    prompt_positions: int  # positions it puts before every prompt (prompt tuning's virtual tokens)
+
+    @classmethod
+    def of(cls, method: Method, saved: Path, quantize_4bit: bool) -> "ServingFacts":
+        """The facts of `method`'s winner saved in `saved`, trained on a 4-bit base or not."""
+        return cls(
+            quantize_4bit=quantize_4bit,
+            standalone=method.standalone,
+            shares_mixed_batch=method.shares_mixed_batch,
+            served_together_when_equal=method.served_together_when_equal,
+            prompt_positions=method.prompt_positions(saved),
+        )
 
 
 @dataclass(frozen=True)
@@ -24,12 +45,8 @@ class Adapter:
     task_ref: str  # what get_task resolves: a registered name or a task file's path
     method: str
     path: Path
-    quantize_4bit: bool
     quality: float | None
-    standalone: bool = False  # a whole model (its own weights), not an adapter on the base
-    shares_mixed_batch: bool = False  # answers in one batch with other such adapters on its base
-    served_together_when_equal: tuple[str, ...] = ()  # config fields adapters on one base must share
-    prompt_positions: int = 0  # positions it puts before every prompt (prompt tuning's virtual tokens)
+    serving: ServingFacts
 
 
 @dataclass(frozen=True)
@@ -44,7 +61,7 @@ class Registry:
         QLoRA adapters were trained and scored on a 4-bit base, the others on a full-precision one;
         each is served on its own. Standalone models bring their own weights and do not count.
         """
-        on_base = {a.quantize_4bit for a in self.adapters.values() if not a.standalone}
+        on_base = {a.serving.quantize_4bit for a in self.adapters.values() if not a.serving.standalone}
         return tuple(sorted(on_base or {False}))
 
     def for_task(self, task: str) -> list[Adapter]:
@@ -73,26 +90,21 @@ def load_registry(experiment_dir: Path, top: int | None = None) -> Registry:
         method = METHODS.get(winner.method)
         if method is None:
             raise ConfigError(f"{where}: unknown method '{winner.method}'; known: {', '.join(METHODS)}")
-        adapter = Adapter(
+        # Absolute for the replicas, whose working directory is not this one; an absolute path stays.
+        path = experiment_dir.resolve() / winner.adapter_path
+        missing = [name for name in method.saved_files if not (path / name).is_file()]
+        if missing:
+            raise ConfigError(f"{where}: adapter_path {path} lacks {', '.join(missing)} (safetensors only)")
+        serving = ServingFacts.of(method, path, winner.quantize_4bit)
+        if winner.id == BASE_MODEL_ID or winner.id in adapters:
+            raise ConfigError(f"{where}: id '{winner.id}' is reserved or repeated")
+        adapters[winner.id] = Adapter(
             adapter_id=winner.id,
             task=task,
             task_ref=winner.task,
             method=winner.method,
-            # Absolute for the replicas, whose working directory is not this one; an absolute path stays.
-            path=experiment_dir.resolve() / winner.adapter_path,
-            quantize_4bit=winner.quantize_4bit,
+            path=path,
             quality=winner.validation.quality,
-            standalone=method.standalone,
-            shares_mixed_batch=method.shares_mixed_batch,
-            served_together_when_equal=method.served_together_when_equal,
+            serving=serving,
         )
-        missing = [name for name in method.saved_files if not (adapter.path / name).is_file()]
-        if missing:
-            raise ConfigError(
-                f"{where}: adapter_path {adapter.path} lacks {', '.join(missing)} (safetensors only)"
-            )
-        adapter = dataclasses.replace(adapter, prompt_positions=method.prompt_positions(adapter.path))
-        if adapter.adapter_id == BASE_MODEL_ID or adapter.adapter_id in adapters:
-            raise ConfigError(f"{where}: id '{adapter.adapter_id}' is reserved or repeated")
-        adapters[adapter.adapter_id] = adapter
     return Registry(base_model=bases.pop(), adapters=adapters)

@@ -20,7 +20,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.serve import Application, Deployment
 from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 from transformers import AutoConfig
 
@@ -87,7 +89,7 @@ class ApiError(Exception):
         self.status, self.message, self.kind, self.param = status, message, kind, param
 
 
-class _Resident:
+class _MultiplexedAdapter:
     """What Ray Serve's multiplexer caches per adapter; eviction calls __del__, which unloads it."""
 
     def __init__(self, engine: AdapterEngine, adapter: LoadedAdapter | LoadedModel):
@@ -97,55 +99,49 @@ class _Resident:
         self.engine.remove(self.adapter)
 
 
-def model_server(limits: Limits):
-    """The model replica deployment, with the limits baked into its decorators."""
+@serve.deployment
+class AdapterServer:
+    """A model replica: the base model once, the adapters multiplexed on it, and the engine that
+    batches requests across them (model_server sizes the deployment)."""
 
-    @serve.deployment(
-        num_replicas=limits.replicas,
-        max_ongoing_requests=2 * limits.max_batch_size,
-        max_queued_requests=limits.max_queued_requests,
-        ray_actor_options={"num_gpus": limits.gpus_per_replica, "num_cpus": limits.cpus_per_replica},
-    )
-    class AdapterServer:
-        def __init__(self, registry: Registry):
-            self.registry = registry
-            self.engine = AdapterEngine(
-                registry.base_model,
-                registry.quantized_bases,
-                max_batch_size=limits.max_batch_size,
-                batch_wait_s=limits.batch_wait_s,
-                mix_adapters=limits.mix_adapters,
-            )
+    def __init__(self, registry: Registry, limits: Limits):
+        self.registry = registry
+        self.engine = AdapterEngine(
+            registry.base_model,
+            registry.quantized_bases,
+            max_batch_size=limits.max_batch_size,
+            batch_wait_s=limits.batch_wait_s,
+            mix_adapters=limits.mix_adapters,
+        )
 
-        @serve.multiplexed(max_num_models_per_replica=limits.max_adapters_per_replica)
-        async def load_adapter(self, adapter_id: str) -> _Resident:
-            adapter = self.registry.adapters[adapter_id]
-            if adapter.standalone:
-                read = partial(read_model, adapter_id, adapter.path)
-            else:
-                read = partial(
-                    read_adapter,
-                    adapter_id,
-                    adapter.path,
-                    adapter.quantize_4bit,
-                    adapter.shares_mixed_batch,
-                    adapter.served_together_when_equal,
-                )
-            loaded = await asyncio.to_thread(read)
-            self.engine.add(loaded)
-            return _Resident(self.engine, loaded)
+        # Ray Serve sizes a multiplexer's cache where it decorates the loader, and the size is a
+        # server option, so the loader is decorated here. A function, not a bound method: the
+        # multiplexer keeps its cache as an attribute of what it decorates.
+        async def load_adapter(adapter_id: str) -> _MultiplexedAdapter:
+            return await self._load(adapter_id)
 
-        async def complete(self, request: EngineRequest) -> Completion:
-            # The engine batches across requests at every decoding step; an adapter evicted before
-            # its request got in (more adapters in flight than a replica holds) is loaded again.
-            while True:
-                if request.adapter:
-                    await self.load_adapter(request.adapter)
-                done = await asyncio.wrap_future(self.engine.submit(request))
-                if done is not None:
-                    return done
+        multiplexed = serve.multiplexed(max_num_models_per_replica=limits.max_adapters_per_replica)
+        self.load_adapter = multiplexed(load_adapter)
 
-    return AdapterServer
+    async def _load(self, adapter_id: str) -> _MultiplexedAdapter:
+        adapter = self.registry.adapters[adapter_id]
+        if adapter.serving.standalone:
+            read = partial(read_model, adapter_id, adapter.path)
+        else:
+            read = partial(read_adapter, adapter_id, adapter.path, adapter.serving)
+        loaded = await asyncio.to_thread(read)
+        self.engine.add(loaded)
+        return _MultiplexedAdapter(self.engine, loaded)
+
+    async def complete(self, request: EngineRequest) -> Completion:
+        # The engine batches across requests at every decoding step; an adapter evicted before
+        # its request got in (more adapters in flight than a replica holds) is loaded again.
+        while True:
+            if request.adapter:
+                await self.load_adapter(request.adapter)
+            done = await asyncio.wrap_future(self.engine.submit(request))
+            if done is not None:
+                return done
 
 
 class BodyLimit:
@@ -205,8 +201,8 @@ class LoopbackHosts:
 
 
 def key_digest(key: str) -> bytes:
-    """What the gateway keeps of the API key: Ray pickles the deployment into its object store,
-    which then holds this digest, never the key itself."""
+    """What the gateway keeps of the API key: Ray pickles the gateway's constructor arguments into
+    its object store, which then holds this digest, never the key itself."""
     return hashlib.sha256(key.encode()).digest()
 
 
@@ -216,193 +212,198 @@ def bearer_token(authorization: str) -> str:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
-def gateway(limits: Limits, api_key_digest: bytes | None):
-    app = FastAPI(title="peft-sweeps", docs_url=None, redoc_url=None)
+async def _api_error(_: Request, error: ApiError) -> JSONResponse:
+    return JSONResponse(api.error_body(error.message, error.kind, error.param), status_code=error.status)
 
-    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
-    if limits.loopback_hosts_only:
-        app.add_middleware(LoopbackHosts)
 
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, error: ApiError):
-        return JSONResponse(api.error_body(error.message, error.kind, error.param), status_code=error.status)
+async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+    problems = [f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in error.errors()]
+    return JSONResponse(api.error_body("; ".join(problems), "invalid_request_error"), status_code=422)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, error: RequestValidationError):
-        problems = [f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in error.errors()]
-        return JSONResponse(api.error_body("; ".join(problems), "invalid_request_error"), status_code=422)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, error: Exception):
-        # Whatever else goes wrong, here or in a model replica, the client still gets OpenAI's shape.
-        body = api.error_body(f"internal error: {type(error).__name__}", "server_error")
-        return JSONResponse(body, status_code=500)
+async def _unexpected(_: Request, error: Exception) -> JSONResponse:
+    # Whatever else goes wrong, here or in a model replica, the client still gets OpenAI's shape.
+    body = api.error_body(f"internal error: {type(error).__name__}", "server_error")
+    return JSONResponse(body, status_code=500)
 
-    @app.exception_handler(HTTPException)
-    async def _http(_: Request, error: HTTPException):
-        return JSONResponse(
-            api.error_body(str(error.detail), "invalid_request_error"), status_code=error.status_code
-        )
 
-    @app.middleware("http")
-    async def _authenticate(request: Request, call_next):
-        if api_key_digest and request.url.path != "/healthz":
+async def _http(_: Request, error: HTTPException) -> JSONResponse:
+    return JSONResponse(
+        api.error_body(str(error.detail), "invalid_request_error"), status_code=error.status_code
+    )
+
+
+# No CPU reserved: it only parses, tokenizes and awaits, and the model replicas hold the cores.
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
+@serve.ingress()
+class Gateway:
+    """The HTTP front (gateway sizes the deployment): it authenticates, validates and counts tokens,
+    then hands each request to the model replicas (`server`)."""
+
+    def __init__(
+        self, server: DeploymentHandle, registry: Registry, limits: Limits, api_key_digest: bytes | None
+    ):
+        self.server, self.registry = server, registry
+        self.limits, self.api_key_digest = limits, api_key_digest
+        path = models.resolve(registry.base_model)
+        self.tokenizer = models.load_tokenizer(path)
+        self.context_length = AutoConfig.from_pretrained(path).max_position_embeddings
+        self.created = int(time.time())
+        # One thread: off the event loop, but one encoding at a time, as a fast tokenizer shared
+        # by threads can fail ("Already borrowed") when calls overlap.
+        self.tokenizing = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        # Each task's answers get the budget its adapters were evaluated with: the trials'
+        # computation, on the same base model's tokenizer. The server's cap still applies.
+        self.task_max_tokens = {
+            task_ref: min(generation_budget(task_ref, self.tokenizer), limits.max_tokens)
+            for task_ref in {adapter.task_ref for adapter in registry.adapters.values()}
+        }
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """The HTTP app, with this gateway's limits and key: Ray Serve asks for it after __init__."""
+        app = FastAPI(title="peft-sweeps", docs_url=None, redoc_url=None)
+        app.add_middleware(BodyLimit, limit=self.limits.max_body_bytes)
+        if self.limits.loopback_hosts_only:
+            app.add_middleware(LoopbackHosts)
+        app.middleware("http")(self._authenticate)
+        app.add_exception_handler(ApiError, _api_error)
+        app.add_exception_handler(RequestValidationError, _invalid)
+        app.add_exception_handler(Exception, _unexpected)
+        app.add_exception_handler(HTTPException, _http)
+        app.add_api_route("/healthz", self.healthz, methods=["GET"])
+        app.add_api_route("/v1/models", self.list_models, methods=["GET"])
+        app.add_api_route("/v1/completions", self.completions, methods=["POST"])
+        app.add_api_route("/v1/chat/completions", self.chat, methods=["POST"])
+        app.add_api_route("/v1/tasks/{task}", self.run_task, methods=["POST"])
+        return app
+
+    async def _authenticate(self, request: Request, call_next):
+        if self.api_key_digest and request.url.path != "/healthz":
             given = bearer_token(request.headers.get("authorization", ""))
-            if not hmac.compare_digest(key_digest(given), api_key_digest):
+            if not hmac.compare_digest(key_digest(given), self.api_key_digest):
                 body = api.error_body("missing or wrong API key", "authentication_error")
                 return JSONResponse(body, status_code=401)
         return await call_next(request)
 
-    # No CPU reserved: it only parses, tokenizes and awaits, and the model replicas hold the cores.
-    @serve.deployment(
-        num_replicas=1,
-        max_ongoing_requests=max(256, limits.max_queued_requests * 2),
-        ray_actor_options={"num_cpus": 0},
-    )
-    @serve.ingress(app)
-    class Gateway:
-        def __init__(self, server, registry: Registry):
-            self.server, self.registry = server, registry
-            path = models.resolve(registry.base_model)
-            self.tokenizer = models.load_tokenizer(path)
-            self.context_length = AutoConfig.from_pretrained(path).max_position_embeddings
-            self.created = int(time.time())
-            # One thread: off the event loop, but one encoding at a time, as a fast tokenizer shared
-            # by threads can fail ("Already borrowed") when calls overlap.
-            self.tokenizing = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-            # Each task's answers get the budget its adapters were evaluated with: the trials'
-            # computation, on the same base model's tokenizer. The server's cap still applies.
-            self.task_max_tokens = {
-                task_ref: min(generation_budget(task_ref, self.tokenizer), limits.max_tokens)
-                for task_ref in {adapter.task_ref for adapter in registry.adapters.values()}
+    def _check_model(self, model: str) -> str | None:
+        if model == BASE_MODEL_ID:
+            return None
+        if model not in self.registry.adapters:
+            raise ApiError(404, f"unknown model '{model}'; GET /v1/models lists them", param="model")
+        return model
+
+    async def _run(self, request: EngineRequest) -> Completion:
+        if not api.encodable(request.prompt, *request.stop):
+            raise ApiError(
+                400, "the prompt or a stop string is not valid text: it cannot be encoded as UTF-8"
+            )
+        # Off the event loop: a long prompt must not hold up every other request, /healthz included.
+        encoded = await asyncio.get_running_loop().run_in_executor(
+            self.tokenizing, self.tokenizer, request.prompt
+        )
+        prompt_tokens = len(encoded["input_ids"])
+        if prompt_tokens > self.limits.max_prompt_tokens:
+            raise ApiError(
+                413, f"prompt is {prompt_tokens} tokens; the limit is {self.limits.max_prompt_tokens}"
+            )
+        adapter = self.registry.adapters.get(request.adapter or "")
+        in_front = adapter.serving.prompt_positions if adapter else 0
+        if in_front + prompt_tokens + request.max_tokens > self.context_length:
+            virtual = f" after its adapter's {in_front} virtual tokens" if in_front else ""
+            message = (
+                f"prompt ({prompt_tokens}{virtual}) plus max_tokens exceeds the model's "
+                f"{self.context_length} tokens"
+            )
+            raise ApiError(400, message, param="max_tokens")
+        handle = self.server.options(multiplexed_model_id=request.adapter or "")
+        response = handle.complete.remote(request)
+        try:
+            return await asyncio.wait_for(response, timeout=self.limits.request_timeout_s)
+        except BackPressureError:
+            raise ApiError(503, "the server is at capacity; retry later", "server_busy") from None
+        except TimeoutError:
+            response.cancel()
+            raise ApiError(504, f"no answer within {self.limits.request_timeout_s:g} s", "timeout") from None
+
+    def _engine_request(self, body: api.SamplingFields, prompt: str) -> EngineRequest:
+        max_tokens = body.max_tokens or 16
+        if max_tokens > self.limits.max_tokens:
+            raise ApiError(
+                400,
+                f"max_tokens {max_tokens} is above the cap of {self.limits.max_tokens}",
+                param="max_tokens",
+            )
+        if body.min_tokens > max_tokens:
+            raise ApiError(
+                400, f"min_tokens {body.min_tokens} is above max_tokens {max_tokens}", param="min_tokens"
+            )
+        sampling = Sampling(body.temperature, body.top_p, body.seed)
+        return EngineRequest(
+            prompt,
+            self._check_model(body.model),
+            max_tokens,
+            sampling,
+            body.stop_sequences(),
+            min_tokens=body.min_tokens,
+        )
+
+    async def healthz(self) -> dict:
+        return {"status": "ok", "adapters": len(self.registry.adapters)}
+
+    async def list_models(self) -> dict:
+        base = {
+            "id": BASE_MODEL_ID,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "peft-sweeps",
+        }
+        entries = [base | {"base_model": self.registry.base_model}]
+        for adapter in self.registry.adapters.values():
+            details = {
+                "task": adapter.task,
+                "method": adapter.method,
+                "validation_quality": adapter.quality,
             }
+            entries.append(base | {"id": adapter.adapter_id} | details)
+        return {"object": "list", "data": entries}
 
-        def _check_model(self, model: str) -> str | None:
-            if model == BASE_MODEL_ID:
-                return None
-            if model not in self.registry.adapters:
-                raise ApiError(404, f"unknown model '{model}'; GET /v1/models lists them", param="model")
-            return model
+    async def completions(self, body: api.CompletionRequest) -> dict:
+        done = await self._run(self._engine_request(body, body.prompt))
+        return api.completion_body(
+            body.model, done.text, done.finish_reason, done.prompt_tokens, done.completion_tokens
+        )
 
-        async def _run(self, request: EngineRequest) -> Completion:
-            if not api.encodable(request.prompt, *request.stop):
-                raise ApiError(
-                    400, "the prompt or a stop string is not valid text: it cannot be encoded as UTF-8"
-                )
-            # Off the event loop: a long prompt must not hold up every other request, /healthz included.
-            encoded = await asyncio.get_running_loop().run_in_executor(
-                self.tokenizing, self.tokenizer, request.prompt
-            )
-            prompt_tokens = len(encoded["input_ids"])
-            if prompt_tokens > limits.max_prompt_tokens:
-                raise ApiError(
-                    413, f"prompt is {prompt_tokens} tokens; the limit is {limits.max_prompt_tokens}"
-                )
-            adapter = self.registry.adapters.get(request.adapter or "")
-            in_front = adapter.prompt_positions if adapter else 0
-            if in_front + prompt_tokens + request.max_tokens > self.context_length:
-                virtual = f" after its adapter's {in_front} virtual tokens" if in_front else ""
-                message = (
-                    f"prompt ({prompt_tokens}{virtual}) plus max_tokens exceeds the model's "
-                    f"{self.context_length} tokens"
-                )
-                raise ApiError(400, message, param="max_tokens")
-            handle = self.server.options(multiplexed_model_id=request.adapter or "")
-            response = handle.complete.remote(request)
-            try:
-                return await asyncio.wait_for(response, timeout=limits.request_timeout_s)
-            except BackPressureError:
-                raise ApiError(503, "the server is at capacity; retry later", "server_busy") from None
-            except TimeoutError:
-                response.cancel()
-                raise ApiError(504, f"no answer within {limits.request_timeout_s:g} s", "timeout") from None
+    async def chat(self, body: api.ChatRequest) -> dict:
+        done = await self._run(self._engine_request(body, body.prompt()))
+        return api.chat_body(
+            body.model, done.text, done.finish_reason, done.prompt_tokens, done.completion_tokens
+        )
 
-        def _engine_request(self, body: api.SamplingFields, prompt: str) -> EngineRequest:
-            max_tokens = body.max_tokens or 16
-            if max_tokens > limits.max_tokens:
-                raise ApiError(
-                    400,
-                    f"max_tokens {max_tokens} is above the cap of {limits.max_tokens}",
-                    param="max_tokens",
-                )
-            if body.min_tokens > max_tokens:
-                raise ApiError(
-                    400, f"min_tokens {body.min_tokens} is above max_tokens {max_tokens}", param="min_tokens"
-                )
-            sampling = Sampling(body.temperature, body.top_p, body.seed)
-            return EngineRequest(
-                prompt,
-                self._check_model(body.model),
-                max_tokens,
-                sampling,
-                body.stop_sequences(),
-                min_tokens=body.min_tokens,
-            )
-
-        @app.get("/healthz")
-        async def healthz(self) -> dict:
-            return {"status": "ok", "adapters": len(self.registry.adapters)}
-
-        @app.get("/v1/models")
-        async def list_models(self) -> dict:
-            base = {
-                "id": BASE_MODEL_ID,
-                "object": "model",
-                "created": self.created,
-                "owned_by": "peft-sweeps",
-            }
-            entries = [base | {"base_model": self.registry.base_model}]
-            for adapter in self.registry.adapters.values():
-                details = {
-                    "task": adapter.task,
-                    "method": adapter.method,
-                    "validation_quality": adapter.quality,
-                }
-                entries.append(base | {"id": adapter.adapter_id} | details)
-            return {"object": "list", "data": entries}
-
-        @app.post("/v1/completions")
-        async def completions(self, body: api.CompletionRequest) -> dict:
-            done = await self._run(self._engine_request(body, body.prompt))
-            return api.completion_body(
-                body.model, done.text, done.finish_reason, done.prompt_tokens, done.completion_tokens
-            )
-
-        @app.post("/v1/chat/completions")
-        async def chat(self, body: api.ChatRequest) -> dict:
-            done = await self._run(self._engine_request(body, body.prompt()))
-            return api.chat_body(
-                body.model, done.text, done.finish_reason, done.prompt_tokens, done.completion_tokens
-            )
-
-        @app.post("/v1/tasks/{task}")
-        async def run_task(self, task: str, body: api.TaskRequest) -> dict:
-            adapters = self.registry.for_task(task)
-            if not adapters:
-                raise ApiError(404, f"no served adapter for task '{task}'", param="task")
-            spec = get_task(adapters[0].task_ref)
-            model = body.model or adapters[0].adapter_id
-            if (
-                model != BASE_MODEL_ID
-                and model in self.registry.adapters
-                and model not in {a.adapter_id for a in adapters}
-            ):
-                raise ApiError(400, f"model '{model}' was not trained for task '{task}'", param="model")
-            inputs = _task_inputs(spec, body.inputs())
-            started = time.perf_counter()
-            max_tokens = self.task_max_tokens[adapters[0].task_ref]
-            request = EngineRequest(spec.format_prompt(inputs), self._check_model(model), max_tokens)
-            done = await self._run(request)
-            return {
-                "task": task,
-                "model": model,
-                "result": spec.parse(done.text),
-                "output": done.text,
-                "latency_s": time.perf_counter() - started,
-                "usage": api.usage(done.prompt_tokens, done.completion_tokens),
-            }
-
-    return Gateway
+    async def run_task(self, task: str, body: api.TaskRequest) -> dict:
+        adapters = self.registry.for_task(task)
+        if not adapters:
+            raise ApiError(404, f"no served adapter for task '{task}'", param="task")
+        spec = get_task(adapters[0].task_ref)
+        model = body.model or adapters[0].adapter_id
+        if (
+            model != BASE_MODEL_ID
+            and model in self.registry.adapters
+            and model not in {a.adapter_id for a in adapters}
+        ):
+            raise ApiError(400, f"model '{model}' was not trained for task '{task}'", param="model")
+        inputs = _task_inputs(spec, body.inputs())
+        started = time.perf_counter()
+        max_tokens = self.task_max_tokens[adapters[0].task_ref]
+        request = EngineRequest(spec.format_prompt(inputs), self._check_model(model), max_tokens)
+        done = await self._run(request)
+        return {
+            "task": task,
+            "model": model,
+            "result": spec.parse(done.text),
+            "output": done.text,
+            "latency_s": time.perf_counter() - started,
+            "usage": api.usage(done.prompt_tokens, done.completion_tokens),
+        }
 
 
 def _task_inputs(spec, given: dict) -> dict:
@@ -427,7 +428,22 @@ def _task_inputs(spec, given: dict) -> dict:
     return {field: given.get(field) for field in (*spec.inputs, *spec.optional_inputs)}
 
 
-def build(registry: Registry, limits: Limits, api_key_digest: bytes | None):
+def model_server(limits: Limits) -> Deployment:
+    """The model replicas' deployment, sized by the limits."""
+    return AdapterServer.options(
+        num_replicas=limits.replicas,
+        max_ongoing_requests=2 * limits.max_batch_size,
+        max_queued_requests=limits.max_queued_requests,
+        ray_actor_options={"num_gpus": limits.gpus_per_replica, "num_cpus": limits.cpus_per_replica},
+    )
+
+
+def gateway(limits: Limits) -> Deployment:
+    """The gateway's deployment, sized by the limits."""
+    return Gateway.options(max_ongoing_requests=max(256, limits.max_queued_requests * 2))
+
+
+def build(registry: Registry, limits: Limits, api_key_digest: bytes | None) -> Application:
     """The bound application, ready for serve.run."""
-    server = model_server(limits).bind(registry)
-    return gateway(limits, api_key_digest).bind(server, registry)
+    server = model_server(limits).bind(registry, limits)
+    return gateway(limits).bind(server, registry, limits, api_key_digest)

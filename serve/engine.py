@@ -32,6 +32,7 @@ import torch
 from peft import PeftConfig, PeftModelForCausalLM, PeftType, set_peft_model_state_dict
 from safetensors.torch import load_file
 
+from serve.adapters import ServingFacts
 from serve.gathered_lora import GatheredLora
 from trainables import models
 from trainables.decoding import calls
@@ -50,11 +51,8 @@ class LoadedAdapter:
     adapter_id: str
     config: PeftConfig
     weights: dict[str, torch.Tensor]
-    quantize_4bit: bool  # trained on the 4-bit base (QLoRA), so served on it
-    shares_mixed_batch: bool  # its method lets it answer in a batch mixed with other such adapters
+    serving: ServingFacts
     load_seconds: float
-    # Config fields the adapters injected into one base together must share (VeRA: rank and seed).
-    served_together_when_equal: tuple[str, ...] = ()
 
     @property
     def peft_type(self) -> PeftType:
@@ -63,7 +61,8 @@ class LoadedAdapter:
     @property
     def injection_kind(self) -> tuple:
         """Adapters of one kind can be injected into a base together."""
-        return (self.peft_type, *(getattr(self.config, name) for name in self.served_together_when_equal))
+        shared = self.serving.served_together_when_equal
+        return (self.peft_type, *(getattr(self.config, name) for name in shared))
 
 
 @dataclass
@@ -81,13 +80,7 @@ def read_model(adapter_id: str, directory: Path) -> LoadedModel:
     return LoadedModel(adapter_id, model, time.perf_counter() - started)
 
 
-def read_adapter(
-    adapter_id: str,
-    directory: Path,
-    quantize_4bit: bool,
-    shares_mixed_batch: bool,
-    served_together_when_equal: tuple[str, ...] = (),
-) -> LoadedAdapter:
+def read_adapter(adapter_id: str, directory: Path, serving: ServingFacts) -> LoadedAdapter:
     started = time.perf_counter()
     weights_file = directory / ADAPTER_WEIGHTS
     if not weights_file.is_file():
@@ -96,9 +89,7 @@ def read_adapter(
     config.inference_mode = True
     weights = load_file(str(weights_file))
     seconds = time.perf_counter() - started
-    return LoadedAdapter(
-        adapter_id, config, weights, quantize_4bit, shares_mixed_batch, seconds, served_together_when_equal
-    )
+    return LoadedAdapter(adapter_id, config, weights, serving, seconds)
 
 
 class _Base:
@@ -159,7 +150,7 @@ class _Base:
                 self.peft.add_adapter(adapter.adapter_id, adapter.config)
             set_peft_model_state_dict(self.peft, adapter.weights, adapter_name=adapter.adapter_id)
             self.injected.add(adapter.adapter_id)
-            if adapter.shares_mixed_batch:
+            if adapter.serving.shares_mixed_batch:
                 self.mixing.add(adapter.adapter_id)
             self.active_kind = kind
         self.peft.eval()
@@ -375,9 +366,9 @@ class AdapterEngine:
         if request.adapter is None:
             return ("base", self.plain_base.quantize_4bit)
         adapter = self.adapters[request.adapter]
-        if adapter.shares_mixed_batch and self.mix_adapters:
-            return ("mixed", adapter.quantize_4bit, adapter.injection_kind)  # injected together
-        return ("adapter", adapter.quantize_4bit, adapter.adapter_id)
+        if adapter.serving.shares_mixed_batch and self.mix_adapters:
+            return ("mixed", adapter.serving.quantize_4bit, adapter.injection_kind)  # injected together
+        return ("adapter", adapter.serving.quantize_4bit, adapter.adapter_id)
 
     def _shared(self, lane: Lane, key: Lane) -> Lane | None:
         """The lane once a request of `key` joins it, or None where it cannot."""

@@ -2,6 +2,7 @@
 
 import time
 
+from serve.adapters import ServingFacts
 from serve.engine import AdapterEngine, Request, Sampling, read_adapter
 from tests.serve.conftest import _adapter, model_id
 from trainables import models
@@ -11,11 +12,15 @@ from trainables.methods import METHODS
 PROMPT = "Question 1: what is the weather like in town number 1?"
 
 
+def _read(adapter_id: str, directory, method: str):
+    """The adapter as a replica reads it, on the base its method trains on."""
+    spec = METHODS[method]
+    return read_adapter(adapter_id, directory, ServingFacts.of(spec, directory, spec.quantize_4bit))
+
+
 def test_a_row_stops_generating_at_its_stop_string(served_base, winners_dir):
     engine = AdapterEngine(served_base, (False,))
-    engine.add(
-        read_adapter(model_id("lora"), winners_dir / "lora", False, METHODS["lora"].shares_mixed_batch)
-    )
+    engine.add(_read(model_id("lora"), winners_dir / "lora", "lora"))
     forwards = []  # one forward pass of the base per generated token
     engine.bases[False].model.register_forward_hook(lambda *_: forwards.append(1))
 
@@ -43,7 +48,7 @@ def test_one_batch_of_every_adapter_answers_as_each_reloaded_alone(served_base, 
     ]
     engine = AdapterEngine(served_base, (False,))
     for name in on_base:
-        engine.add(read_adapter(model_id(name), winners_dir / name, False, METHODS[name].shares_mixed_batch))
+        engine.add(_read(model_id(name), winners_dir / name, name))
     served = [c.text for c in engine.generate([Request(PROMPT, model_id(name), 16) for name in on_base])]
     tokenizer = models.load_tokenizer(served_base)
     alone = [
@@ -63,9 +68,7 @@ def test_a_qlora_adapter_evicted_and_loaded_again_answers_as_scored(served_base,
     engine = AdapterEngine(served_base, (True,))
 
     def load():
-        adapter = read_adapter(
-            model_id("qlora"), winners_dir / "qlora", True, METHODS["qlora"].shares_mixed_batch
-        )
+        adapter = _read(model_id("qlora"), winners_dir / "qlora", "qlora")
         engine.add(adapter)
         return adapter
 
@@ -89,7 +92,7 @@ def test_requests_sent_mid_decode_join_the_running_batch_and_answer_as_alone(ser
     ]
     engine = AdapterEngine(served_base, (False,))
     for name in mixing:
-        engine.add(read_adapter(model_id(name), winners_dir / name, False, True))
+        engine.add(_read(model_id(name), winners_dir / name, name))
     first, last = model_id(mixing[0]), model_id(mixing[-1])
     long = Request("Question 2: is it raining in town number 2?", first, max_tokens=64)
     joining = [
@@ -126,7 +129,7 @@ def test_vera_adapters_of_other_projection_seeds_take_turns_on_one_base(served_b
     folders = {"vera-seed-0": winners_dir / "vera", "vera-seed-1": tmp_path / "seed-1"}
     engine = AdapterEngine(served_base, (False,))
     for name, folder in folders.items():
-        engine.add(read_adapter(name, folder, False, False, METHODS["vera"].served_together_when_equal))
+        engine.add(_read(name, folder, "vera"))
     served = [c.text for c in engine.generate([Request(PROMPT, name, 16) for name in folders] * 2)]
     tokenizer = models.load_tokenizer(served_base)
     alone = [
@@ -143,9 +146,7 @@ def test_a_request_whose_row_cannot_be_made_fails_alone(served_base, winners_dir
     """A seed torch cannot take, or a prompt the tokenizer cannot encode, fails its own request;
     the request decoded beside it answers as it does alone."""
     engine = AdapterEngine(served_base, (False,))
-    engine.add(
-        read_adapter(model_id("lora"), winners_dir / "lora", False, METHODS["lora"].shares_mixed_batch)
-    )
+    engine.add(_read(model_id("lora"), winners_dir / "lora", "lora"))
     normal = Request(PROMPT, model_id("lora"), 16)
     (alone,) = engine.generate([normal])
     hostile = [

@@ -5,7 +5,8 @@ import hashlib
 import pytest
 from ray import cloudpickle
 
-from serve.app import Limits, bearer_token, gateway, key_digest, model_server
+from serve.adapters import Registry
+from serve.app import Limits, bearer_token, build, gateway, key_digest, model_server
 from serve.run import API_KEY_VARIABLE, api_key_from, limits_from, parser
 from trainables.config import ConfigError
 
@@ -24,7 +25,7 @@ def test_a_cpu_replica_holds_its_share_of_the_cores_and_the_gateway_none():
     limits = _limits("--replicas", "2")
     assert model_server(limits).ray_actor_options == {"num_gpus": 0.0, "num_cpus": 4}
     # The gateway reserves none, so a replica holding every core still leaves room for it.
-    assert gateway(limits, None).ray_actor_options["num_cpus"] == 0
+    assert gateway(limits).ray_actor_options["num_cpus"] == 0
 
 
 def test_a_replica_without_cores_is_refused():
@@ -74,8 +75,8 @@ def test_the_bearer_scheme_is_matched_whatever_its_case_and_only_a_digest_is_kep
     assert bearer_token("Basic k1") == "" and bearer_token("k1") == ""
     digest = key_digest("secret-key")
     assert digest == hashlib.sha256(b"secret-key").digest() and b"secret-key" not in digest
-    # What Ray pickles of the gateway (with its own cloudpickle) holds the digest, never the key.
-    pickled = cloudpickle.dumps(gateway(_limits(), digest).func_or_class)
+    # What Ray pickles of the application (with its own cloudpickle) holds the digest, never the key.
+    pickled = cloudpickle.dumps(build(Registry("base-model", {}), _limits(), digest))
     assert digest in pickled and b"secret-key" not in pickled
 
 

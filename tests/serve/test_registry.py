@@ -22,7 +22,7 @@ def _listed(winners_dir) -> dict[str, dict]:
 
 def test_a_full_winner_is_a_standalone_model_and_leaves_the_base_as_qlora_needs(winners_dir, tmp_path):
     registry = load_registry(winners_dir)
-    standalone = {adapter.method for adapter in registry.adapters.values() if adapter.standalone}
+    standalone = {adapter.method for adapter in registry.adapters.values() if adapter.serving.standalone}
     assert standalone == {"full"}
     listed = _listed(winners_dir)
     _winners(tmp_path / "sweep", [listed["qlora"], listed["full"]])
@@ -50,7 +50,9 @@ def test_a_prompt_tuning_adapter_declares_the_positions_it_puts_before_every_pro
     """They count in the model's context beside the prompt and the answer (the gateway's check)."""
     adapters = {adapter.method: adapter for adapter in load_registry(winners_dir).adapters.values()}
     saved = json.loads((adapters["prompt_tuning"].path / "adapter_config.json").read_text())
-    assert adapters["prompt_tuning"].prompt_positions == saved["num_virtual_tokens"] > 0
+    assert adapters["prompt_tuning"].serving.prompt_positions == saved["num_virtual_tokens"] > 0
     assert all(
-        adapter.prompt_positions == 0 for method, adapter in adapters.items() if method != "prompt_tuning"
+        adapter.serving.prompt_positions == 0
+        for method, adapter in adapters.items()
+        if method != "prompt_tuning"
     )
