@@ -8,7 +8,7 @@ python bench/cuda_7b_evaluation.py [ROWS] [BATCH]   (default: 32 QG validation r
 Both sides score the same rows with the same batch size and output length: random weights never
 emit EOS, so every answer runs to the task's budget. Each side runs twice, after a warm-up; peak
 GPU memory is taken per run. Random weights make near-ties of every greedy choice, so their answers
-say nothing of agreement (tests/trainables/test_generation.py checks it on the embedded model).
+say nothing of agreement (tests/trainables/evaluation/test_passes.py checks it on the embedded model).
 Needs CUDA. Last line: `cuda_7b_evaluation: <method>_one_pass_speedup=... <method>_extra_peak_gb=...`.
 """
 

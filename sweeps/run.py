@@ -411,19 +411,19 @@ def run_extensions(
     return fit_or_resume(new, build, trainable)
 
 
-def run(config: dict) -> None:
+def trial_trainable(config: dict) -> None:
     """The trainable. It imports the training code where the trial runs: the driver never loads
     PEFT or the model classes, seconds that every sweep's start would otherwise wait for. Its name
-    is what Tune saves with an experiment and checks on --resume, as trainables.training.trial.run's was."""
+    is what Tune saves with an experiment and checks on --resume, as trainables.training.trial.tune_trainable's was."""
     from trainables.training import trial
 
-    trial.run(config)
+    trial.tune_trainable(config)
 
 
-def run_again(config: dict) -> None:
+def chosen_trial_trainable(config: dict) -> None:
     """A later stage's run of a chosen configuration; its whole config is one grid value, as Tune
     grids one key at a time."""
-    run(config[RUN_AGAIN])
+    trial_trainable(config[RUN_AGAIN])
 
 
 def run_stage(
@@ -438,7 +438,7 @@ def run_stage(
     the sweep's `stage` directory; configs_of picks them from the sweep's measured trials."""
     from ray import tune
 
-    trainable = tune.with_resources(run_again, trial_resources(settings))
+    trainable = tune.with_resources(chosen_trial_trainable, trial_resources(settings))
 
     def build(configs: list[dict]):
         return tune.Tuner(
@@ -495,7 +495,7 @@ def sweep(settings: SweepSettings, directory: Path, verbose: bool = False) -> bo
 
     quiet_libraries(verbose)
     connect(settings, verbose)
-    trainable = tune.with_resources(run, trial_resources(settings))
+    trainable = tune.with_resources(trial_trainable, trial_resources(settings))
     workers = scoring_workers(settings)
     print(f"sweep: {settings.task} on {settings.model}, results in {directory}", flush=True)
     # While Tune runs, a trial without a final word is running; once it stops, such a trial is lost.

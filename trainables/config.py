@@ -1,6 +1,6 @@
 """The typed trial config: the one boundary where Ray Tune's dict becomes a validated object.
 
-It knows no registry: the methods and tasks a config is checked against come in as `Known`
+It knows no registry: the methods and tasks a config is checked against come in as `Registries`
 (trainables.registries binds the real ones), so validating a config dict imports neither PEFT
 nor the task data (datasets, bert-score).
 """
@@ -31,7 +31,7 @@ class MethodFacts(Protocol):
 
 
 @dataclass(frozen=True)
-class Known:
+class Registries:
     """The registries a config is checked against."""
 
     methods: Mapping[str, MethodFacts]
@@ -68,8 +68,7 @@ class TrialConfig(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0)
     # NEFTune (Jain et al. 2023): uniform noise on the input embeddings while training, at most
     # alpha / sqrt(sequence length x hidden size) per element. Off by default: on the embedded
-    # model it lowered validation loss in every trial tried but moved QG quality by less than one
-    # seed's spread (README, "The embedded base model").
+    # model it did not raise quality clearly (docs/training-notes.md).
     neftune_alpha: float = Field(0.0, ge=0, description="NEFTune noise on the input embeddings; 0: off")
     max_length: int = Field(384, ge=16)
     train_examples: int | None = Field(None, ge=1, description="use only the first N training examples")
@@ -100,7 +99,7 @@ class TrialConfig(BaseModel):
         return method
 
     @classmethod
-    def parse(cls, values: dict, known: Known) -> "TrialConfig":
+    def parse(cls, values: dict, known: Registries) -> "TrialConfig":
         """The typed config of a trial; every problem, the method's own fields included, at once."""
         values = unscoped(values, known.methods)
         method = known.methods.get(values.get("method"))

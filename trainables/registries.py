@@ -2,11 +2,11 @@
 knows none of them (validating a dict imports no PEFT, datasets or bert-score); what runs trials
 or checks a sweep's options parses through here."""
 
-from trainables.config import Known, TrialConfig, check_task
+from trainables.config import Registries, TrialConfig, check_task
 from trainables.methods import METHODS
 from trainables.tasks import canonical_task
 
-KNOWN = Known(methods=METHODS, canonical_task=canonical_task)
+KNOWN = Registries(methods=METHODS, canonical_task=canonical_task)
 
 
 def trial_config(values: dict) -> TrialConfig:

@@ -89,7 +89,7 @@ def test_a_second_driver_on_a_live_sweep_is_refused(tmp_path):
 
 
 def _recorded_then(config: dict) -> None:
-    """A Tune trainable that keeps a trial's record as trial.run does, then ends as config says."""
+    """A Tune trainable that keeps a trial's record as trial.tune_trainable does, then ends as config says."""
     from ray import tune
 
     context = tune.get_context()

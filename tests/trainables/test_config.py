@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from trainables.config import ConfigError, Hyperparameters, Known, TrialConfig
+from trainables.config import ConfigError, Hyperparameters, Registries, TrialConfig
 
 
 def test_validating_a_config_imports_neither_peft_nor_the_task_data():
@@ -26,7 +26,7 @@ class _Method:
 
 
 def test_a_config_is_checked_against_the_registries_it_is_given():
-    known = Known(methods={"ranked": _Method}, canonical_task={"t": "t"}.__getitem__)
+    known = Registries(methods={"ranked": _Method}, canonical_task={"t": "t"}.__getitem__)
     config = TrialConfig.parse({"task": "t", "method": "ranked", "ranked.rank": 4}, known)
     assert config.hyperparameters.rank == 4
     with pytest.raises(ConfigError, match=r"method: unknown method 'lora'; known: ranked"):

@@ -2,18 +2,15 @@
 
 No hub is reachable on a fresh machine, so `--model embedded` (the default) trains its own BPE
 tokenizer and pretrains a few-million-parameter Llama on the *train* splits of the shipped tasks
-(never validation or test). Each train row is one document, its input fields and answer kept
-together in order but without the prompt format, so fine-tuning still has the format to teach.
-Copies of those documents with their rare recurring words replaced by invented ones teach the
-model to look back and copy (a name it has never seen can only be predicted from its first
-mention), which is what the tasks ask: carry the conversation's entity into the query, the
-document's values into the JSON, the paragraph's span into the answer. The invented names are
-spliced from real rare words, so they are spelt and tokenized like a task's unseen names; its
-tokenizer gives every digit a token of its own, so that a date or number is the same tokens
-wherever it stands and copies verbatim. The heads that copy are set by hand before pretraining
-(copying_circuit.py), matching two tokens: learned from scratch they form late. The
-package ships the weights, pretrained once on a GPU; a build of other data or another spec is
-deterministic for a seed on CPU and cached under a version key in the user's cache.
+(never validation or test): each train row as one document, and copies of those documents with
+invented names, which teach the model to look back and copy (names.py), as the tasks ask: carry
+the conversation's entity into the query, the document's values into the JSON, the paragraph's
+span into the answer. Its tokenizer gives every digit a token of its own, so that a date or number
+is the same tokens wherever it stands and copies verbatim. The heads that copy are set by hand
+before pretraining (copying_circuit.py), matching two tokens: learned from scratch they form late.
+The package ships the weights, pretrained once on a GPU; a build of other data or another spec is
+deterministic for a seed on CPU and cached under a version key in the user's cache. What each
+choice was measured to do is in docs/embedded-model.md.
 
 Finding the model (`ensure_built` when the shipped weights are current) imports no model class:
 the sweep's driver does it before any trial starts. A build imports the Llama classes when it runs.
@@ -27,14 +24,12 @@ import hashlib
 import json
 import os
 import random
-import re
 import shutil
 import tempfile
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -42,7 +37,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
 from trainables.embedded import copying_circuit
-from trainables.tasks.spec import Task
+from trainables.embedded.names import pretraining_documents, row_documents
 
 if TYPE_CHECKING:
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -51,9 +46,8 @@ BUILDER_VERSION = 2
 SPEC_FILE = "embedded_spec.json"
 VERSION_FILE = "version_key.txt"
 # DEFAULT_SPEC pretrained once on a GPU with
-# `python -m trainables.embedded trainables/embedded/weights --device cuda`: about 4 minutes alone on
-# an H100 (7 beside a second run), far more than 2 CPU cores can do (about 10 s a step there), so
-# the weights ship.
+# `python -m trainables.embedded trainables/embedded/weights --device cuda`: on 2 CPU cores it
+# would take far longer than a first run can wait, so the weights ship (docs/embedded-model.md).
 SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 
@@ -66,25 +60,25 @@ class EmbeddedSpec:
     num_layers: int = 4
     num_heads: int = 4
     max_positions: int = 1024
-    block_size: int = 512  # holds a whole NER document (at most about 420 tokens)
+    block_size: int = 512  # holds a whole NER document (lengths in docs/embedded-model.md)
     batch_size: int = 8
     steps: int = 1600
     learning_rate: float = 2e-3
     renamed_copies: int = 4
-    # Start with the heads that copy from context in place (trainables/copying_circuit.py).
+    # Start with the heads that copy from context in place (copying_circuit.py).
     copying_circuit: bool = False
     # How many tokens the circuit's induction heads match: the current one, or it and the one before.
     copying_match_tokens: int = 1
     # Every digit its own token, as Llama's tokenizer does: a number then tokenizes the same after
     # a space or a quote, so a date or document number can be copied from the text to the JSON.
     individual_digits: bool = False
-    # How renamed copies invent their names (NameInventor.STYLES).
+    # How renamed copies invent their names (names.NameInventor.STYLES).
     invented_names: str = "syllables"
     seed: int = 0
 
 
 # The copying heads set by hand, matching two tokens, then many renamed copies with spliced names
-# for many steps: the README gives the learning curves of the choices tried.
+# for many steps: the README's tables ("The embedded base model") compare the choices tried.
 DEFAULT_SPEC = EmbeddedSpec(
     batch_size=64,
     steps=8400,
@@ -112,119 +106,6 @@ def _train_files() -> list[Path]:
     from trainables.tasks import TASKS
 
     return [task.train_file for task in TASKS.values()]
-
-
-def _field_text(value) -> str:
-    return "\n".join(map(str, value)) if isinstance(value, list) else str(value)
-
-
-def row_document(task: Task, row: dict) -> str:
-    """A row's input fields and answer, kept together in order, without the prompt format.
-
-    What comes later in such a document depends on what came earlier, which is what the tasks ask.
-    """
-    fields = [row[name] for name in (*task.inputs, *task.optional_inputs) if row.get(name)]
-    return "\n".join([*map(_field_text, fields), task.format_target(row)])
-
-
-def row_documents() -> list[str]:
-    """Every shipped task's train rows as documents: validation and test rows are never read."""
-    from trainables.tasks import TASKS
-
-    return [row_document(task, row) for task in TASKS.values() for row in task.splits()["train"]]
-
-
-class NameInventor:
-    """Fresh words for recurring ones, so a document's later mentions can only be predicted by copying.
-
-    A model cannot memorise a name it has never seen: it must look back to the first mention.
-    """
-
-    ONSETS = (
-        "b",
-        "d",
-        "f",
-        "g",
-        "k",
-        "l",
-        "m",
-        "n",
-        "p",
-        "r",
-        "s",
-        "t",
-        "v",
-        "z",
-        "br",
-        "dr",
-        "gl",
-        "st",
-        "tr",
-    )
-    VOWELS = ("a", "e", "i", "o", "u", "ai", "ou")
-    CODAS = ("", "", "n", "r", "l", "s", "m", "k", "nd", "st")
-    WORD = re.compile(r"[^\W\d_]{3,}|\d{3,}")
-
-    def __init__(self, documents: list[str], common_share: float = 0.02, style: str = "syllables"):
-        if style not in self.STYLES:
-            raise ValueError(f"invented_names: {style!r} is not one of {', '.join(self.STYLES)}")
-        self._fresh = self.STYLES[style]
-        # Words in many documents are the language itself (the, user, passport): keep those.
-        document_frequency = Counter(w.lower() for d in documents for w in set(self.WORD.findall(d)))
-        self.common = {w for w, n in document_frequency.items() if n > common_share * len(documents)}
-        # Spliced names join the head of one rare word to the tail of another, so they are spelt
-        # (and tokenized) like the real words a task's unseen names are, not like one syllable set.
-        self.rare_words = sorted(
-            w for w in document_frequency if w not in self.common and w.isalpha() and len(w) >= 4
-        )
-
-    def _spliced(self, word: str, rng: random.Random) -> str:
-        head, tail = rng.choice(self.rare_words), rng.choice(self.rare_words)
-        head_length = rng.randint(2, len(head) - 1)
-        tail_length = min(len(tail) - 1, max(2, len(word) - head_length))
-        return head[:head_length] + tail[-tail_length:]
-
-    def _syllables(self, word: str, rng: random.Random) -> str:
-        syllables = max(1, min(4, round(len(word) / 3)))
-        return "".join(
-            rng.choice(self.ONSETS) + rng.choice(self.VOWELS) + rng.choice(self.CODAS)
-            for _ in range(syllables)
-        )
-
-    # The ways to invent a name, by the spec's `invented_names`.
-    STYLES: ClassVar[dict[str, Callable[[NameInventor, str, random.Random], str]]] = {
-        "syllables": _syllables,
-        "spliced": _spliced,
-    }
-
-    def _invent(self, word: str, rng: random.Random) -> str:
-        if word.isdigit():
-            return "".join(rng.choice("0123456789") for _ in word)
-        fresh = self._fresh(self, word, rng)
-        if word.isupper():
-            return fresh.upper()
-        return fresh.capitalize() if word[0].isupper() else fresh
-
-    def rename(self, document: str, rng: random.Random) -> str:
-        """The document with every rare word that occurs at least twice replaced, consistently."""
-        counts = Counter(self.WORD.findall(document))
-        recurring = sorted(w for w, n in counts.items() if n >= 2 and w.lower() not in self.common)
-        if not recurring:
-            return document
-        fresh = {word: self._invent(word, rng) for word in recurring}
-        pattern = re.compile(
-            r"\b(" + "|".join(map(re.escape, sorted(recurring, key=len, reverse=True))) + r")\b"
-        )
-        return pattern.sub(lambda match: fresh[match.group(0)], document)
-
-
-def pretraining_documents(spec: EmbeddedSpec) -> list[str]:
-    """The train rows as documents, plus `renamed_copies` copies of each with invented names."""
-    documents = row_documents()
-    inventor = NameInventor(documents, style=spec.invented_names)
-    rng = random.Random(spec.seed)
-    renamed = [inventor.rename(d, rng) for _ in range(spec.renamed_copies) for d in documents]
-    return documents + renamed
 
 
 def version_key(spec: EmbeddedSpec) -> str:

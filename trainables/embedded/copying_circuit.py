@@ -3,9 +3,9 @@
 Copying a name from earlier in the context takes two heads in two layers: in layer 0, a head that
 tells each position which token came before it; in layer 1, an induction head that finds where
 the current token came before and brings back what followed it. Learned from scratch, the pair
-forms only after a long plateau, later than a few-million-token pretraining on 2 cores gets: with
-random word sequences said twice in the corpus, copying them had not started after 800 steps.
-Installed by hand, they copy from the first step, and pretraining only has to keep and use them.
+forms only after a long plateau, later than the embedded model's pretraining reached in the runs
+tried (docs/embedded-model.md). Installed by hand, they copy from the first step, and pretraining
+only has to keep and use them.
 
 Layout of the hidden dimensions: token embeddings live in the lower half, less one dimension that
 holds POSITION_CONSTANT for every token; the upper half starts empty.
@@ -28,19 +28,20 @@ holds POSITION_CONSTANT for every token; the upper half starts empty.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 if TYPE_CHECKING:
-    from transformers import LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
 # How far above every other position a previous-token head scores the previous one, in logits.
 PREVIOUS_TOKEN_MARGIN = 30.0
 # What an induction head scores a position whose previous token is the current token, in logits.
 INDUCTION_SCORE = 20.0
 # The constant every token embedding carries in one dimension. Large enough that Adam growing the
-# embeddings in pretraining (threefold in 100 steps) leaves the previous-token heads focused.
+# embeddings in pretraining leaves the previous-token heads focused (docs/embedded-model.md).
 POSITION_CONSTANT = 0.3
 # With two-token matching, what the induction heads add for a position whose second-to-last token is
 # the previous one, as a share of INDUCTION_SCORE: a continuation of the same two tokens then
@@ -57,7 +58,7 @@ INDUCTION_COPY_GAIN = 4.0
 CONTENT_PAIRS = 12
 # The previous-token score's weights over RoPE's fastest frequency pairs: half on the fastest and
 # half spread over the next 15 peak sharply at one position back with no alias within 1024
-# positions (a margin of 0.25 of the peak; the best weighting found by a linear program, 0.31).
+# positions (a margin of 0.25 of the peak; docs/embedded-model.md compares the best weighting).
 FASTEST_PAIR_WEIGHT, NEXT_PAIRS = 0.5, 15
 
 Region = tuple[slice, ...]  # an index into a parameter: rows, or rows and columns
@@ -71,17 +72,6 @@ def previous_token_scores(inv_freq: torch.Tensor, positions: int) -> tuple[torch
     weights[1 : 1 + NEXT_PAIRS] = (1 - FASTEST_PAIR_WEIGHT) / NEXT_PAIRS
     offsets = torch.arange(positions, dtype=torch.double) - 1
     return weights, torch.cos(offsets[:, None] * inv_freq.double()[None]) @ weights
-
-
-def _carry(attention, heads: range, head_dim: int, width: int, target: int, gain: float) -> None:
-    """The heads' values read hidden dimensions 0..width, each head its share, and write them,
-    times gain, from target on: together they carry a token embedding elsewhere."""
-    for head in heads:
-        rows = [r for r in range(head * head_dim, (head + 1) * head_dim) if r < width]
-        attention.v_proj.weight[head * head_dim : (head + 1) * head_dim] = 0
-        attention.o_proj.weight[:, head * head_dim : (head + 1) * head_dim] = 0
-        attention.v_proj.weight[rows, rows] = 1.0
-        attention.o_proj.weight[[target + r for r in rows], rows] = gain
 
 
 def _offset_key(query: torch.Tensor, inv_freq: torch.Tensor, offset: int) -> torch.Tensor:
@@ -102,84 +92,191 @@ def install(
     projection the induction key reads beside the previous token's, so that the induction heads
     match the current token and the one before it.
     """
-    if match_tokens not in (1, 2):
-        raise ValueError(f"the copying circuit matches 1 or 2 tokens, not {match_tokens}")
-    config = model.config
-    hidden, heads = config.hidden_size, config.num_attention_heads
-    head_dim, half = hidden // heads, hidden // 2
-    pairs, constant = head_dim // 2, half - 1
-    # The copying heads fill half of each circuit layer, so the two-back head always has room.
-    copying = range(half // head_dim)
-    layer_0_heads = len(copying) + (match_tokens == 2)
-    if config.num_hidden_layers < 2 or half % head_dim or pairs < max(CONTENT_PAIRS, 1 + NEXT_PAIRS):
-        raise ValueError(
-            f"no room for the copying circuit in {hidden=}, {heads=}, {config.num_hidden_layers=}"
-        )
-    inv_freq = model.model.rotary_emb.inv_freq.double()
-    weights, scores = previous_token_scores(inv_freq, config.max_position_embeddings)
-    # A score peaking `offset` back, from the same weights, has the same margin over every other
-    # offset: cos is even, so the offsets it sees are those the previous-token score sees.
-    margin = 1 - torch.cat([scores[:1], scores[2:]]).max()
-    radius = torch.sqrt(PREVIOUS_TOKEN_MARGIN * head_dim**0.5 / margin)
-    content_rows = [row for pair in range(pairs - CONTENT_PAIRS, pairs) for row in (pair, pair + pairs)]
+    layout = _Layout.of(model.config, match_tokens)
     generator = torch.Generator().manual_seed(seed)
-    projection = torch.randn(len(content_rows), constant, generator=generator) / len(content_rows) ** 0.5
+    projection = _content_projection(layout, generator)
+    two_back = _second_to_last_maps(projection, generator) if match_tokens == 2 else None
+    inv_freq = model.model.rotary_emb.inv_freq.double()
     embedding = model.get_input_embeddings().weight
     previous, induction = model.model.layers[0].self_attn, model.model.layers[1].self_attn
     with torch.no_grad():
-        embedding[:, constant] = POSITION_CONSTANT
-        embedding[:, half:] = 0
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
+        _lay_out_embeddings(embedding, layout)
+        _silence_residual_branches(model)
         embedding_rms = embedding.pow(2).mean(dim=1).sqrt().median().item()
-        # The constant's value after layer 0's RMSNorm, for a typical token.
-        normed_constant = POSITION_CONSTANT / embedding_rms
-        query = (radius * weights.sqrt() / normed_constant).float()
-        tokens = embedding[:, :constant]
-        # Layer 1 sees a token, its predecessor times PREVIOUS_COPY_GAIN and the constant (and, to
-        # match two tokens, the one before through `beside`): after its RMSNorm, a match of the
-        # two scores this before the projection's scale.
-        token_energy = tokens.pow(2).sum(dim=1).median().item()
-        residual_energy = (1 + PREVIOUS_COPY_GAIN**2) * token_energy + POSITION_CONSTANT**2
-        if match_tokens == 2:
-            beside, write = _second_to_last_maps(projection, generator)
-            residual_energy += (tokens @ (write @ beside).T).pow(2).sum(dim=1).median().item()
-            beside_energy = (tokens @ beside.T).pow(2).sum(dim=1).median().item()
-        rms_squared = residual_energy / hidden
-        match = PREVIOUS_COPY_GAIN * token_energy / rms_squared
-        content_scale = (INDUCTION_SCORE * head_dim**0.5 / match) ** 0.5
-        for head in range(layer_0_heads):
-            rows = slice(head * head_dim, (head + 1) * head_dim)
-            previous.q_proj.weight[rows] = 0
-            previous.k_proj.weight[rows] = 0
-            previous.q_proj.weight[rows.start : rows.start + pairs, constant] = query
-            offset = 1 if head in copying else 2
-            previous.k_proj.weight[rows, constant] = _offset_key(query, inv_freq, offset)
-        for head in copying:
-            rows = slice(head * head_dim, (head + 1) * head_dim)
-            induction.q_proj.weight[rows] = 0
-            induction.k_proj.weight[rows] = 0
-            content = [rows.start + row for row in content_rows]
-            induction.q_proj.weight[content, :constant] = content_scale * projection
-            induction.k_proj.weight[content, half : half + constant] = content_scale * projection
-            if match_tokens == 2:
-                # The key's own scale carries the write; the query's sets the share.
-                share = TWO_BACK_SHARE * INDUCTION_SCORE * head_dim**0.5 * rms_squared / PREVIOUS_COPY_GAIN
-                induction.q_proj.weight[content, half : half + constant] = (
-                    share / (content_scale * beside_energy) * beside
-                )
-        _carry(previous, copying, head_dim, constant, half, PREVIOUS_COPY_GAIN * embedding_rms)
-        if match_tokens == 2:
-            rows = slice(len(copying) * head_dim, len(copying) * head_dim + len(content_rows))
-            previous.v_proj.weight[rows.start : rows.start + head_dim] = 0
-            previous.v_proj.weight[rows, :constant] = beside
-            previous.o_proj.weight[half : half + constant, rows] = embedding_rms * write
-        _carry(induction, copying, head_dim, constant, 0, INDUCTION_COPY_GAIN * embedding_rms)
-    everything, upper = slice(None), slice(half, None)
-    circuit, layer_0_circuit = slice(0, len(copying) * head_dim), slice(0, layer_0_heads * head_dim)
-    kept = {
-        embedding: [(everything, slice(constant, None))],
+        query = _previous_token_query(inv_freq, model.config.max_position_embeddings, layout, embedding_rms)
+        _aim_layer_0_heads_back(previous, layout, query, inv_freq)
+        # Layer 0 writes the previous token into the upper half (and the two-back head the one before).
+        _carry_token_embeddings(previous, layout, layout.half, PREVIOUS_COPY_GAIN * embedding_rms)
+        if two_back:
+            _write_the_token_two_back(previous, layout, *two_back, embedding_rms)
+        _match_in_induction_heads(induction, layout, projection, two_back, embedding[:, : layout.constant])
+        # Layer 1 writes the matched position's token back into the lower half, as a vote for it.
+        _carry_token_embeddings(induction, layout, 0, INDUCTION_COPY_GAIN * embedding_rms)
+    return _kept_regions(model, layout)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where the circuit sits in a model's hidden dimensions and heads."""
+
+    match_tokens: int
+    hidden: int
+    head_dim: int
+    pairs: int  # RoPE frequency pairs of a head
+    half: int  # where the upper half of the hidden dimensions starts
+    constant: int  # the dimension that holds POSITION_CONSTANT, the last of the lower half
+    # The copying heads fill half of each circuit layer, so the two-back head always has room.
+    copying: range
+
+    @classmethod
+    def of(cls, config: LlamaConfig, match_tokens: int) -> _Layout:
+        if match_tokens not in (1, 2):
+            raise ValueError(f"the copying circuit matches 1 or 2 tokens, not {match_tokens}")
+        hidden, heads = config.hidden_size, config.num_attention_heads
+        head_dim, half = hidden // heads, hidden // 2
+        pairs = head_dim // 2
+        if config.num_hidden_layers < 2 or half % head_dim or pairs < max(CONTENT_PAIRS, 1 + NEXT_PAIRS):
+            raise ValueError(
+                f"no room for the copying circuit in {hidden=}, {heads=}, {config.num_hidden_layers=}"
+            )
+        return cls(match_tokens, hidden, head_dim, pairs, half, half - 1, range(half // head_dim))
+
+    @property
+    def layer_0_heads(self) -> int:
+        """The copying heads, and the head that looks two back when matching two tokens."""
+        return len(self.copying) + (self.match_tokens == 2)
+
+    def head_rows(self, head: int) -> slice:
+        return slice(head * self.head_dim, (head + 1) * self.head_dim)
+
+    @property
+    def content_rows(self) -> list[int]:
+        """A head's query and key rows on RoPE's slowest CONTENT_PAIRS pairs."""
+        return [
+            row for pair in range(self.pairs - CONTENT_PAIRS, self.pairs) for row in (pair, pair + self.pairs)
+        ]
+
+
+def _content_projection(layout: _Layout, generator: torch.Generator) -> torch.Tensor:
+    """The random projection through which the induction heads match a token against a copy."""
+    rows = len(layout.content_rows)
+    return torch.randn(rows, layout.constant, generator=generator) / rows**0.5
+
+
+def _lay_out_embeddings(embedding: torch.Tensor, layout: _Layout) -> None:
+    """Token embeddings in the lower half, less the constant's dimension; the upper half empty."""
+    embedding[:, layout.constant] = POSITION_CONSTANT
+    embedding[:, layout.half :] = 0
+
+
+def _silence_residual_branches(model: LlamaForCausalLM) -> None:
+    """Every head and MLP a no-op on the residual stream until the circuit's heads are set."""
+    for layer in model.model.layers:
+        layer.self_attn.o_proj.weight.zero_()
+        layer.mlp.down_proj.weight.zero_()
+
+
+def _previous_token_query(
+    inv_freq: torch.Tensor, positions: int, layout: _Layout, embedding_rms: float
+) -> torch.Tensor:
+    """The layer-0 query, read from the constant, whose score peaks PREVIOUS_TOKEN_MARGIN logits
+    above every other position at the offset its key sets (`_offset_key`)."""
+    weights, scores = previous_token_scores(inv_freq, positions)
+    # A score peaking `offset` back, from the same weights, has the same margin over every other
+    # offset: cos is even, so the offsets it sees are those the previous-token score sees.
+    margin = 1 - torch.cat([scores[:1], scores[2:]]).max()
+    radius = torch.sqrt(PREVIOUS_TOKEN_MARGIN * layout.head_dim**0.5 / margin)
+    # The constant's value after layer 0's RMSNorm, for a typical token.
+    normed_constant = POSITION_CONSTANT / embedding_rms
+    return (radius * weights.sqrt() / normed_constant).float()
+
+
+def _aim_layer_0_heads_back(
+    previous: torch.nn.Module, layout: _Layout, query: torch.Tensor, inv_freq: torch.Tensor
+) -> None:
+    """Layer 0's copying heads attend one position back; the two-back head, two."""
+    for head in range(layout.layer_0_heads):
+        rows = layout.head_rows(head)
+        previous.q_proj.weight[rows] = 0
+        previous.k_proj.weight[rows] = 0
+        previous.q_proj.weight[rows.start : rows.start + layout.pairs, layout.constant] = query
+        offset = 1 if head in layout.copying else 2
+        previous.k_proj.weight[rows, layout.constant] = _offset_key(query, inv_freq, offset)
+
+
+def _match_in_induction_heads(
+    induction: torch.nn.Module,
+    layout: _Layout,
+    projection: torch.Tensor,
+    two_back: tuple[torch.Tensor, torch.Tensor] | None,
+    tokens: torch.Tensor,
+) -> None:
+    """Layer 1's copying heads score INDUCTION_SCORE where the previous token is the current one
+    (and, matching two tokens, TWO_BACK_SHARE of it more where the one before is the previous one)."""
+    half, constant, head_dim = layout.half, layout.constant, layout.head_dim
+    # Layer 1 sees a token, its predecessor times PREVIOUS_COPY_GAIN and the constant (and, to
+    # match two tokens, the one before through `beside`): after its RMSNorm, a match of the
+    # two scores this before the projection's scale.
+    token_energy = tokens.pow(2).sum(dim=1).median().item()
+    residual_energy = (1 + PREVIOUS_COPY_GAIN**2) * token_energy + POSITION_CONSTANT**2
+    if two_back:
+        beside, write = two_back
+        residual_energy += (tokens @ (write @ beside).T).pow(2).sum(dim=1).median().item()
+        beside_energy = (tokens @ beside.T).pow(2).sum(dim=1).median().item()
+    rms_squared = residual_energy / layout.hidden
+    match = PREVIOUS_COPY_GAIN * token_energy / rms_squared
+    content_scale = (INDUCTION_SCORE * head_dim**0.5 / match) ** 0.5
+    for head in layout.copying:
+        rows = layout.head_rows(head)
+        induction.q_proj.weight[rows] = 0
+        induction.k_proj.weight[rows] = 0
+        content = [rows.start + row for row in layout.content_rows]
+        induction.q_proj.weight[content, :constant] = content_scale * projection
+        induction.k_proj.weight[content, half : half + constant] = content_scale * projection
+        if two_back:
+            # The key's own scale carries the write; the query's sets the share.
+            share = TWO_BACK_SHARE * INDUCTION_SCORE * head_dim**0.5 * rms_squared / PREVIOUS_COPY_GAIN
+            induction.q_proj.weight[content, half : half + constant] = (
+                share / (content_scale * beside_energy) * beside
+            )
+
+
+def _carry_token_embeddings(attention, layout: _Layout, target: int, gain: float) -> None:
+    """The copying heads' values read the token dimensions (0 to the constant's), each head its
+    share, and write them, times gain, from target on: together they carry a token embedding elsewhere."""
+    head_dim = layout.head_dim
+    for head in layout.copying:
+        rows = [r for r in range(head * head_dim, (head + 1) * head_dim) if r < layout.constant]
+        attention.v_proj.weight[head * head_dim : (head + 1) * head_dim] = 0
+        attention.o_proj.weight[:, head * head_dim : (head + 1) * head_dim] = 0
+        attention.v_proj.weight[rows, rows] = 1.0
+        attention.o_proj.weight[[target + r for r in rows], rows] = gain
+
+
+def _write_the_token_two_back(
+    previous: torch.nn.Module,
+    layout: _Layout,
+    beside: torch.Tensor,
+    write: torch.Tensor,
+    embedding_rms: float,
+) -> None:
+    """The two-back head's values: the token two back, through `beside` and `write`, into the
+    part of the upper half that the induction key reads."""
+    start = len(layout.copying) * layout.head_dim
+    rows = slice(start, start + len(layout.content_rows))
+    previous.v_proj.weight[start : start + layout.head_dim] = 0
+    previous.v_proj.weight[rows, : layout.constant] = beside
+    previous.o_proj.weight[layout.half : layout.half + layout.constant, rows] = embedding_rms * write
+
+
+def _kept_regions(model: LlamaForCausalLM, layout: _Layout) -> dict[torch.nn.Parameter, list[Region]]:
+    """What pretraining must keep as it is (see `install`)."""
+    previous, induction = model.model.layers[0].self_attn, model.model.layers[1].self_attn
+    everything, upper = slice(None), slice(layout.half, None)
+    circuit = slice(0, len(layout.copying) * layout.head_dim)
+    layer_0_circuit = slice(0, layout.layer_0_heads * layout.head_dim)
+    return {
+        model.get_input_embeddings().weight: [(everything, slice(layout.constant, None))],
         previous.v_proj.weight: [(layer_0_circuit, everything)],
         previous.o_proj.weight: [(upper, everything), (everything, layer_0_circuit)],
         model.model.layers[0].mlp.down_proj.weight: [(upper, everything)],
@@ -191,7 +288,6 @@ def install(
         induction.q_proj.weight: [(circuit, everything)],
         induction.k_proj.weight: [(circuit, everything)],
     }
-    return kept
 
 
 def _second_to_last_maps(

@@ -30,7 +30,7 @@ from trainables.record import MEASURED_FILE, read_record
 from trainables.terminal import CLEAR_LINE, fitted
 
 if TYPE_CHECKING:
-    from trainables.training.trial import Loaded
+    from trainables.training.trial import ModelToScore
 
 TEST_SCORES_FILE = "test_scores.json"
 EVALUATION_SECONDS = "evaluation_seconds"  # the time a kept result took to evaluate, loading aside
@@ -210,7 +210,7 @@ def _final_measurements(trial_dir: str, checkpoint: Path) -> dict:
     return {"metrics": metrics, EVALUATION_SECONDS: time.perf_counter() - started}
 
 
-def _loaded_for_test(row: dict) -> Loaded:
+def _loaded_for_test(row: dict) -> ModelToScore:
     from trainables.training import trial
 
     config = _config(row["trial_dir"])

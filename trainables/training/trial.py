@@ -1,6 +1,6 @@
 """One trial: config -> base model -> PEFT method -> train -> evaluate -> report (+ checkpoint).
 
-`run` is the Ray Tune function trainable. `execute` does the work with the reporting and the
+`tune_trainable` is the Ray Tune function trainable. `execute` does the work with the reporting and the
 checkpoint to resume from passed in, so it also runs outside Tune (tests, benchmarks).
 Every trial leaves a self-describing trial_record.json; a failure becomes a record, not a crash.
 """
@@ -14,7 +14,7 @@ import random
 import statistics
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -278,7 +278,7 @@ def parameter_counts(model) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
-class Loaded:
+class ModelToScore:
     """A model loaded to be scored on the whole of one split (test: only for the verdict)."""
 
     plan: Plan
@@ -296,21 +296,23 @@ class Loaded:
         return final_measurements(self.model, self.tokenizer, self.plan, self.prefix, periodic=self.periodic)
 
 
-def load_checkpoint(values: dict, checkpoint: Path, split: str) -> Loaded:
+def load_checkpoint(values: dict, checkpoint: Path, split: str) -> ModelToScore:
     """A trial's trained adapter (or model) from its checkpoint."""
     plan = prepare(values | {"eval_split": split})
     model_path = models.resolve(plan.config.model)
     method = METHODS[plan.config.method]
     model = method.load_trained(model_path, checkpoint / ADAPTER_DIR, method.quantize_4bit)
-    return Loaded(plan, model, models.load_tokenizer(model_path), periodic=PeriodicRows.of(checkpoint, split))
+    return ModelToScore(
+        plan, model, models.load_tokenizer(model_path), periodic=PeriodicRows.of(checkpoint, split)
+    )
 
 
-def load_base_model(values: dict, split: str) -> Loaded:
+def load_base_model(values: dict, split: str) -> ModelToScore:
     """The untouched base model, prompted as a baseline trial prompts it (k-shot when `shots` is set)."""
     plan = prepare(values | {"method": BASELINE, "eval_split": split})
     model_path = models.resolve(plan.config.model)
     prefix = few_shot_prefix(plan.task, plan.splits["train"], plan.config.shots, plan.config.seed)
-    return Loaded(plan, models.load_model(model_path), models.load_tokenizer(model_path), prefix)
+    return ModelToScore(plan, models.load_model(model_path), models.load_tokenizer(model_path), prefix)
 
 
 def score_checkpoint(values: dict, checkpoint: Path, split: str = "test") -> Evaluation:
@@ -441,92 +443,149 @@ def _execute(
     meter: measure.Meter,
     share: measure.Share,
 ) -> dict:
-    plan = prepare(values)
-    config = plan.config
-    price = measure.hourly_price(share, config.price_per_hour)
-    model_path = models.resolve(config.model)
-    tokenizer = models.load_tokenizer(model_path)
+    run = TrialRun.start(prepare(values), report, recorder, meter, share)
+    if not METHODS[run.plan.config.method].trains:  # the baseline: the untouched base model, k-shot
+        return run.score_untouched_base()
+    return run.train(resume_from)
 
-    def common_metrics() -> dict:
+
+# What a baseline reports of the training it did not do.
+UNTRAINED = {
+    "step": 0,
+    "train_time_s": 0.0,
+    "trainable_params": 0,
+    "trainable_share": 0.0,
+    "adapter_bytes": 0,
+}
+
+
+@dataclass
+class Training:
+    """What trains in one trial, and what its checkpoints save."""
+
+    method: Method
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    trainable_params: int
+    total_params: int
+
+
+@dataclass
+class TrialRun:
+    """One trial's run: what its steps read, and the steps by name. A trained trial evaluates,
+    checkpoints, records and reports at every evaluation (on_evaluation)."""
+
+    plan: Plan
+    model_path: str
+    tokenizer: object
+    price_per_hour: float
+    meter: measure.Meter
+    recorder: Recorder
+    report: Report
+    last_metrics: dict = field(default_factory=dict)
+
+    @staticmethod
+    def start(plan: Plan, report: Report, recorder: Recorder, meter: measure.Meter, share: measure.Share):
+        model_path = models.resolve(plan.config.model)
+        price = measure.hourly_price(share, plan.config.price_per_hour)
+        return TrialRun(plan, model_path, models.load_tokenizer(model_path), price, meter, recorder, report)
+
+    def common_metrics(self) -> dict:
         return {
-            "method": config.method,
-            **meter.spent(price),
-            "price_per_hour": price,
+            "method": self.plan.config.method,
+            **self.meter.spent(self.price_per_hour),
+            "price_per_hour": self.price_per_hour,
             "peak_memory_mb": measure.peak_memory_mb(),
             "attention": models.attention_implementation(),
         }
 
-    method = METHODS[config.method]
-    if not method.trains:  # the baseline: the untouched base model, k-shot
-        model = models.load_model(model_path)
-        prefix = few_shot_prefix(plan.task, plan.splits["train"], config.shots, config.seed)
-        with meter.stopwatch.phase("eval"):
-            metrics = evaluate_last(model, tokenizer, plan, prefix)
-        metrics |= {
-            "step": 0,
-            "train_time_s": 0.0,
-            "trainable_params": 0,
-            "trainable_share": 0.0,
-            "adapter_bytes": 0,
-        }
-        metrics |= common_metrics() | {"status": "completed"}
-        recorder.update("completed", metrics)
-        report(metrics, None)
+    def score_untouched_base(self) -> dict:
+        config = self.plan.config
+        model = models.load_model(self.model_path)
+        prefix = few_shot_prefix(self.plan.task, self.plan.splits["train"], config.shots, config.seed)
+        with self.meter.stopwatch.phase("eval"):
+            metrics = evaluate_last(model, self.tokenizer, self.plan, prefix)
+        metrics |= UNTRAINED | self.common_metrics() | {"status": "completed"}
+        self.recorder.update("completed", metrics)
+        self.report(metrics, None)
         return metrics
 
-    model = load_trainable_model(plan, model_path)
-    trainable, total = parameter_counts(model)
-    features = encoding.encode_examples(plan.task, tokenizer, plan.splits["train"], config.max_length)
-    optimizer, scheduler = loop.make_optimizer(model, config, plan.total_steps)
-    state = (
-        restore_checkpoint(resume_from, method, model, optimizer, scheduler)
-        if resume_from
-        else loop.TrainState()
-    )
-    last: dict = {}
+    def train(self, resume_from: Path | None) -> dict:
+        plan, config = self.plan, self.plan.config
+        training = self.set_up_training()
+        features = encoding.encode_examples(
+            plan.task, self.tokenizer, plan.splits["train"], config.max_length
+        )
+        state = (
+            restore_checkpoint(
+                resume_from, training.method, training.model, training.optimizer, training.scheduler
+            )
+            if resume_from
+            else loop.TrainState()
+        )
+        on_eval = functools.partial(self.on_evaluation, training)
+        if state.step >= plan.total_steps:
+            on_eval(state)  # resumed from the final checkpoint: report the final result again
+        loop.train(
+            training.model, features, config, training.method, plan.total_steps,
+            training.optimizer, training.scheduler, state, self.tokenizer.pad_token_id, on_eval,
+        )  # fmt: skip
+        return self.last_metrics
 
-    def on_eval(state: loop.TrainState) -> None:
-        nonlocal last
-        final = state.step == plan.total_steps
-        periodic = None
-        with meter.stopwatch.phase("eval"):
-            if final:
-                metrics = evaluate_last(model, tokenizer, plan, "")
-            else:
-                evaluation = evaluate(model, tokenizer, plan, "")
-                metrics = evaluation.metrics
-                periodic = PeriodicRows(config.eval_split, evaluation.losses, evaluation.generations)
+    def set_up_training(self) -> Training:
+        model = load_trainable_model(self.plan, self.model_path)
+        optimizer, scheduler = loop.make_optimizer(model, self.plan.config, self.plan.total_steps)
+        method = METHODS[self.plan.config.method]
+        return Training(method, model, optimizer, scheduler, *parameter_counts(model))
+
+    def on_evaluation(self, training: Training, state: loop.TrainState) -> None:
+        final = state.step == self.plan.total_steps
+        metrics, periodic = self.evaluate(training.model, final)
         with tempfile.TemporaryDirectory() as scratch:
             checkpoint = Path(scratch)
-            save_checkpoint(checkpoint, method, model, tokenizer, optimizer, scheduler, state)
+            save_checkpoint(
+                checkpoint, training.method, training.model, self.tokenizer,
+                training.optimizer, training.scheduler, state,
+            )  # fmt: skip
             if periodic:  # a trial's last evaluation measures the whole split itself
                 periodic.save(checkpoint)
-            metrics |= {
-                "step": state.step,
-                EVALUATIONS: math.ceil(state.step / config.eval_every),
-                "train_loss": state.window_loss(),
-                "train_time_s": state.seconds,
-                "train_tokens_per_s": state.tokens / max(state.seconds, 1e-9),
-                "trainable_params": trainable,
-                "trainable_share": trainable / total,
-                "adapter_bytes": measure.size_on_disk(checkpoint / ADAPTER_DIR),
-                "status": "completed" if final else "running",
-            }
-            metrics |= common_metrics()
+            metrics |= self.training_metrics(training, state, checkpoint, final) | self.common_metrics()
             # What it took to get here: a resumed trial adds to it rather than starting from zero.
-            meter.save(metrics, checkpoint)
-            recorder.update(metrics["status"], metrics)
-            print(progress_line(config.method, plan.total_steps, metrics), flush=True)
-            report(metrics, checkpoint)
-        last = metrics
+            self.meter.save(metrics, checkpoint)
+            self.record_and_report(metrics, checkpoint)
+        self.last_metrics = metrics
 
-    if state.step >= plan.total_steps:
-        on_eval(state)  # resumed from the final checkpoint: report the final result again
-    loop.train(
-        model, features, config, method, plan.total_steps,
-        optimizer, scheduler, state, tokenizer.pad_token_id, on_eval,
-    )  # fmt: skip
-    return last
+    def evaluate(self, model, final: bool) -> tuple[dict, "PeriodicRows | None"]:
+        """The last evaluation measures the whole split; a periodic one keeps its rows' losses and
+        answers beside the checkpoint, for the kept checkpoint's later measurement to reuse."""
+        with self.meter.stopwatch.phase("eval"):
+            if final:
+                return evaluate_last(model, self.tokenizer, self.plan, ""), None
+            evaluation = evaluate(model, self.tokenizer, self.plan, "")
+        periodic = PeriodicRows(self.plan.config.eval_split, evaluation.losses, evaluation.generations)
+        return evaluation.metrics, periodic
+
+    def training_metrics(
+        self, training: Training, state: loop.TrainState, checkpoint: Path, final: bool
+    ) -> dict:
+        config = self.plan.config
+        return {
+            "step": state.step,
+            EVALUATIONS: math.ceil(state.step / config.eval_every),
+            "train_loss": state.window_loss(),
+            "train_time_s": state.seconds,
+            "train_tokens_per_s": state.tokens / max(state.seconds, 1e-9),
+            "trainable_params": training.trainable_params,
+            "trainable_share": training.trainable_params / training.total_params,
+            "adapter_bytes": measure.size_on_disk(checkpoint / ADAPTER_DIR),
+            "status": "completed" if final else "running",
+        }
+
+    def record_and_report(self, metrics: dict, checkpoint: Path) -> None:
+        self.recorder.update(metrics["status"], metrics)
+        print(progress_line(self.plan.config.method, self.plan.total_steps, metrics), flush=True)
+        self.report(metrics, checkpoint)
 
 
 def progress_line(method: str, total_steps: int, metrics: dict) -> str:
@@ -547,7 +606,7 @@ def describe_failure(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}".splitlines()[0][:500]
 
 
-def run(config: dict) -> None:
+def tune_trainable(config: dict) -> None:
     """The Ray Tune function trainable."""
     import ray
     from ray import tune

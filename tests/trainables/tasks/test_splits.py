@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from trainables import embedded
+from trainables.embedded import names
 from trainables.tasks import TASKS, get_task
 from trainables.tasks.data import group_key, held_out_groups
 
@@ -80,9 +80,9 @@ def test_gold_targets_round_trip_through_the_parser(name, shipped_splits):
 
 
 def test_pretraining_reads_train_only(shipped_splits):
-    corpus = set(embedded.row_documents())
+    corpus = set(names.row_documents())
     for name, task in TASKS.items():
         splits = shipped_splits[name]
-        assert {embedded.row_document(task, row) for row in splits["train"]} <= corpus
+        assert {names.row_document(task, row) for row in splits["train"]} <= corpus
         for split in ("validation", "test"):
-            assert not {embedded.row_document(task, row) for row in splits[split]} & corpus, (name, split)
+            assert not {names.row_document(task, row) for row in splits[split]} & corpus, (name, split)

@@ -21,7 +21,7 @@ def test_tune_runs_trials_and_a_failure_becomes_a_record(local_ray, tiny_model, 
     }  # fmt: skip
 
     def trainable(config):
-        trial.run({key: value for key, value in config.items() if key != "case"} | config["case"])
+        trial.tune_trainable({key: value for key, value in config.items() if key != "case"} | config["case"])
 
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from trainables import embedded, models
+from trainables.embedded import names
 
 
 def _weights(directory):
@@ -33,9 +34,9 @@ RENAMING_DOCUMENTS = [
 ]
 
 
-@pytest.mark.parametrize("style", embedded.NameInventor.STYLES)
+@pytest.mark.parametrize("style", names.NameInventor.STYLES)
 def test_renamed_copies_replace_rare_recurring_words_consistently(style):
-    inventor = embedded.NameInventor(RENAMING_DOCUMENTS, style=style)
+    inventor = names.NameInventor(RENAMING_DOCUMENTS, style=style)
     renamed = inventor.rename(RENAMING_DOCUMENTS[0], random.Random(0)).splitlines()
     fresh_name = renamed[0].removeprefix("The user is planning a holiday in ").removesuffix(".")
     assert fresh_name != "Lisbon" and fresh_name[0].isupper()
@@ -46,7 +47,7 @@ def test_renamed_copies_replace_rare_recurring_words_consistently(style):
 
 
 def test_spliced_names_join_the_head_of_one_rare_word_to_the_tail_of_another():
-    inventor = embedded.NameInventor(RENAMING_DOCUMENTS, style="spliced")
+    inventor = names.NameInventor(RENAMING_DOCUMENTS, style="spliced")
     assert "lisbon" in inventor.rare_words and "user" not in inventor.rare_words
     rng = random.Random(0)
     for _ in range(50):
@@ -61,7 +62,7 @@ def test_spliced_names_join_the_head_of_one_rare_word_to_the_tail_of_another():
             for cut in range(2, len(head))
         ), name
     with pytest.raises(ValueError, match="invented_names: 'letters' is not one of syllables, spliced"):
-        embedded.NameInventor(RENAMING_DOCUMENTS, style="letters")
+        names.NameInventor(RENAMING_DOCUMENTS, style="letters")
 
 
 def test_the_default_tokenizer_gives_every_digit_its_own_token_wherever_a_number_stands():
@@ -81,10 +82,10 @@ def test_the_default_tokenizer_gives_every_digit_its_own_token_wherever_a_number
 
 def test_pretraining_documents_are_deterministic_for_a_seed():
     spec = embedded.tiny_spec(renamed_copies=1)
-    first = embedded.pretraining_documents(spec)
-    assert first == embedded.pretraining_documents(spec)
-    assert first != embedded.pretraining_documents(embedded.tiny_spec(renamed_copies=1, seed=1))
-    assert len(first) == 2 * len(embedded.row_documents())
+    first = names.pretraining_documents(spec)
+    assert first == names.pretraining_documents(spec)
+    assert first != names.pretraining_documents(embedded.tiny_spec(renamed_copies=1, seed=1))
+    assert len(first) == 2 * len(names.row_documents())
 
 
 def test_cached_build_is_reused_and_keyed_by_spec(isolated_cache):
