@@ -1,3 +1,5 @@
+import statistics
+
 import numpy as np
 import pytest
 
@@ -163,6 +165,11 @@ def test_one_seed_per_side_is_the_paired_bootstrap_of_scipy():
         method="percentile",
         random_state=np.random.default_rng(1),
     ).confidence_interval
+    # Tolerance: both estimate the same exact bootstrap quantiles from 20,000 resamples of their
+    # own. The resampled difference's standard deviation is 0.10 here, so each endpoint's Monte
+    # Carlo standard error is sqrt(0.025 * 0.975 / 20_000) / normal_pdf(1.96) * 0.10 = 0.002, and
+    # 0.003 for the gap between two: 0.01 is over three of them, while a 90% interval would move
+    # each endpoint by about 0.03.
     assert (ours.low, ours.high) == pytest.approx((theirs.low, theirs.high), abs=0.01)
     assert ours == verdict.difference_interval(BETTER, NOISY, verdict.resample_indices(len(BETTER), 20_000))
 
@@ -195,3 +202,65 @@ def test_a_side_of_several_seeds_is_the_mean_of_every_run():
     estimate = verdict.mean_interval(SEEDS_A, indices)
     assert estimate.value == pytest.approx(np.mean(SEEDS_A))
     assert estimate.low < estimate.value < estimate.high
+
+
+def _two_level_variance(*sides: np.ndarray) -> float:
+    """The variance, over every possible resample, of the two-level bootstrap's resampled mean of
+    one side (runs x examples), or of the paired difference of two, in closed form: no resampling.
+
+    Per side, weights w over its R runs are multinomial(R, 1/R) / R, drawn apart for each side;
+    E[w] = 1/R and E[w w^T] = (I - 11^T/R) / R^2 + 11^T / R^2. The n examples are drawn once for
+    both sides. By the law of total variance, the variance is that of the runs' weighted means,
+    var(run means) / R per side, plus the expected variance, given the weights, of the mean of n
+    drawn examples: 1/n times the expected variance over examples of (side a's weighted scores
+    minus side b's), whose cross term needs only E[w] since the sides' weights are independent.
+    """
+    examples = sides[0].shape[1]
+    runs_part = sum(side.mean(axis=1).var() / side.shape[0] for side in sides)
+    centred = [side - side.mean(axis=1, keepdims=True) for side in sides]  # each run, over examples
+    own = 0.0
+    for scores in centred:
+        runs = scores.shape[0]
+        second_moment = (np.eye(runs) - 1 / runs) / runs**2 + 1 / runs**2
+        own += np.einsum("ri,rs,si->", scores, second_moment, scores) / examples
+    cross = -2 * np.mean(centred[0].mean(axis=0) * centred[1].mean(axis=0)) if len(sides) == 2 else 0.0
+    return runs_part + (own + cross) / examples
+
+
+def test_a_large_two_level_interval_is_the_normal_one_of_the_closed_form_variance():
+    """An oracle that shares nothing with the implementation but the data: with many runs and many
+    examples, the percentile interval is the mean +- z(0.975) times the bootstrap's standard
+    deviation, which _two_level_variance gives in closed form."""
+    rng = np.random.default_rng(7)
+    examples, runs = 400, 40
+    # Symmetric effects (evenly spaced, shuffled), so the resampled means have no skew. Both sides
+    # share how hard each example is (h: pairing cancels it) and list their runs in the same order
+    # (drawing one side's runs for both would cancel most of their spread); side a's examples also
+    # vary on their own (g), so the examples and the runs each make about half the difference's
+    # variance, and a bootstrap missing either level misses by far more than the tolerance.
+    h = rng.permutation(np.linspace(-0.3, 0.3, examples))
+    g = rng.permutation(np.linspace(-0.2, 0.2, examples))
+    side_a = 0.6 + np.linspace(-0.05, 0.05, runs)[:, None] + h + g + rng.uniform(-0.1, 0.1, (runs, examples))
+    side_b = 0.5 + np.linspace(-0.04, 0.04, runs)[:, None] + h + rng.uniform(-0.1, 0.1, (runs, examples))
+    indices = verdict.resample_indices(examples, 20_000)
+    z = statistics.NormalDist().inv_cdf(0.975)
+    estimates = {
+        "mean": (verdict.mean_interval(side_a, indices), np.mean(side_a), _two_level_variance(side_a)),
+        "difference": (
+            verdict.difference_interval(side_a, side_b, indices),
+            np.mean(side_a) - np.mean(side_b),
+            _two_level_variance(side_a, side_b),
+        ),
+    }
+    for name, (estimate, value, variance) in estimates.items():
+        spread = float(np.sqrt(variance))
+        assert estimate.value == pytest.approx(value), name
+        # Tolerance: a 2.5% quantile of 20,000 resamples has a Monte Carlo standard error of
+        # sqrt(0.025 * 0.975 / 20_000) / normal_pdf(1.96) = 0.019 spreads; the normal approximation
+        # errs by under 0.01 spreads here (no skew; the excess kurtosis of a mean of 40 runs or 400
+        # examples moves a 2.5% quantile by under 0.005). 0.1 spreads is five standard errors, yet
+        # a 90% interval (0.32 spreads narrower each side), a bootstrap missing a level (0.18 on the
+        # mean, whose runs make 17% of its variance; over 0.5 on the difference) or one drawing the
+        # same runs for both sides falls outside it.
+        expected = (value - z * spread, value + z * spread)
+        assert (estimate.low, estimate.high) == pytest.approx(expected, abs=0.1 * spread), name

@@ -90,6 +90,30 @@ def test_the_baselines_run_in_the_search_unseen_by_optuna_and_never_stopped(smok
     assert {t.params["method"] for t in optuna_trials} <= set(trained_methods())
 
 
+def _session_processes(session: int) -> list[str]:
+    """The live processes (`pid name`) of a session: a process started with start_new_session
+    leads one, whose id is its pid, and every process it starts stays in it unless it calls setsid."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text()
+        except OSError:  # ended while we looked
+            continue
+        # pid (name) state ppid pgrp session ...: the name may hold spaces and parentheses.
+        name = fields[fields.index("(") + 1 : fields.rindex(")")]
+        state, _, _, sid = fields[fields.rindex(")") + 1 :].split()[:4]
+        if int(sid) == session and state not in ("Z", "X"):  # a zombie writes nothing
+            alive.append(f"{stat.parent.name} {name}")
+    return alive
+
+
+def _wait_until_ended(session: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while (alive := _session_processes(session)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive, f"still running {seconds} s after the kill: {alive}"
+
+
 def test_killed_driver_resumes_without_losing_or_rerunning_trials(tiny_model, tmp_path):
     samples = 4
     budget = ["--name", "resumable", "--samples", str(samples), "--concurrency", "1", "--max-steps", "6"]
@@ -104,7 +128,10 @@ def test_killed_driver_resumes_without_losing_or_rerunning_trials(tiny_model, tm
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray processes it started
     driver.wait()
     assert len(finished) >= 2, "no trial finished before the deadline"
-    time.sleep(5)  # let the experiment-state snapshot from before the kill settle on disk
+    # Ray starts each worker in a process group of its own, which the kill above spares: a trial
+    # still running writes to the sweep until it sees its node gone. The resume reads the sweep
+    # once the last process of the driver's session has ended.
+    _wait_until_ended(session=driver.pid, seconds=120)
 
     resumed = _sweep(tiny_model, tmp_path, *budget[:-4], "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

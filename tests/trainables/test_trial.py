@@ -47,14 +47,28 @@ class Killed(Exception):
     """Stands for the process dying right after a report."""
 
 
+class SkippingClock:
+    """A stand-in for the time module that measure reads: the real clock, plus the time skipped."""
+
+    def __init__(self) -> None:
+        self.skipped = 0.0
+
+    def perf_counter(self) -> float:
+        return time.perf_counter() + self.skipped
+
+
+HOUR = 3600.0
+
+
 def test_a_resumed_trial_adds_what_it_spends_to_what_it_spent_before(tiny_model, tmp_path, monkeypatch):
     """Killed after its first checkpoint and resumed (here on a cheaper machine): time and dollars
     count both processes."""
-    real_evaluate = trial.evaluate
+    real_evaluate, clock = trial.evaluate, SkippingClock()
 
     def slow_evaluate(*args, **kwargs):
-        # The first process spends more time than the resumed one alone will, all before its checkpoint.
-        time.sleep(6)
+        # The first process spends more time than the resumed one alone will, all before its
+        # checkpoint: its evaluation takes an hour by the clock the meter reads, without waiting one.
+        clock.skipped += HOUR
         return real_evaluate(*args, **kwargs)
 
     def keep_then_die(metrics, checkpoint):
@@ -65,10 +79,12 @@ def test_a_resumed_trial_adds_what_it_spends_to_what_it_spent_before(tiny_model,
     before, after = {}, []
     values = {**BASE, "model": tiny_model, "learning_rate": 1e-2}
     monkeypatch.setattr(trial, "evaluate", slow_evaluate)
+    monkeypatch.setattr(measure, "time", clock)
     with pytest.raises(Killed):
         trial.execute(values, keep_then_die, share=measure.Share(gpus=0, cpus=1000))
     monkeypatch.undo()
     assert before["step"] == 3
+    assert before["wall_time_s"] >= HOUR and before["eval_time_s"] >= HOUR  # the meter read that clock
 
     resumed = trial.execute(
         values, lambda metrics, _: after.append(metrics), tmp_path / "checkpoint", share=measure.Share(0, 1)
@@ -321,7 +337,7 @@ def test_the_last_evaluation_scores_its_periodic_rows_from_the_whole_splits_gene
         generated_rows.append(len(features))
         return real_evaluation(model, tokenizer, features, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "losses_and_generations", counted)
+    monkeypatch.setattr(passes, "losses_and_generations", counted)
     last = trial.evaluate_last(model, tokenizer, plan, "")
 
     assert generated_rows == [BASE["full_eval_examples"]]  # the whole split once; its head not again
@@ -346,7 +362,7 @@ def test_a_kept_checkpoint_is_measured_without_generating_its_periodic_rows_agai
         generated_rows.append(sum(len(batch) for batch in batches))
         return real_evaluation(model, tokenizer, features, max_new_tokens, batches, *args)
 
-    monkeypatch.setattr(loop, "losses_and_generations", counted)
+    monkeypatch.setattr(passes, "losses_and_generations", counted)
     reused = loaded.evaluate()
     generated_again = dataclasses.replace(loaded, periodic=None).evaluate()
 

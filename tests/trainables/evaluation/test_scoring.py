@@ -51,13 +51,29 @@ def _sleeping(seconds: float):
     return job
 
 
+def _running_until(gate, seconds: float = 120.0):
+    """A job that runs until the file `gate` exists (an event the test sets, seen across processes),
+    then says when it started and ended; past `seconds` without it, it fails."""
+
+    def job() -> dict:
+        started, deadline = time.time(), time.monotonic() + seconds
+        while not gate.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{gate} was not created within {seconds} s")
+            time.sleep(0.05)
+        return {"started": started, "ended": time.time()}
+
+    return job
+
+
 def test_a_job_already_in_flight_is_waited_for_not_started_again_and_holds_a_slot(
     tmp_path, local_ray, counting_workers
 ):
     workers = counting_workers
-    early, other = _items(tmp_path / "early", [_sleeping(3.0), _sleeping(8.0)])
+    other_may_end = tmp_path / "other-may-end"
+    early, other = _items(tmp_path / "early", [_sleeping(3.0), _running_until(other_may_end)])
     workers.start(early)  # as the search starts it (sweeps.early_measurements)
-    workers.start(other)  # not asked for next, and running longer: it holds one of the two slots
+    workers.start(other)  # not asked for next, and running until told: it holds one of the two slots
     workers.start(early)  # already in flight: not started twice
     assert len(workers.submitted) == 2
 
@@ -67,7 +83,9 @@ def test_a_job_already_in_flight_is_waited_for_not_started_again_and_holds_a_slo
     # Two slots, both held by the jobs in flight: those started here waited for one to end, then
     # ran one at a time beside the other.
     assert min(result["started"] for result in results[1:]) >= early.saved()["ended"]
+    assert results[2]["started"] >= results[1]["ended"]
     assert other.key in workers.in_flight  # still running, not waited for
+    other_may_end.touch()
     assert workers.run([other], "jobs") == [other.saved()]  # waited for when asked for
     assert len(workers.submitted) == 4  # each job once
     assert workers.in_flight == {}
