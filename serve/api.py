@@ -10,6 +10,9 @@ MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARACTERS = 256
 MAX_MESSAGES = 256
 MAX_SEED = 2**63 - 1
+# Below this a temperature decodes greedily (as vLLM's does): logits divided by a much smaller one
+# overflow, and no token could be sampled.
+GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 class _Strict(BaseModel):
@@ -29,6 +32,11 @@ class SamplingFields(_Strict):
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     n: Literal[1] = 1
     stream: Literal[False] = False
+
+    @field_validator("temperature")
+    @classmethod
+    def _tiny_is_greedy(cls, temperature: float) -> float:
+        return 0.0 if temperature < GREEDY_BELOW_TEMPERATURE else temperature
 
     @field_validator("stop")
     @classmethod

@@ -9,11 +9,9 @@ A fully fine-tuned winner is multiplexed the same way, as a whole model of its o
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import hashlib
 import hmac
 import time
-from dataclasses import dataclass
 from functools import partial
 
 from fastapi import FastAPI, Request
@@ -38,47 +36,9 @@ from serve.engine import (
     read_model,
 )
 from serve.engine import Request as EngineRequest
+from serve.limits import CHARS_PER_TOKEN, GATEWAY_SPARE_SLOTS, LOOPBACK_NAMES, Limits
 from trainables import models
 from trainables.tasks import generation_budget, get_task
-
-
-def _limit(default, help: str):
-    """A Limits field whose help is its option's on the server's command line (serve.run)."""
-    return dataclasses.field(default=default, metadata={"help": help})
-
-
-@dataclass(frozen=True)
-class Limits:
-    """How a server runs. The fields with help are the server's command-line options (serve.run
-    generates them from here); the others it derives."""
-
-    max_prompt_tokens: int = _limit(1024, "prompts longer than this many tokens get a 413")
-    max_tokens: int = _limit(256, "cap on a request's max_tokens")
-    # A prompt of max_prompt_tokens takes a few kB; a chat of many messages more.
-    max_body_bytes: int = _limit(1_048_576, "request bodies larger than this get a 413, before parsing")
-    request_timeout_s: float = _limit(60.0, "a request unanswered this long gets a 504 and leaves its batch")
-    max_queued_requests: int = _limit(64, "requests waiting beyond this get a 503")
-    max_batch_size: int = _limit(16, "rows decoded together")
-    batch_wait_s: float = _limit(0.01, "how long an idle replica waits for companions of a first request")
-    max_adapters_per_replica: int = _limit(8, "adapters a replica keeps loaded; the least recently used go")
-    replicas: int = _limit(1, "model replicas")
-    # Ray gives a replica's torch as many threads as the CPUs it holds (OMP_NUM_THREADS): with the
-    # default of 1, a CPU-only replica decoded on one core of the machine.
-    cpus_per_replica: int = _limit(
-        1,
-        "cores (torch threads) each model replica holds (default: 1 with GPUs, else this machine's cores "
-        "divided among the replicas)",
-    )
-    mix_adapters: bool = True  # False: each adapter's requests batch apart (to measure what mixing gains)
-    gpus_per_replica: float = 0.0
-    # Bound to loopback: only requests naming a loopback host are answered, so that a web page the
-    # user opens cannot reach the server through a name that resolves to 127.0.0.1 (DNS rebinding).
-    loopback_hosts_only: bool = True
-
-    @classmethod
-    def options(cls) -> list[dataclasses.Field]:
-        """The fields the command line sets."""
-        return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
 
 
 class ApiError(Exception):
@@ -154,28 +114,63 @@ class BodyLimit:
     def too_large(self) -> ApiError:
         return ApiError(413, f"request body is larger than {self.limit} bytes (--max-body-bytes)")
 
+    async def _refuse(self, scope, receive, send) -> None:
+        error = self.too_large()
+        response = JSONResponse(api.error_body(error.message, error.kind), status_code=error.status)
+        await response(scope, receive, send)
+
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
-            error = self.too_large()
-            response = JSONResponse(api.error_body(error.message, error.kind), status_code=error.status)
-            return await response(scope, receive, send)
-        received = 0
+            return await self._refuse(scope, receive, send)
+        received, refused = 0, False
 
         async def counted():
-            nonlocal received
+            nonlocal received, refused
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.limit:
-                raise self.too_large()  # the app's ApiError handler answers it
+                if not refused:
+                    refused = True
+                    await self._refuse(scope, receive, send)
+                # Stops the app reading. Whatever it answers then is dropped (below): FastAPI turns
+                # an error while it parses a body into a 400 of its own.
+                raise self.too_large()
             return message
 
-        return await self.app(scope, counted, send)
+        async def unless_refused(message):
+            if not refused:
+                await send(message)
+
+        return await self.app(scope, counted, unless_refused)
 
 
-LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
+class Admission:
+    """At most `limit` requests in the gateway at once; one more gets a 503 in OpenAI's shape at
+    once. /healthz is never refused: it answers at once, and says whether the server is up.
+
+    Ray's own bound on the gateway (max_ongoing_requests, max_queued_requests: `gateway`) lies
+    beyond this one, as Ray's proxy answers what it refuses in plain text."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit, self.held = app, limit, 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] == "/healthz":
+            return await self.app(scope, receive, send)
+        if self.held >= self.limit:
+            message = f"the server holds {self.limit} requests (--max-gateway-requests); retry later"
+            response = JSONResponse(
+                api.error_body(message, "server_busy"), status_code=503, headers={"retry-after": "1"}
+            )
+            return await response(scope, receive, send)
+        self.held += 1
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            self.held -= 1
 
 
 def is_loopback_host(header: str) -> bool:
@@ -248,6 +243,10 @@ class Gateway:
         path = models.resolve(registry.base_model)
         self.tokenizer = models.load_tokenizer(path)
         self.context_length = AutoConfig.from_pretrained(path).max_position_embeddings
+        # A prompt longer than this has more tokens than the limit, whatever they are: it is refused
+        # without tokenizing it (the longest token's text is at most as long as its vocabulary entry).
+        longest_token = max(map(len, self.tokenizer.get_vocab()), default=0)
+        self.max_prompt_chars = limits.max_prompt_tokens * max(CHARS_PER_TOKEN, longest_token)
         self.created = int(time.time())
         # One thread: off the event loop, but one encoding at a time, as a fast tokenizer shared
         # by threads can fail ("Already borrowed") when calls overlap.
@@ -270,6 +269,7 @@ class Gateway:
         app.add_exception_handler(RequestValidationError, _invalid)
         app.add_exception_handler(Exception, _unexpected)
         app.add_exception_handler(HTTPException, _http)
+        app.add_middleware(Admission, limit=self.limits.max_gateway_requests)  # the outermost
         app.add_api_route("/healthz", self.healthz, methods=["GET"])
         app.add_api_route("/v1/models", self.list_models, methods=["GET"])
         app.add_api_route("/v1/completions", self.completions, methods=["POST"])
@@ -293,6 +293,12 @@ class Gateway:
         return model
 
     async def _run(self, request: EngineRequest) -> Completion:
+        if len(request.prompt) > self.max_prompt_chars:
+            raise ApiError(
+                413,
+                f"prompt is {len(request.prompt)} characters, more than {self.limits.max_prompt_tokens} "
+                f"tokens (the limit) can hold",
+            )
         if not api.encodable(request.prompt, *request.stop):
             raise ApiError(
                 400, "the prompt or a stop string is not valid text: it cannot be encoded as UTF-8"
@@ -302,6 +308,8 @@ class Gateway:
             self.tokenizing, self.tokenizer, request.prompt
         )
         prompt_tokens = len(encoded["input_ids"])
+        if not prompt_tokens:  # nothing to continue: a prefill of no tokens fails in the model
+            raise ApiError(400, "the prompt is empty: it has no tokens to continue", param="prompt")
         if prompt_tokens > self.limits.max_prompt_tokens:
             raise ApiError(
                 413, f"prompt is {prompt_tokens} tokens; the limit is {self.limits.max_prompt_tokens}"
@@ -439,8 +447,13 @@ def model_server(limits: Limits) -> Deployment:
 
 
 def gateway(limits: Limits) -> Deployment:
-    """The gateway's deployment, sized by the limits."""
-    return Gateway.options(max_ongoing_requests=max(256, limits.max_queued_requests * 2))
+    """The gateway's deployment, sized by the limits: a request beyond its slots waits in Ray's
+    proxy, in a queue of max_gateway_queue (Ray refuses more with a 503 of its own). Its own
+    admission (Admission) refuses requests beyond max_gateway_requests in OpenAI's shape first."""
+    return Gateway.options(
+        max_ongoing_requests=limits.max_gateway_requests + GATEWAY_SPARE_SLOTS,
+        max_queued_requests=limits.max_gateway_queue,
+    )
 
 
 def build(registry: Registry, limits: Limits, api_key_digest: bytes | None) -> Application:

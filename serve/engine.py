@@ -202,6 +202,70 @@ class _Waiting:
     ticket: Future  # resolved with the Completion, or None where the adapter is not (or no longer) added
 
 
+class _RowGuardedBatch(RunningBatch):
+    """A running batch in which a row's own failure (sampling its token, decoding its answer,
+    matching its stop strings) finishes that row alone, its error kept in `failures` for the engine
+    to hand to its request, instead of raising out of the step that every row shares."""
+
+    def __init__(self, tokenizer, device: torch.device):
+        super().__init__(tokenizer, device)
+        self.failures: dict[int, Exception] = {}  # id(row) -> its error, until the engine answers it
+
+    def _choose(self, rows: list[Row], logits: torch.Tensor) -> torch.Tensor:
+        # Each sampling row's generator as it stands: should one row fail, the others choose again
+        # one by one from where they stood, and draw what they draw alone.
+        states = [None if row.generator is None else row.generator.get_state() for row in rows]
+        try:
+            return super()._choose(rows, logits)
+        except Exception:
+            pass
+        chosen = []
+        for index, (row, state) in enumerate(zip(rows, states, strict=True)):
+            if state is not None:
+                row.generator.set_state(state)
+            own = logits[index : index + 1]
+            try:
+                chosen.append(super()._choose([row], own))
+            except Exception as error:
+                self.failures[id(row)] = error
+                chosen.append(own.argmax(dim=-1))  # a stand-in: the row leaves at once (below)
+        return torch.cat(chosen)
+
+    def _completion_if_done(self, row: Row) -> Completion | None:
+        if id(row) not in self.failures:
+            try:
+                return super()._completion_if_done(row)
+            except Exception as error:
+                self.failures[id(row)] = error
+        return Completion("", row.prompt_tokens, len(row.tokens), "error")  # finished: the row leaves
+
+
+class _PrefillFailed(Exception):
+    """A prefill's forward pass failed: the running batch is untouched, so only its group fails."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _prefill(forward):
+    """The prefill's forward, its failure told apart from what follows it in RunningBatch.join."""
+
+    def guarded(**inputs) -> torch.Tensor:
+        try:
+            return forward(**inputs)
+        except Exception as error:
+            raise _PrefillFailed(error) from error
+
+    return guarded
+
+
+def _fail_alone(waiting: list[_Waiting], error: Exception) -> None:
+    for each in waiting:
+        if not each.ticket.done():
+            each.ticket.set_exception(error)
+
+
 PREFILL_PADDING = 0.1  # the padding a prefill group may add, as a share of its prompts' tokens
 
 # A lane's key: ("base", 4-bit), ("mixed", 4-bit, injection kind), ("adapter", 4-bit, id) or
@@ -243,7 +307,7 @@ class AdapterEngine:
         self._waiting: list[_Waiting] = []
         self._retired: list[str] = []  # removed adapters whose injected layers are still to take out
         self._closed = False
-        self._batch = RunningBatch(self.tokenizer, self.device)
+        self._batch = _RowGuardedBatch(self.tokenizer, self.device)
         self._lane: Lane | None = None
         self._standalone: torch.nn.Module | None = None  # the running lane's model, when it is one
         threading.Thread(target=self._decode_forever, name="decode", daemon=True).start()
@@ -313,7 +377,13 @@ class AdapterEngine:
                         self._join(joining)
                     if len(self._batch):
                         self._answer(self._batch.step(self._forward(step=True)))
-            except Exception as error:  # the requests get the error; the engine carries on
+            except Exception as error:
+                # What no one request caused, and what may leave the batch half-changed, fails every
+                # request in flight, and the engine carries on with an empty batch: a decoding step's
+                # forward pass (every row's at once; the cache is updated layer by layer), loading
+                # adapters into the base the running rows use, taking retired ones out. A row's own
+                # failure (its token's sampling, its stop strings) finishes that row alone
+                # (_RowGuardedBatch), as a newcomer's does (_admissible, _join).
                 self._fail(
                     [waiting.ticket for waiting in joining] + [row.owner for row in self._batch.rows], error
                 )
@@ -395,19 +465,40 @@ class AdapterEngine:
         if not joining:
             return
         model = self._prepare([waiting.request for waiting in joining])
-        for group in self._similar_lengths(joining):
-            requests = [waiting.request for waiting in group]
-            inputs = self._batch.prompts(requests)
-            prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
-            rows = [Row(w.request, n, owner=w.ticket) for w, n in zip(group, prompt_tokens, strict=True)]
-            call = calls.generation_call(model, inputs)  # prompt tuning's virtual tokens, put in once
-            prompt = {
-                name: call.inputs[name]
-                for name in ("input_ids", "inputs_embeds", "attention_mask")
-                if name in call.inputs
-            }
-            forward = self._forward(step=False, newcomers=rows, model=call.model)
-            self._answer(self._batch.join(rows, forward, prompt))
+        # Until a group's prefill has run, the running batch is untouched: what fails before then
+        # (tokenizing, the prefill's forward pass) fails that group's requests alone.
+        try:
+            groups = self._similar_lengths(joining)
+        except Exception as error:
+            _fail_alone(joining, error)
+            return
+        for group in groups:
+            try:
+                rows, forward, prompt = self._prefill_inputs(model, group)
+            except Exception as error:
+                _fail_alone(group, error)
+                continue
+            try:
+                finished = self._batch.join(rows, _prefill(forward), prompt)
+            except _PrefillFailed as failed:  # anything later in join: the batch may be half-changed
+                _fail_alone(group, failed.error)
+                continue
+            self._answer(finished)
+
+    def _prefill_inputs(
+        self, model: torch.nn.Module, group: list[_Waiting]
+    ) -> tuple[list[Row], Callable, dict]:
+        """A prefill group's rows, the forward that prefills them and its inputs."""
+        inputs = self._batch.prompts([waiting.request for waiting in group])
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        rows = [Row(w.request, n, owner=w.ticket) for w, n in zip(group, prompt_tokens, strict=True)]
+        call = calls.generation_call(model, inputs)  # prompt tuning's virtual tokens, put in once
+        prompt = {
+            name: call.inputs[name]
+            for name in ("input_ids", "inputs_embeds", "attention_mask")
+            if name in call.inputs
+        }
+        return rows, self._forward(step=False, newcomers=rows, model=call.model), prompt
 
     def _admissible(self, joining: list[_Waiting]) -> list[_Waiting]:
         """The newcomers whose own row can be made (its text valid Unicode, its sampler seeded);
@@ -482,11 +573,16 @@ class AdapterEngine:
         cancelled = [row for row in self._batch.rows if row.owner.cancelled()]
         self._batch.drop(cancelled)
         for row in finished:
-            if not row.owner.cancelled():
+            error = self._batch.failures.pop(id(row), None)
+            if row.owner.cancelled():
+                continue
+            if error is None:
                 row.owner.set_result(row.completion)
+            else:
+                row.owner.set_exception(error)
 
     def _fail(self, tickets: list[Future], error: Exception) -> None:
-        self._batch = RunningBatch(self.tokenizer, self.device)
+        self._batch = _RowGuardedBatch(self.tokenizer, self.device)
         for ticket in tickets:
             if not ticket.done():
                 ticket.set_exception(error)

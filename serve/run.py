@@ -12,10 +12,14 @@ import time
 from pathlib import Path
 
 from serve.adapters import load_registry
-from serve.app import LOOPBACK_NAMES, Limits
+from serve.limits import LOOPBACK_NAMES, Limits
 from trainables.config import ConfigError
 
 API_KEY_VARIABLE = "PEFT_SWEEPS_API_KEY"
+# Ray's switch for a Ray of this machine alone (its default on macOS and Windows): the node's address
+# is then loopback, and so is every port Ray opens (GCS, raylet, agents, workers). Read when Ray is
+# imported. On Linux Ray otherwise takes the address that routes outside, and binds all interfaces.
+LOCAL_RAY_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -57,6 +61,11 @@ def limits_from(args: argparse.Namespace, gpus: int, cores: int) -> Limits:
         raise ConfigError(f"{', '.join(bad)}: must be positive")
     if args.batch_wait_s < 0:
         raise ConfigError("--batch-wait-s: must not be negative")
+    if given["http_timeout_s"] <= given["request_timeout_s"]:
+        raise ConfigError(
+            "--http-timeout-s: must be above --request-timeout-s, so that a request that times out gets "
+            "the gateway's 504 in OpenAI's shape rather than Ray's plain-text 408"
+        )
     return Limits(
         **given,
         mix_adapters=not args.separate_adapter_batches,
@@ -94,6 +103,11 @@ def api_key_from(args: argparse.Namespace, environment: dict[str, str]) -> str |
     return key
 
 
+def http_options(args: argparse.Namespace, limits: Limits) -> dict:
+    """Ray Serve's HTTPOptions for the proxy: where it listens, and how long a request may take."""
+    return {"host": args.host, "port": args.port, "request_timeout_s": limits.http_timeout_s}
+
+
 def _interrupt(*_) -> None:
     raise KeyboardInterrupt
 
@@ -110,13 +124,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
+    # A Ray of its own, on loopback, unless told to join a cluster: not whichever `ray start` left
+    # running on this machine.
+    joining = bool(os.environ.get("RAY_ADDRESS"))
+    if not joining:
+        os.environ.setdefault(LOCAL_RAY_VARIABLE, "0")
     import ray
     from ray import serve
 
     from serve.app import build, key_digest
 
-    ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
-    serve.start(http_options={"host": args.host, "port": args.port})
+    ray.init(
+        None if joining else "local", include_dashboard=False, configure_logging=False, log_to_driver=False
+    )
+    serve.start(http_options=http_options(args, limits))
     try:
         digest = key_digest(api_key) if api_key else None
         serve.run(build(registry, limits, digest), name="peft-sweeps", route_prefix="/")

@@ -109,8 +109,23 @@ COSTLY_SHARED_FIXTURES = ("smoke_sweep", "winners_dir")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
     for item in items:
         used = [name for name in COSTLY_SHARED_FIXTURES if name in getattr(item, "fixturenames", ())]
         if used:
             item.add_marker(pytest.mark.xdist_group(used[0]))
+    if getattr(config.option, "loadgroup", False):  # what xdist sets on its workers
+        for item in items:
+            _tag_with_group(item)
+
+
+def _tag_with_group(item) -> None:
+    """What xdist's loadgroup scheduler reads: the test's group after an @ in its id. xdist 3.8 writes
+    it into `item._nodeid`, which pytest 9.2 no longer reads (ids are structured, in `item._id`), so
+    every costly fixture was built once per worker. A parametrized test's id then shows a stray `]`."""
+    names = {
+        str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+        for mark in item.iter_markers("xdist_group")
+    }
+    if names and "@" not in item.nodeid.rsplit("]", 1)[-1]:
+        item._id = type(item._id).parse(f"{item.nodeid}@{'_'.join(sorted(names))}")

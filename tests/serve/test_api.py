@@ -32,3 +32,10 @@ def test_stop_strings_and_messages_are_capped_in_number_and_length():
 def test_text_that_is_not_valid_unicode_is_told_apart():
     assert api.encodable("hi", "stop", "é ✓")
     assert not api.encodable("hi", "\ud800") and not api.encodable("\udfff")
+
+
+def test_a_temperature_too_small_to_sample_with_decodes_greedily():
+    # Logits divided by 1e-300 overflow: the row could not be sampled (test_engine shows it fails alone).
+    for tiny in (1e-300, 5e-324, api.GREEDY_BELOW_TEMPERATURE / 2):
+        assert api.CompletionRequest(model="m", prompt="hi", temperature=tiny, seed=1).temperature == 0.0
+    assert api.CompletionRequest(model="m", prompt="hi", temperature=0.5).temperature == 0.5

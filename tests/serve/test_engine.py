@@ -105,8 +105,7 @@ def test_requests_sent_mid_decode_join_the_running_batch_and_answer_as_alone(ser
     assert alone[0].finish_reason == "length" and alone[3].finish_reason == "stop"
     started = engine.steps
     long_ticket = engine.submit(long)
-    while engine.steps < started + 4:  # the long request is mid-decode
-        time.sleep(0.001)
+    _wait_for_steps(engine, started + 4)  # the long request is mid-decode
     together = [ticket.result() for ticket in [engine.submit(request) for request in joining]]
     assert not long_ticket.done()  # the others did not wait for it
     assert [long_ticket.result(), *together] == alone
@@ -158,3 +157,49 @@ def test_a_request_whose_row_cannot_be_made_fails_alone(served_base, winners_dir
         assert tickets[1].result(timeout=60) == alone
         assert tickets[0].exception(timeout=60) is not None
     engine.close()
+
+
+def test_a_row_that_fails_mid_decode_fails_alone(served_base, winners_dir):
+    """A row whose own step fails (sampling its token, matching its stop strings, its prefill)
+    fails its request alone: the rows decoded beside it, greedy or seeded, answer as they do alone."""
+    engine = AdapterEngine(served_base, (False,))
+    engine.add(_read(model_id("lora"), winners_dir / "lora", "lora"))
+    beside = [
+        Request(PROMPT, model_id("lora"), 24),
+        Request("Question 3: how windy is town number 3?", None, 24, sampling=Sampling(1.0, seed=5)),
+    ]
+    alone = engine.generate(beside)
+    unlucky = "Question 5: " + "and then? " * 20  # its prefill fails (below): a prefill group of its own
+    unlucky_tokens = len(engine.tokenizer(unlucky)["input_ids"])
+
+    def prefill_fails(_, args, kwargs):
+        if kwargs["input_ids"].shape[1] == unlucky_tokens:
+            raise RuntimeError("out of memory (as a long prompt's prefill can be)")
+
+    engine.bases[False].model.register_forward_pre_hook(prefill_fails, with_kwargs=True)
+    failing = [
+        # Logits divided by so small a temperature overflow: torch cannot sample from what is left.
+        Request(PROMPT, model_id("lora"), 24, sampling=Sampling(temperature=1e-300, seed=1)),
+        Request(PROMPT, None, 24, stop=(b"not text",)),  # its stop strings cannot be matched
+        Request(unlucky, model_id("lora"), 24),
+    ]
+    for bad in failing:
+        tickets = [engine.submit(request) for request in (beside[0], bad, beside[1])]
+        assert [tickets[0].result(timeout=60), tickets[2].result(timeout=60)] == alone
+        assert tickets[1].exception(timeout=60) is not None
+    # A request that fails while others decode leaves them decoding as they would alone.
+    long_ticket = engine.submit(Request(PROMPT, model_id("lora"), 48))
+    started = engine.steps
+    _wait_for_steps(engine, started + 4)
+    for bad in failing:
+        assert engine.submit(bad).exception(timeout=60) is not None
+    assert long_ticket.result(timeout=60) == engine.generate([Request(PROMPT, model_id("lora"), 48)])[0]
+    engine.close()
+
+
+def _wait_for_steps(engine, steps: int, deadline_s: float = 120.0) -> None:
+    """Until the decoding thread has taken `steps` steps; fails, rather than hangs, if it stopped."""
+    deadline = time.monotonic() + deadline_s
+    while engine.steps < steps:
+        assert time.monotonic() < deadline, f"the engine took {engine.steps} steps, not {steps}"
+        time.sleep(0.001)

@@ -174,3 +174,30 @@ def test_the_server_s_command_line_is_generated_from_its_limits():
         assert options[limit.name].help == limit.metadata["help"]
         assert options[limit.name].default == (None if limit.name == "cpus_per_replica" else limit.default)
     assert _limits("--max-body-bytes", "10", "--batch-wait-s", "0").max_body_bytes == 10
+
+
+def test_the_gateway_s_queue_is_bounded_and_ray_s_proxy_times_requests_out():
+    """Ray holds at most max_gateway_queue requests for a full gateway, and its proxy cuts off a
+    request (its upload included) after --http-timeout-s, which lies beyond the gateway's own
+    timeout so that a request waiting for a replica gets the gateway's 504 first."""
+    from ray.serve.config import HTTPOptions
+
+    from serve.limits import GATEWAY_SPARE_SLOTS
+    from serve.run import http_options
+
+    limits = _limits("--max-gateway-requests", "100", "--max-gateway-queue", "10")
+    deployment = gateway(limits)
+    assert deployment.max_queued_requests == 10
+    assert deployment.max_ongoing_requests == 100 + GATEWAY_SPARE_SLOTS  # room to refuse in JSON
+    defaults = _limits()
+    assert (defaults.max_gateway_requests, defaults.max_gateway_queue, defaults.http_timeout_s) == (
+        256,
+        64,
+        120,
+    )
+    assert gateway(defaults).max_queued_requests == 64
+    args = parser().parse_args(["winners", "--port", "8123", "--http-timeout-s", "90"])
+    options = HTTPOptions(**http_options(args, limits_from(args, 0, 8)))
+    assert (options.host, options.port, options.request_timeout_s) == ("127.0.0.1", 8123, 90)
+    with pytest.raises(ConfigError, match="--http-timeout-s: must be above --request-timeout-s"):
+        _limits("--request-timeout-s", "120")

@@ -255,16 +255,17 @@ def test_full_queue_and_timeouts_are_clean_errors(winners_dir):
         # 900 tokens take the tiny model about a second on a quiet machine: a timeout well under
         # that makes the second admitted request time out however fast the machine is.
         winners_dir, "--max-batch-size", "1", "--max-queued-requests", "1", "--request-timeout-s", "0.5",
-        "--max-tokens", "900", "--cpus-per-replica", "1",
+        "--max-tokens", "900", "--cpus-per-replica", "1", "--max-gateway-requests", "4",
     )  # fmt: skip
     try:
         slow = {"model": "base", "prompt": "hi", "max_tokens": 900}
         with ThreadPoolExecutor(max_workers=8) as pool:
-            statuses = sorted(
-                status
-                for status, _ in pool.map(lambda _: _post(url, "/v1/completions", slow, None), range(8))
-            )
+            answers = list(pool.map(lambda _: _post(url, "/v1/completions", slow, None), range(8)))
+        statuses = sorted(status for status, _ in answers)
         assert 503 in statuses and 504 in statuses and set(statuses) <= {200, 503, 504}
+        # Refused by the gateway (its slots) or by the replicas' queue, or timed out: OpenAI's shape.
+        refusals = [body["error"] for status, body in answers if status != 200]
+        assert all(error["message"] and error["type"] for error in refusals)
         for _ in range(60):  # the timed-out generations finish in the background first
             status, _ = _post(
                 url, "/v1/completions", {"model": "base", "prompt": "hi", "max_tokens": 2}, None

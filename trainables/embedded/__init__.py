@@ -78,7 +78,7 @@ class EmbeddedSpec:
 
 
 # The copying heads set by hand, matching two tokens, then many renamed copies with spliced names
-# for many steps: the README's tables ("The embedded base model") compare the choices tried.
+# for many steps: docs/embedded-model.md and docs/history.md compare the choices tried.
 DEFAULT_SPEC = EmbeddedSpec(
     batch_size=64,
     steps=8400,

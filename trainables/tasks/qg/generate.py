@@ -1,6 +1,6 @@
 """Writes the shipped QG data set from the hand-written topics in topics.py.
 
-python -m trainables.tasks.qg.generate [OUT_DIR]
+python -m trainables.tasks.qg.generate [OUT_DIR] [--seed N]
 
 Deterministic: the same topics and seed give byte-identical files (a test checks the shipped
 files against this script). Each topic yields single-aspect questions (one query), questions
@@ -9,9 +9,9 @@ entities (one query per entity). Questions lean on the history through pronouns.
 the topics go to test whole, so test topics and entities never appear in train.
 """
 
+import argparse
 import itertools
 import random
-import sys
 from pathlib import Path
 
 from trainables.tasks.data import write_splits as write_jsonl_splits
@@ -106,4 +106,8 @@ def write_splits(out_dir: Path, seed: int = SEED) -> None:
 
 
 if __name__ == "__main__":
-    write_splits(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_OUT)
+    cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cli.add_argument("out_dir", nargs="?", type=Path, default=DEFAULT_OUT)
+    cli.add_argument("--seed", type=int, default=SEED)
+    args = cli.parse_args()
+    write_splits(args.out_dir, args.seed)
