@@ -124,7 +124,7 @@ def test_a_kept_result_that_does_not_parse_counts_as_missing_and_is_computed_aga
     cached = scoring.KeptJob(path, "checkpoint_000002", lambda: computed.append(1) or {"metrics": {"x": 1}})
     path.write_text('{"checkpoint": "checkpoint_000002", "metr')  # cut short by a crash
     assert cached.saved() is None
-    (result,) = scoring._all_cached([cached], scoring.IN_PROCESS, "kept checkpoints")
+    (result,) = scoring.kept_or_computed([cached], scoring.IN_PROCESS, "kept checkpoints")
     assert computed == [1] and result["metrics"] == {"x": 1}
     assert json.loads(path.read_text()) == {"checkpoint": "checkpoint_000002", "metrics": {"x": 1}}
     assert cached.saved() == result  # kept whole this time, and reused
