@@ -114,6 +114,22 @@ def _wait_until_ended(session: int, seconds: float) -> None:
     assert not alive, f"still running {seconds} s after the kill: {alive}"
 
 
+def _finished_as_tune_saved_it(sweep_dir: Path) -> dict[str, dict]:
+    """The completed trials whose completion the driver has saved in Tune's experiment state: what a
+    resume can know. (One that completed after the driver's last save is restored from the last
+    checkpoint Tune saved, and trains again from there.)"""
+    if not any(sweep_dir.glob(load.EXPERIMENT_STATE)):
+        return {}
+    states = load.tune_states(sweep_dir, live=True)
+    terminated = set(states.filter(pl.col("tune_status") == "TERMINATED")["trial_dir"])
+    return {
+        record["trial_id"]: record
+        for path in sweep_dir.glob("*/trial_record.json")
+        if (record := json.loads(path.read_text()))["status"] == "completed"
+        and str(path.parent) in terminated
+    }
+
+
 def test_killed_driver_resumes_without_losing_or_rerunning_trials(tiny_model, tmp_path):
     samples = 4
     budget = ["--name", "resumable", "--samples", str(samples), "--concurrency", "1", "--max-steps", "6"]
@@ -121,7 +137,7 @@ def test_killed_driver_resumes_without_losing_or_rerunning_trials(tiny_model, tm
     sweep_dir = tmp_path / "qg" / "resumable"
     deadline = time.time() + 400
     while time.time() < deadline:
-        finished = {k: r for k, r in _records(sweep_dir).items() if r["status"] == "completed"}
+        finished = _finished_as_tune_saved_it(sweep_dir)
         if len(finished) >= 2:
             break
         time.sleep(1)
