@@ -4,6 +4,7 @@ Validation happens before `datasets` sees the file so that an error names the fi
 and the field, which the JSON builder of `datasets` cannot do.
 """
 
+import argparse
 import hashlib
 import json
 from collections.abc import Callable
@@ -125,3 +126,12 @@ def load_splits(
             f"{'' if test_file else ' and test'} and still train; add examples"
         )
     return datasets.DatasetDict(train=train, validation=validation, test=test)
+
+
+def generator_cli(doc: str, default_out: Path, seed: int) -> argparse.ArgumentParser:
+    """A shipped data set's generator's command line: where to write (by default over the shipped
+    files) and its seed."""
+    cli = argparse.ArgumentParser(description=doc.splitlines()[0])
+    cli.add_argument("out_dir", nargs="?", type=Path, default=default_out)
+    cli.add_argument("--seed", type=int, default=seed)
+    return cli

@@ -6,9 +6,9 @@ Deterministic for a seed: the same seed gives byte-identical files (a test check
 files against this script's defaults).
 """
 
-import argparse
 from pathlib import Path
 
+from trainables.tasks.data import generator_cli
 from trainables.tasks.data import write_splits as write_jsonl_splits
 from trainables.tasks.ner.documents import generate
 
@@ -25,9 +25,7 @@ def write_splits(out_dir: Path, count: int = COUNT, seed: int = SEED) -> None:
 
 
 if __name__ == "__main__":
-    cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    cli.add_argument("out_dir", nargs="?", type=Path, default=DEFAULT_OUT)
-    cli.add_argument("--seed", type=int, default=SEED)
+    cli = generator_cli(__doc__, DEFAULT_OUT, SEED)
     cli.add_argument("--count", type=int, default=COUNT)
     args = cli.parse_args()
     write_splits(args.out_dir, args.count, args.seed)

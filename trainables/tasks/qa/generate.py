@@ -16,10 +16,10 @@ Deterministic for a seed: the same seed gives byte-identical files (a test check
 files against this script's defaults).
 """
 
-import argparse
 import random
 from pathlib import Path
 
+from trainables.tasks.data import generator_cli
 from trainables.tasks.data import write_splits as write_jsonl_splits
 
 SEED = 20261123
@@ -286,8 +286,6 @@ def write_splits(out_dir: Path, seed: int = SEED) -> None:
 
 
 if __name__ == "__main__":
-    cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    cli.add_argument("out_dir", nargs="?", type=Path, default=DEFAULT_OUT)
-    cli.add_argument("--seed", type=int, default=SEED)
+    cli = generator_cli(__doc__, DEFAULT_OUT, SEED)
     args = cli.parse_args()
     write_splits(args.out_dir, args.seed)

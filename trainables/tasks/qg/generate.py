@@ -9,11 +9,11 @@ entities (one query per entity). Questions lean on the history through pronouns.
 the topics go to test whole, so test topics and entities never appear in train.
 """
 
-import argparse
 import itertools
 import random
 from pathlib import Path
 
+from trainables.tasks.data import generator_cli
 from trainables.tasks.data import write_splits as write_jsonl_splits
 from trainables.tasks.qg.topics import TOPICS
 
@@ -106,8 +106,6 @@ def write_splits(out_dir: Path, seed: int = SEED) -> None:
 
 
 if __name__ == "__main__":
-    cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    cli.add_argument("out_dir", nargs="?", type=Path, default=DEFAULT_OUT)
-    cli.add_argument("--seed", type=int, default=SEED)
+    cli = generator_cli(__doc__, DEFAULT_OUT, SEED)
     args = cli.parse_args()
     write_splits(args.out_dir, args.seed)
