@@ -260,10 +260,10 @@ def _prefill(forward):
     return guarded
 
 
-def _fail_alone(waiting: list[_Waiting], error: Exception) -> None:
-    for each in waiting:
-        if not each.ticket.done():
-            each.ticket.set_exception(error)
+def _fail_each(tickets: list[Future], error: Exception) -> None:
+    for ticket in tickets:
+        if not ticket.done():
+            ticket.set_exception(error)
 
 
 PREFILL_PADDING = 0.1  # the padding a prefill group may add, as a share of its prompts' tokens
@@ -470,18 +470,18 @@ class AdapterEngine:
         try:
             groups = self._similar_lengths(joining)
         except Exception as error:
-            _fail_alone(joining, error)
+            _fail_each([each.ticket for each in joining], error)
             return
         for group in groups:
             try:
                 rows, forward, prompt = self._prefill_inputs(model, group)
             except Exception as error:
-                _fail_alone(group, error)
+                _fail_each([each.ticket for each in group], error)
                 continue
             try:
                 finished = self._batch.join(rows, _prefill(forward), prompt)
             except _PrefillFailed as failed:  # anything later in join: the batch may be half-changed
-                _fail_alone(group, failed.error)
+                _fail_each([each.ticket for each in group], failed.error)
                 continue
             self._answer(finished)
 
@@ -583,6 +583,4 @@ class AdapterEngine:
 
     def _fail(self, tickets: list[Future], error: Exception) -> None:
         self._batch = _RowGuardedBatch(self.tokenizer, self.device)
-        for ticket in tickets:
-            if not ticket.done():
-                ticket.set_exception(error)
+        _fail_each(tickets, error)
