@@ -13,9 +13,8 @@ from trainables.record import FULL_VALIDATION_QUALITY, read_record
 
 def unmeasured() -> pl.Expr:
     """Trained trials that ended, whose kept checkpoint has no final measurements yet."""
-    ended = pl.col("status").is_in(["completed", "stopped_early"])
     trained = rank.is_trained() & pl.col("best_checkpoint").is_not_null()
-    return ended & trained & pl.col("best_quality").is_null()
+    return rank.ended() & trained & pl.col("best_quality").is_null()
 
 
 def measure_kept_checkpoints(frame: pl.DataFrame, workers: scoring.ScoringPool = scoring.IN_PROCESS) -> int:
@@ -31,8 +30,8 @@ def measure_kept_checkpoints(frame: pl.DataFrame, workers: scoring.ScoringPool =
 def measured_trials(directory: Path, workers: scoring.ScoringPool = scoring.IN_PROCESS) -> pl.DataFrame:
     """The sweep's trials once every kept checkpoint has its ranking figure (the ones ASHA stopped
     are measured on the whole validation split first): what the report and the later stages rank."""
-    measure_kept_checkpoints(load.load(directory), workers)
-    return load.load(directory)
+    trials = load.load(directory)
+    return load.load(directory) if measure_kept_checkpoints(trials, workers) else trials
 
 
 def ended_trial_measurement(trial_dir: Path, results: Path) -> scoring.KeptJob | None:
