@@ -26,7 +26,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import save_file
 
 from serve.adapters import Adapter, load_registry
-from trainables import files, models
+from trainables import architecture, files, models
 from trainables.errors import ConfigError
 from trainables.methods import METHODS, Method
 
@@ -88,7 +88,10 @@ def merged_model(method: Method, base_path: str, adapter: Adapter) -> tuple[torc
             "the 4-bit base was dequantized before merging: the merged model holds its rounded weights "
             "in full precision (4 times the size of the 4-bit base)"
         )
-    return PeftModel.from_pretrained(base, adapter.path).merge_and_unload(), notes
+    merged = PeftModel.from_pretrained(base, adapter.path).merge_and_unload()
+    if method.quantize_4bit:
+        merged = architecture.with_conv1d_layers_restored(merged, base_path)
+    return merged, notes
 
 
 def write_merged(method: Method, base_path: str, adapter: Adapter, out: Path) -> list[str]:

@@ -134,7 +134,9 @@ class GatheredLora:
             factors = self._row_factors[layer] = self._layers[layer].for_rows(row_slots)
         a_rows, scaled_b_rows = factors
         x = args[0].to(a_rows.dtype)  # as PEFT casts the input to the adapter's dtype
-        flat = x.reshape(x.shape[0], -1, x.shape[-1])  # [rows, tokens, in]
+        # [rows, tokens, in], whether the layer reads [rows, tokens, in] or, where the architecture
+        # flattens its hidden states row by row, [rows * tokens, in].
+        flat = x.reshape(a_rows.shape[0], -1, x.shape[-1])
         update = torch.bmm(torch.bmm(flat, a_rows), scaled_b_rows)  # [rows, tokens, out]
         return output + update.to(output.dtype).view(output.shape)
 

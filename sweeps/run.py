@@ -30,6 +30,7 @@ from sweeps.settings import (
     SweepSettings,
     available_train_size,
     check_generation_budget,
+    check_methods_run_on_model,
     resolve,
     trial_budget,
 )
@@ -491,6 +492,7 @@ def sweep(settings: SweepSettings, directory: Path, verbose: bool = False) -> bo
     # with its build (minutes, once). Here that build happens once, not in every trial at the same
     # time, and a bad budget is refused before Ray starts or any trial trains.
     check_generation_budget(settings)
+    check_methods_run_on_model(settings)
     from ray import tune
 
     quiet_libraries(verbose)

@@ -27,7 +27,7 @@ from sweeps.objectives import NAMES as OBJECTIVE_NAMES
 from trainables import models
 from trainables.config import TrialConfig
 from trainables.errors import ConfigError, describe
-from trainables.methods import METHODS, search_dimensions, trained_methods
+from trainables.methods import METHODS, refusals, search_dimensions, trained_methods
 from trainables.registries import known_task, trial_config
 from trainables.tasks import PRESETS, canonical_task, generation_budget, get_task, is_task_file
 
@@ -380,6 +380,13 @@ def check_generation_budget(settings: SweepSettings) -> None:
     The trials' own computation, with the sweep model's tokenizer (tokenizers differ by model).
     """
     generation_budget(settings.task, models.load_tokenizer(settings.model))
+
+
+def check_methods_run_on_model(settings: SweepSettings) -> None:
+    """Refuses a method that the model's architecture cannot run (IA3 finding no layers to scale, a
+    model whose layers keep recurrent state), before Ray starts or any trial trains."""
+    if refused := refusals(models.resolve(settings.model), settings.methods):
+        raise ConfigError("; ".join(refused))
 
 
 def check_environment(settings: SweepSettings) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import architectures
 from trainables import embedded
 from trainables.evaluation import scoring
 
@@ -129,3 +130,18 @@ def _tag_with_group(item) -> None:
     }
     if names and "@" not in item.nodeid.rsplit("]", 1)[-1]:
         item._id = type(item._id).parse(f"{item.nodeid}@{'_'.join(sorted(names))}")
+
+
+@pytest.fixture(scope="session")
+def architecture_model(tiny_model, tmp_path_factory):
+    """model type -> the directory of a random-weight model of it (tests/architectures.py), built once."""
+    built = {}
+
+    def model(model_type: str) -> str:
+        if model_type not in built:
+            built[model_type] = architectures.build(
+                model_type, tiny_model, tmp_path_factory.mktemp(model_type)
+            )
+        return built[model_type]
+
+    return model

@@ -13,7 +13,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from trainables import embedded
+from trainables import architecture, embedded
+from trainables.errors import ConfigError
 
 EMBEDDED = "embedded"
 
@@ -35,18 +36,53 @@ def unloadable_reason(model: str) -> str | None:
     return None
 
 
-def attention_implementation() -> str:
-    """FlashAttention 2 where CUDA and flash-attn are present, else PyTorch SDPA."""
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+def attention_implementation(model: str) -> str:
+    """FlashAttention 2 where CUDA and flash-attn are present and the architecture has it, else PyTorch
+    SDPA, else the architecture's own eager attention (Gemma 2 has no SDPA path: its logit soft-capping)."""
+    model_class = _causal_lm_class(model)
+    flash = torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+    if flash and getattr(model_class, "_supports_flash_attn", False):
         return "flash_attention_2"
-    return "sdpa"
+    return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
+
+
+@functools.cache
+def _causal_lm_class(model: str) -> type | None:
+    """The transformers class AutoModelForCausalLM builds for this model, from its config alone."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    config = AutoConfig.from_pretrained(resolve(model))
+    return MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
 
 
 def load_tokenizer(model: str) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, as every prompt and target is encoded with it: its EOS pads where it has
+    no pad token (padding is masked), and it never appends an EOS to a text (encoding.encode ends
+    each target with one). Whether it puts a BOS in front stays its own habit."""
     tokenizer = AutoTokenizer.from_pretrained(resolve(model))
+    if tokenizer.eos_token is None:
+        raise ConfigError(
+            f"model '{model}': its tokenizer has no EOS token, which ends every target and answer"
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    adds_bos, appends_eos = _special_tokens_added(tokenizer)
+    if appends_eos:
+        # A prompt ending in EOS reads as a finished text. transformers rebuilds the tokenizer's
+        # template from these two flags; the BOS flag is set from what it did, not what it says.
+        tokenizer.add_eos_token = False
+        tokenizer.add_bos_token = adds_bos
+        if _special_tokens_added(tokenizer) != (adds_bos, False):
+            raise ConfigError(
+                f"model '{model}': its tokenizer appends EOS to every text and cannot be told not to"
+            )
     return tokenizer
+
+
+def _special_tokens_added(tokenizer: PreTrainedTokenizerBase) -> tuple[bool, bool]:
+    """Whether the tokenizer puts its BOS in front of an encoded text, and its EOS after it."""
+    ids = tokenizer("a")["input_ids"]
+    return ids[0] == tokenizer.bos_token_id, ids[-1] == tokenizer.eos_token_id
 
 
 def device() -> torch.device:
@@ -85,23 +121,21 @@ def load_model(model: str, *, quantize_4bit: bool = False, safetensors_only: boo
     if safetensors_only:
         extra["use_safetensors"] = True
     loaded = AutoModelForCausalLM.from_pretrained(
-        resolve(model), dtype=dtype, attn_implementation=attention_implementation(), **extra
+        resolve(model), dtype=dtype, attn_implementation=attention_implementation(model), **extra
     )
     return loaded if quantize_4bit else loaded.to(target)
 
 
 @functools.cache
 def parameter_count(model: str) -> int | None:
-    """The model's parameters, from its config alone (built on the meta device: no weights are read).
+    """The model's parameters, from its config alone (its skeleton: no weights are read).
 
     None where the config cannot be read; the checks that own that problem report it.
     """
     try:
-        config = AutoConfig.from_pretrained(resolve(model))
+        skeleton = architecture.skeleton(resolve(model))
     except (OSError, ValueError):
         return None
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config)
     return sum(parameter.numel() for parameter in skeleton.parameters())
 
 

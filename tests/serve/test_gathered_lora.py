@@ -54,3 +54,42 @@ def test_a_mixed_batch_answers_as_peft_with_adapter_names(tiny_model):
         evicted = gathered_logits(gathered, rows)
         gathered.close()  # PEFT's own layers answer again
         torch.testing.assert_close(evicted, peft_logits(rows), rtol=1e-5, atol=1e-5)
+
+
+class _FlatteningBlock(torch.nn.Module):
+    """A residual feed-forward block that flattens batch and sequence before its linear layers, as
+    some architectures' layers do."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.up, self.down = torch.nn.Linear(width, 2 * width), torch.nn.Linear(2 * width, width)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        flat = hidden.reshape(-1, hidden.shape[-1])  # [rows * tokens, width]
+        return hidden + self.down(torch.relu(self.up(flat))).view(hidden.shape)
+
+
+def test_a_layer_that_reads_flattened_rows_adds_each_token_its_own_rows_update():
+    torch.manual_seed(0)
+    config = {"r": 2, "lora_alpha": 4, "target_modules": ["up", "down"], "init_lora_weights": False}
+    peft = get_peft_model(torch.nn.Sequential(_FlatteningBlock(8)), LoraConfig(**config), adapter_name="one")
+    peft.add_adapter("two", LoraConfig(**config))
+    peft.eval()
+    hidden = torch.randn(3, 5, 8)
+    rows = ["one", "two", None]
+    with torch.inference_mode():
+        alone = []
+        for row, adapter in enumerate(rows):
+            if adapter is None:
+                with peft.disable_adapter():
+                    alone.append(peft(hidden[row : row + 1]))
+            else:
+                peft.set_adapter(adapter)
+                alone.append(peft(hidden[row : row + 1]))
+        gathered = GatheredLora(peft)
+        gathered.sync({"one", "two"})
+        gathered.engage()
+        with gathered.rows(rows, torch.device("cpu")):
+            together = peft.get_base_model()(hidden)
+    assert (alone[0] - alone[2]).abs().max() > 1e-2 and (alone[1] - alone[0]).abs().max() > 1e-2
+    torch.testing.assert_close(together, torch.cat(alone), rtol=1e-5, atol=1e-6)

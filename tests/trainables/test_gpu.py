@@ -26,7 +26,7 @@ def test_bf16_and_flash_attention_2(tiny_model):
 def test_a_model_loads_in_bf16_on_cuda_with_the_attention_the_machine_has(tiny_model):
     model = models.load_model(tiny_model)
     assert model.device.type == "cuda" and model.dtype == torch.bfloat16
-    assert model.config._attn_implementation == models.attention_implementation()
+    assert model.config._attn_implementation == models.attention_implementation(tiny_model)
 
 
 @needs_cuda

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from trainables.decoding.cache import append_in_place
+from trainables.decoding.cache import append_in_place, full_attention_cache
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ class RunningBatch:
         mask = inputs["attention_mask"]
         positions = real_token_positions(mask)
         if cache is None:
-            cache = DynamicCache()
+            cache = full_attention_cache()
             logits = forward(**inputs, position_ids=positions, cache=cache)
         else:
             last = {key: inputs[key][:, -1:] for key in ("input_ids", "inputs_embeds") if key in inputs}

@@ -54,6 +54,17 @@ class AppendingLayer(DynamicLayer):
         )
 
 
+def full_attention_cache() -> DynamicCache:
+    """A cache whose every layer keeps all its keys and values, sliding-window layers too.
+
+    Built from a model's config, transformers' cache gives sliding-window layers (Mistral, Gemma 2
+    and 3) a layer that drops the keys past the window and cannot be cut back once it has: the
+    prompt-then-target pass is cut back to the prompt, and the running batch lays rows side by
+    side. Kept whole, the window still holds: the model's mask leaves out what lies past it.
+    """
+    return DynamicCache()
+
+
 def append_in_place(cache: DynamicCache) -> None:
     """Makes the cache's plain dynamic layers AppendingLayers (in place; sliding-window and other
     layers keep their own update)."""

@@ -41,8 +41,21 @@ def generation_call(model, inputs: dict) -> GenerationCall:
     token_embeddings = model.word_embeddings(input_ids)
     virtual = model.get_prompt(batch_size=input_ids.shape[0]).to(token_embeddings.dtype)
     virtual_mask = attention_mask.new_ones(virtual.shape[:2])
+    # Each row's virtual tokens go right before its first real token, after its left padding, as
+    # they stand in the row alone: a sliding window (Mistral, Gemma) counts columns, pads included.
+    columns = _virtual_after_left_padding(attention_mask, virtual.shape[1])
+    embeddings = torch.cat([virtual, token_embeddings], dim=1)
     embedded = {
-        "inputs_embeds": torch.cat([virtual, token_embeddings], dim=1),
-        "attention_mask": torch.cat([virtual_mask, attention_mask], dim=1),
+        "inputs_embeds": embeddings.gather(1, columns[..., None].expand(-1, -1, embeddings.shape[-1])),
+        "attention_mask": torch.cat([virtual_mask, attention_mask], dim=1).gather(1, columns),
     }
     return GenerationCall(model.get_base_model(), embedded)
+
+
+def _virtual_after_left_padding(attention_mask: torch.Tensor, virtual_tokens: int) -> torch.Tensor:
+    """For [virtual tokens | left-padded row], the column each new column takes: the row's left
+    pads, then the virtual tokens, then the rest as it was."""
+    pads = (attention_mask.cumsum(dim=-1) == 0).sum(dim=-1, keepdim=True)  # [rows, 1]
+    new = torch.arange(virtual_tokens + attention_mask.shape[1], device=attention_mask.device)
+    in_pads, in_virtual = new < pads, new < pads + virtual_tokens
+    return torch.where(in_pads, new + virtual_tokens, torch.where(in_virtual, new - pads, new))

@@ -10,6 +10,7 @@ import torch
 
 from trainables.decoding import calls
 from trainables.decoding.batch import Request, Row, RunningBatch, real_token_positions
+from trainables.decoding.cache import full_attention_cache
 from trainables.encoding import IGNORE_INDEX, collate, prompt_ids, target_logits_only
 from trainables.methods import is_prompt_learning
 
@@ -201,15 +202,17 @@ def losses_and_generations(
     if shared:
         start = torch.tensor([prompt_ids(features[0])[:shared]], device=device)
         with calls.autocast(device):
-            shared_cache = model(input_ids=start, use_cache=True, logits_to_keep=1).cache
+            shared_cache = full_attention_cache()
+            model(input_ids=start, cache=shared_cache, use_cache=True, logits_to_keep=1)
     losses, generations = [], []
     for batch in batches:
         rows = [features[index] for index in batch]
         encoded = PromptThenTarget.of(rows, pad_id, device, shared)
         call = calls.generation_call(model, encoded.tokens())
         inputs = with_positions(call.inputs)
-        cache = None
-        if shared_cache is not None:
+        if shared_cache is None:
+            cache = full_attention_cache()
+        else:
             cache = copy.deepcopy(shared_cache)
             cache.batch_repeat_interleave(len(rows))
             inputs = inputs | {key: inputs[key][:, shared:] for key in ("input_ids", "position_ids")}

@@ -3,6 +3,7 @@
 Adding a method is its module here and one line below; tests are parametrized over the registry.
 """
 
+from trainables import architecture
 from trainables.config import METHOD_SCOPE
 from trainables.methods import (
     adalora,
@@ -70,6 +71,20 @@ def search_dimensions() -> dict[str, Dimension]:
     return dimensions
 
 
+def refusals(model_path: str, methods: list[str]) -> list[str]:
+    """Why each of these methods cannot run on the model, one line each (none where all can), read
+    from its architecture before anything trains."""
+    skeleton = architecture.skeleton(model_path)
+    model_type = architecture.model_type(skeleton)
+    if reason := architecture.unsupported_reason(skeleton):
+        return [f"methods {', '.join(methods)} cannot run on model type '{model_type}': {reason}"]
+    return [
+        f"method '{method}' cannot run on model type '{model_type}': {reason}"
+        for method in methods
+        if (reason := METHODS[method].refusal(skeleton))
+    ]
+
+
 __all__ = [
     "BASELINE",
     "METHODS",
@@ -78,6 +93,7 @@ __all__ = [
     "Method",
     "hyperparameter_names",
     "is_prompt_learning",
+    "refusals",
     "scoped",
     "search_dimensions",
     "trained_methods",

@@ -146,6 +146,9 @@ class Method:
     # Serving: positions the saved adapter (its directory) puts in front of every prompt, which
     # count in the model's context beside the prompt and the answer (prompt tuning's virtual tokens).
     prompt_positions: Callable[[Path], int] = lambda saved: 0
+    # Why the method cannot run on a model, from its skeleton (trainables.architecture), or None:
+    # asked before any trial starts.
+    refusal: Callable[[PreTrainedModel], str | None] = lambda model: None
 
     @property
     def export_forms(self) -> tuple[str, ...]:

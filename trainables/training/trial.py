@@ -497,7 +497,7 @@ class TrialRun:
             **self.meter.spent(self.price_per_hour),
             "price_per_hour": self.price_per_hour,
             "peak_memory_mb": measure.peak_memory_mb(),
-            "attention": models.attention_implementation(),
+            "attention": models.attention_implementation(self.model_path),
         }
 
     def score_untouched_base(self) -> dict:

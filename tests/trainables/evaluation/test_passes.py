@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from tests.greedy import NEAR_TIE, gap_where_they_part, greedy_text
 from trainables import encoding, models
 from trainables.decoding.cache import HEADROOM
 from trainables.evaluation import passes
@@ -13,48 +14,6 @@ from trainables.methods import METHODS, trained_methods
 from trainables.training import trial
 
 PROMPTS = ["The user asked the assistant why the roses look unhealthy.\nWhat soil is best for", "Tell me\n"]
-
-
-# How far apart the two best next tokens' logits may be for QLoRA to choose either: its 4-bit
-# kernels round differently for other batch shapes, which moved the embedded model's logits by up
-# to 0.057 (median 0.01) between a row alone and the same row in a left-padded batch of 3, so the
-# gap between two of them by up to twice that.
-NEAR_TIE = 0.12
-
-
-def _greedy_without_cache(
-    model, tokenizer, prompts: list[str], new_tokens: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference: one full forward per token (PEFT's forward puts virtual tokens in correctly).
-    Each row's new tokens, and at each step the gap between the best two logits."""
-    inputs = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
-    ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    gaps = []
-    with torch.no_grad():
-        for _ in range(new_tokens):
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, -1]
-            logits[:, tokenizer.eos_token_id] = -torch.inf  # as fixed_length holds EOS back
-            best_two = logits.topk(2, dim=-1)
-            gaps.append(best_two.values[:, 0] - best_two.values[:, 1])
-            chosen = best_two.indices[:, :1]
-            ids, mask = torch.cat([ids, chosen], dim=1), torch.cat([mask, torch.ones_like(chosen)], dim=1)
-    return ids[:, inputs["input_ids"].shape[1] :], torch.stack(gaps, dim=1)
-
-
-def _greedy_text(model, tokenizer, prompt: str, new_tokens: int) -> str:
-    new_ids, _ = _greedy_without_cache(model, tokenizer, [prompt], new_tokens)
-    return tokenizer.decode(new_ids[0], skip_special_tokens=True)
-
-
-def _gap_where_they_part(model, tokenizer, prompt: str, first: str, second: str, new_tokens: int) -> float:
-    """Following the reference's greedy tokens, the logit gap at the step where the two answers no
-    longer both agree with it."""
-    new_ids, gaps = _greedy_without_cache(model, tokenizer, [prompt], new_tokens)
-    for step in range(new_tokens):
-        text = tokenizer.decode(new_ids[0, : step + 1], skip_special_tokens=True)
-        if not (first.startswith(text) and second.startswith(text)):
-            return gaps[0, step].item()
-    raise AssertionError(f"{first!r} and {second!r} both follow the reference")
 
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "lora"])
@@ -69,7 +28,7 @@ def test_generation_equals_greedy_decoding_with_the_models_forward(method):
             parameter.add_(torch.randn_like(parameter) * 0.5)
     model.eval()
     generated = passes.generate(model, tokenizer, PROMPTS, 12, batch_size=1, fixed_length=True)
-    assert generated.texts == [_greedy_text(model, tokenizer, prompt, 12) for prompt in PROMPTS]
+    assert generated.texts == [greedy_text(model, tokenizer, prompt, 12) for prompt in PROMPTS]
 
 
 def _one_pass_and_two_passes(method: str):
@@ -112,7 +71,7 @@ def test_one_encoding_gives_the_losses_and_answers_of_two_separate_passes(method
     # answers part, the reference's best two tokens must be that close.
     for prompt, one, other in zip(prompts, answers.texts, generated.texts, strict=True):
         if one != other:
-            assert _gap_where_they_part(model, tokenizer, prompt, one, other, 12) < NEAR_TIE, (one, other)
+            assert gap_where_they_part(model, tokenizer, prompt, one, other, 12) < NEAR_TIE, (one, other)
 
 
 @pytest.mark.gpu
@@ -184,7 +143,7 @@ def test_decoding_steps_write_the_cache_in_place_and_answer_as_without_a_cache()
     )
     generated = passes.generate(model, tokenizer, PROMPTS[:1], steps, batch_size=1, fixed_length=True)
     hook.remove()
-    assert generated.texts == [_greedy_text(model, tokenizer, PROMPTS[0], steps)]
+    assert generated.texts == [greedy_text(model, tokenizer, PROMPTS[0], steps)]
     assert len(first_layer_keys) == steps  # the prompt's forward, then one per token but the last
     storage = [keys.untyped_storage().data_ptr() for keys in first_layer_keys]
     copies = sum(before != after for before, after in itertools.pairwise(storage))
