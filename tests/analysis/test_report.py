@@ -122,7 +122,7 @@ def test_a_sweep_folder_copied_elsewhere_still_serves_and_leaks_no_path(smoke_sw
     assert str(sweep_dir) not in text and str(sweep_dir) not in (sweep_dir / "report.html").read_text()
     moved = tmp_path / "elsewhere" / "qg-sweep"
     shutil.copytree(sweep_dir, moved)
-    registry = load_registry(moved)
+    registry = load_registry([moved])
     assert len(registry.adapters) == len(json.loads(text)["winners"])
     for adapter in registry.adapters.values():
         assert adapter.path.is_relative_to(moved) and (adapter.path / "adapter_config.json").is_file() != (

@@ -19,17 +19,18 @@ def model_id(method: str) -> str:
     return f"qg-{method.replace('_', '-')}-test"
 
 
-def _adapter(base: str, method: str, directory, **options) -> None:
-    """What the method saves, with random trained weights, so each winner answers differently;
-    options: trial options (`<method>.<field>`) other than the defaults."""
+def _adapter(base: str, method: str, directory, task: str = "qg", seed: int | None = None, **options) -> None:
+    """What the method saves, with random trained weights, so each winner answers differently
+    (seed: other weights than the method's own default); options: trial options
+    (`<method>.<field>`) other than the defaults."""
     spec = METHODS[method]
-    config = trial_config({"task": "qg", "method": method, "model": base, **options})
+    config = trial_config({"task": task, "method": method, "model": base, **options})
     model = spec.wrap(
         models.load_model(base, quantize_4bit=spec.quantize_4bit),
         config.hyperparameters,
         BuildContext(100, base, "Turn the question into queries"),
     )
-    generator = torch.Generator().manual_seed(len(method))
+    generator = torch.Generator().manual_seed(len(method) if seed is None else seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if not parameter.requires_grad:
