@@ -146,7 +146,7 @@ def _interrupt(*_) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_intermixed_args(argv)  # DIRs may follow options
     try:
         choice = Choice(top=args.top, trials=args.trials or (), pareto=args.pareto)
         registry = load_registry(args.experiment_dirs, choice)

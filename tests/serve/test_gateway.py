@@ -148,3 +148,13 @@ def test_a_body_of_undeclared_length_over_the_limit_is_a_413_through_fastapi_s_p
     chunks = [b'{"model": "base", "prompt": "' + b"x" * 600] + [b"x" * 600] * 100
     status, body = asyncio.run(_call(app, "/v1/completions", chunks))
     assert status == 413 and _openai_error(body) and "larger than 1000 bytes" in body["error"]["message"]
+
+
+def test_without_an_api_key_the_admin_api_is_off(served_base, tmp_path):
+    """Even with a root to add sweeps from: adding and removing adapters need the key."""
+    gateway = Gateway.func_or_class.__wrapped__(
+        _Replicas(), Registry({}, {"base": served_base}), Limits(), None, (tmp_path,)
+    )
+    app = gateway.__serve_build_asgi_app__()
+    status, body = asyncio.run(_call(app, "/v1/adapters", {"sweep": str(tmp_path)}))
+    assert status == 403 and _openai_error(body) and "admin API is off" in body["error"]["message"]
