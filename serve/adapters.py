@@ -177,7 +177,9 @@ def load_sweep(
     chosen = [
         (n, trial)
         for n, trial in enumerate(saved.trials)
-        if (choice.pareto and trial.pareto) or {trial.trial_id, trial.id} & set(choice.trials)
+        # The front's trials that kept a checkpoint, as the winners are picked from them.
+        if (choice.pareto and trial.pareto and trial.adapter_path is not None)
+        or {trial.trial_id, trial.id} & set(choice.trials)
     ]
     if choice.pareto and not chosen:
         raise ConfigError(f"{path}: no trial on the Pareto front kept a checkpoint")

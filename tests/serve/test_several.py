@@ -86,7 +86,7 @@ def sweeps(served_base, other_base, winners_dir, root) -> dict[str, Path]:
         _trial("lora", served_base, winners_dir, "completed", pareto=True, kept=True),
         _trial("ia3", served_base, winners_dir, "completed", pareto=False, kept=True),
         _trial("dora", served_base, winners_dir, "failed", pareto=False, kept=True),
-        _trial("vera", served_base, winners_dir, "stopped_early", pareto=False, kept=False),
+        _trial("vera", served_base, winners_dir, "stopped_early", pareto=True, kept=False),
     ])  # fmt: skip
     _adapter(served_base, "lora", root / "ner" / "lora", task="ner", seed=101)
     ner = _write(root / "ner", [_winner("ner-lora-test", "ner", "lora", served_base, Path("lora"), 0.4)])
