@@ -1,8 +1,9 @@
 """The Ray Serve application: a FastAPI gateway in front of model replicas.
 
-The gateway authenticates, validates and counts tokens, so bad requests never reach a model.
-Each model replica holds the base model once; adapters are Ray Serve multiplexed models, loaded
-on first use and evicted least-recently-used, and concurrent requests are batched across adapters
+The gateway authenticates, validates and counts tokens, so bad requests never reach a model; it
+holds the registry, which the admin API changes while serving. Each model replica holds each base
+model once; adapters are Ray Serve multiplexed models, loaded on first use from the entry their
+request brings and evicted least-recently-used, and concurrent requests are batched across adapters
 at every decoding step (serve.engine).
 A fully fine-tuned winner is multiplexed the same way, as a whole model of its own.
 """
@@ -550,13 +551,17 @@ class Gateway:
         added = list(found.adapters.values())
         for adapter in added:
             self._servable(adapter)
+        try:
+            # On the tokenizing thread: the tokenizers are not to be called from two threads at once.
+            await asyncio.get_running_loop().run_in_executor(self.tokenizing, self._budget, added)
+        except ConfigError as error:  # a task file's budget that cannot hold its targets
+            raise ApiError(400, str(error), param="sweep") from None
+        # From here to the assignment nothing awaits: another change cannot come in between and be lost.
         self.registrations += 1
         try:
-            registry = self.registry.adding(added, self.registrations)
+            self.registry = self.registry.adding(added, self.registrations)
         except ConfigError as error:
             raise ApiError(409, str(error), param="sweep") from None
-        await asyncio.to_thread(self._budget, added)
-        self.registry = registry  # one assignment: every request from now on sees them all
         return {"added": [adapter.adapter_id for adapter in added]}
 
     def _servable(self, adapter: Adapter) -> None:

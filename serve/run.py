@@ -35,7 +35,7 @@ def parser() -> argparse.ArgumentParser:
     chosen.add_argument("--top", type=int, help="serve only each sweep's K best winners")
     chosen.add_argument(
         "--trials",
-        type=lambda names: tuple(name.strip() for name in names.split(",") if name.strip()),
+        type=_trial_names,
         help="serve these trials (trial ids or serving ids, comma-separated) instead of the winners",
     )
     chosen.add_argument(
@@ -76,6 +76,12 @@ def parser() -> argparse.ArgumentParser:
         help="batch each adapter's requests apart instead of mixing LoRA adapters (to measure what mixing gains)",
     )
     return cli
+
+
+def _trial_names(names: str) -> tuple[str, ...]:
+    if not (chosen := tuple(name.strip() for name in names.split(",") if name.strip())):
+        raise argparse.ArgumentTypeError("names no trial")
+    return chosen
 
 
 def limits_from(args: argparse.Namespace, gpus: int, cores: int) -> Limits:
@@ -129,8 +135,10 @@ def api_key_from(args: argparse.Namespace, environment: dict[str, str]) -> str |
     return key
 
 
-def adapter_roots(args: argparse.Namespace) -> tuple[Path, ...]:
+def adapter_roots(args: argparse.Namespace, api_key: str | None) -> tuple[Path, ...]:
     """The --adapter-root directories, symlinks resolved, as the gateway compares paths with them."""
+    if args.adapter_root and api_key is None:
+        raise ConfigError("--adapter-root: the admin API that adds adapters needs an API key; give one")
     if missing := [root for root in args.adapter_root if not root.is_dir()]:
         raise ConfigError(f"--adapter-root {missing[0]}: no such directory")
     return tuple(Path(os.path.realpath(root)) for root in args.adapter_root)
@@ -155,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         gpus = torch.cuda.device_count()
         limits = limits_from(args, gpus, len(os.sched_getaffinity(0)))
         api_key = api_key_from(args, dict(os.environ))
-        roots = adapter_roots(args)
+        roots = adapter_roots(args, api_key)
         # On GPUs each replica fills a GPU of its own; on the CPU they share this machine's memory.
         check_fits(weights_bytes(registry), 1 if gpus else limits.replicas, available_bytes(gpus))
     except ConfigError as error:

@@ -249,6 +249,15 @@ def test_pareto_serves_the_front_and_an_id_in_two_sweeps_is_refused_naming_both(
     assert error.count("\n") == 1 and not ray.is_initialized()
 
 
+def test_an_adapter_root_without_an_api_key_is_refused_at_start(sweeps, root, capsys, monkeypatch):
+    monkeypatch.delenv(run.API_KEY_VARIABLE, raising=False)
+    assert run.main([str(sweeps["qg"]), "--adapter-root", str(root)]) == 2
+    error = capsys.readouterr().err
+    assert "--adapter-root: the admin API that adds adapters needs an API key" in error
+    assert run.main([str(sweeps["qg"]), "--adapter-root", str(root / "missing"), "--api-key", "k"]) == 2
+    assert f"--adapter-root {root / 'missing'}: no such directory" in capsys.readouterr().err
+
+
 def _in_flight(url: str, model: str) -> int:
     return _get(url, "/v1/stats")["models"].get(model, {}).get("in_flight", 0)
 
