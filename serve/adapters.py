@@ -13,6 +13,7 @@ from trainables import winners
 from trainables.config import ConfigError
 from trainables.methods import METHODS, Method
 from trainables.tasks import get_task
+from trainables.tasks.custom import is_task_file
 from trainables.winners import WINNERS_FILE, Trial, Winner
 
 BASE_MODEL_ID = "base"
@@ -206,6 +207,8 @@ def _servable(trial: Trial, where: str) -> Winner:
 
 
 def _adapter(directory: Path, winner: Winner, where: str, roots: tuple[Path, ...] | None) -> Adapter:
+    if is_task_file(winner.task):  # a YAML task is read too: it must lie under the roots as well
+        check_inside(roots, Path(winner.task))
     try:
         task = get_task(winner.task).name
     except KeyError as error:

@@ -313,7 +313,7 @@ def _same_text(answers: list[tuple[int, dict]], alone: tuple[int, dict]) -> bool
 
 def test_every_path_outside_the_allowed_roots_is_refused(several, root, served_base, winners_dir, tmp_path):
     """Outside paths, relative ones that climb out, symlinks that escape (the sweep, its
-    winners.json, an adapter), adapter paths that point out: 403; a folder without a valid
+    winners.json, an adapter), adapter paths and task files that point out: 403; a folder without a valid
     winners.json, or with pickled weights only: 400. Nothing is added."""
     outside = _write(tmp_path / "outside", [_winner("qg-out", "qg", "lora", "m", winners_dir / "lora", 0.1)])
     (root / "linked-sweep").symlink_to(outside, target_is_directory=True)
@@ -334,6 +334,9 @@ def test_every_path_outside_the_allowed_roots_is_refused(several, root, served_b
     (root / "pickled" / "lora").mkdir()
     shutil.copy(winners_dir / "lora" / "adapter_config.json", root / "pickled" / "lora")
     (root / "pickled" / "lora" / "adapter_model.bin").write_bytes(b"not loaded")
+    task_file = tmp_path / "outside-task.yaml"
+    task_file.write_text("name: outside\n")
+    _write(root / "outside-task", [lora | {"task": str(task_file)}])
     (root / "invalid").mkdir()
     (root / "invalid" / "winners.json").write_text('{"winners": [{"id": 3}]}')
     (root / "empty").mkdir()
@@ -342,7 +345,7 @@ def test_every_path_outside_the_allowed_roots_is_refused(several, root, served_b
         sweep: post(several.url, "/v1/adapters", {"sweep": sweep})
         for sweep in [
             str(outside), "/etc", f"../{winners_dir.name}", "../../..", "linked-sweep", "linked-file",
-            "pointing-out", "climbing-out", "linked-adapter", "linked-weights", "pickled", "invalid",
+            "pointing-out", "climbing-out", "linked-adapter", "linked-weights", "outside-task", "pickled", "invalid",
             "empty", "no-such-sweep", "a\u0000b",
         ]
     }  # fmt: skip
