@@ -1,6 +1,9 @@
 """Whether a model replica can hold the base models its sweeps need: checked at start, from the
 models' configs alone, before anything loads."""
 
+import subprocess
+import sys
+
 import psutil
 import torch
 
@@ -25,10 +28,19 @@ def weights_bytes(registry: Registry) -> dict[str, float]:
     return needed
 
 
+# Asked in a process of its own: a CUDA context made here would stay on the GPU a replica then uses.
+FREE_GPU_MEMORY = "import torch; print(torch.cuda.mem_get_info(0)[0])"
+
+
 def available_bytes(gpus: int) -> int:
     """What a replica may fill: the first GPU's free memory (each replica has a GPU of its own),
     else this machine's available memory."""
-    return torch.cuda.mem_get_info(0)[0] if gpus else psutil.virtual_memory().available
+    if not gpus:
+        return psutil.virtual_memory().available
+    asked = subprocess.run(
+        [sys.executable, "-c", FREE_GPU_MEMORY], capture_output=True, text=True, check=True
+    )
+    return int(asked.stdout)
 
 
 def check_fits(needed: dict[str, float], replicas_here: int, available: float) -> None:
