@@ -73,7 +73,9 @@ class Adapter:
     serving: ServingFacts
     sweep: Path  # the experiment directory whose winners.json named it
     trial_id: str | None = None
-    registration: int = 0  # counts re-additions of an id at run time, so a replica never serves stale weights
+    # Which addition through the admin API registered it (0: at start): an id removed and added
+    # again gets another load key, so a replica never answers with weights it cached before.
+    registration: int = 0
 
     @property
     def load_key(self) -> str:
