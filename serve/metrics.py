@@ -140,7 +140,8 @@ class ReplicaMetrics:
     def __init__(self):
         self.queue_depth = Gauge(f"{PREFIX}queue_depth", "Requests waiting to join a running batch")
         self.batch_occupancy = Gauge(
-            f"{PREFIX}batch_occupancy", "Rows in the running batches, as a share of --max-batch-size"
+            f"{PREFIX}batch_occupancy",
+            "Rows in the running batches, as a share of what they hold (--max-batch-size per base model)",
         )
 
     def record(self, load: ReplicaLoad) -> None:
