@@ -115,6 +115,26 @@ def winner_entry(row: dict, directory: Path) -> dict:
     }
 
 
+def trial_entry(row: dict, directory: Path) -> dict:
+    """What winners.json says of any trial of the leaderboard, for a server to name it (--trials,
+    --pareto): its kept checkpoint's adapter, if one is kept, relative to the sweep's directory."""
+    checkpoint = row["best_checkpoint"]
+    return {
+        "trial_id": row["trial_id"],
+        "id": trial_name(row),
+        "task": row["task"],
+        "method": row["method"],
+        "base_model": row["model"],
+        "quantize_4bit": METHODS[row["method"]].quantize_4bit,
+        "status": row["status"],
+        "pareto": bool(row["pareto"]),
+        "adapter_path": str(Path(os.path.relpath(checkpoint, directory)) / ADAPTER_DIR)
+        if checkpoint
+        else None,
+        "validation_quality": row["best_quality"],
+    }
+
+
 def base_name(row: dict) -> str:
     return f"the base model ({int(row['shots'])}-shot)"
 
@@ -377,7 +397,8 @@ def build(
         judged = judge(board, loaded, chosen, winners, workers, (directory / COMPARISON_DIR).is_dir())
     verdict_text = judged.lines if judged else []
     methods_table = judged.methods_table if judged else None
-    saved = {"weights": weights, "winners": winners}
+    trials = [trial_entry(row, directory) for row in board.iter_rows(named=True)]
+    saved = {"weights": weights, "winners": winners, "trials": trials}
     if judged:
         saved |= {"methods": judged.methods, "method_comparisons": judged.method_comparisons}
     Winners.model_validate(saved).write(directory)

@@ -32,14 +32,16 @@ from trainables.tasks import get_task
 ADAPTERS = 8
 
 
-def make_winners(directory: Path) -> None:
-    base = str(embedded.ensure_built())
+def make_winners(directory: Path, base: str | None = None, task: str = "qg", count: int = ADAPTERS) -> None:
+    """A sweep's directory whose winners.json lists `count` LoRA adapters for `task` (random
+    weights, rank 8 on every linear layer) on `base` (default: the embedded model)."""
+    base = base or str(embedded.ensure_built())
     winners = []
-    for index in range(ADAPTERS):
+    for index in range(count):
         config = LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
         get_peft_model(models.load_model(base), config).save_pretrained(directory / f"lora-{index}")
         winners.append({
-            "id": f"qg-lora-{index:04d}", "task": "qg", "method": "lora", "base_model": base,
+            "id": f"{task}-lora-{index:04d}", "task": task, "method": "lora", "base_model": base,
             "quantize_4bit": False, "adapter_path": str(directory / f"lora-{index}"),
         })  # fmt: skip
     (directory / "winners.json").write_text(json.dumps({"winners": winners}))

@@ -77,6 +77,15 @@ class TaskRequest(_Strict):
         return dict(self.model_extra or {})
 
 
+class AddAdapters(BaseModel):
+    """POST /v1/adapters: a sweep's directory (under an allowed root), and the trials to serve
+    from it instead of its winners."""
+
+    model_config = ConfigDict(extra="forbid")
+    sweep: str = Field(min_length=1, max_length=4096)
+    trials: list[str] | None = Field(None, min_length=1, max_length=256)
+
+
 def encodable(*texts: str) -> bool:
     """Whether every text is valid Unicode text (a lone surrogate such as "\\ud800" is not): the
     tokenizer refuses it, and the client gets a 400 instead of an error from deep inside."""

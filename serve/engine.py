@@ -39,7 +39,7 @@ from trainables.decoding import calls
 from trainables.decoding.batch import Completion, Request, Row, RunningBatch, Sampling
 from trainables.methods import is_prompt_learning
 
-__all__ = ["AdapterEngine", "Completion", "LoadedAdapter", "LoadedModel", "Request", "Sampling"]
+__all__ = ["AdapterEngine", "Completion", "LoadedAdapter", "LoadedModel", "Request", "Sampling", "Ticket"]
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
@@ -196,10 +196,17 @@ class _Base:
         return self.peft.get_base_model()
 
 
+class Ticket(Future):
+    """A request's Completion to come (None where its adapter is not, or no longer, added), and
+    when its first token came: the prefill that made it (time.monotonic())."""
+
+    first_token_at: float | None = None
+
+
 @dataclass
 class _Waiting:
     request: Request
-    ticket: Future  # resolved with the Completion, or None where the adapter is not (or no longer) added
+    ticket: Ticket
 
 
 class _RowGuardedBatch(RunningBatch):
@@ -336,12 +343,9 @@ class AdapterEngine:
                 self._retired.append(adapter_id)
             self._changed.notify()
 
-    def submit(self, request: Request) -> Future:
-        """A future of the request's Completion (None where its adapter is not, or no longer, added).
-
-        Cancelling the future takes the request out, waiting or mid-decode.
-        """
-        ticket = Future()
+    def submit(self, request: Request) -> Ticket:
+        """The request's ticket: cancelling it takes the request out, waiting or mid-decode."""
+        ticket = Ticket()
         with self._changed:
             self._waiting.append(_Waiting(request, ticket))
             self._changed.notify()
@@ -351,6 +355,11 @@ class AdapterEngine:
         """Completions in request order; None where the adapter is not (or no longer) added."""
         tickets = [self.submit(request) for request in requests]
         return [ticket.result() for ticket in tickets]
+
+    def load(self) -> tuple[int, int]:
+        """Requests waiting to join the running batch, and rows in it."""
+        with self._changed:
+            return len(self._waiting), len(self._batch)
 
     def close(self) -> None:
         with self._changed:
@@ -483,6 +492,9 @@ class AdapterEngine:
             except _PrefillFailed as failed:  # anything later in join: the batch may be half-changed
                 _fail_each([each.ticket for each in group], failed.error)
                 continue
+            prefilled = time.monotonic()
+            for each in group:
+                each.ticket.first_token_at = prefilled
             self._answer(finished)
 
     def _prefill_inputs(

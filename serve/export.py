@@ -49,13 +49,14 @@ PORTABLE_WEIGHT_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
 
 def chosen_winner(sweep_dir: Path, winner_id: str | None) -> tuple[Adapter, str]:
     """(the winner, its base model): the best one, or the one named."""
-    registry = load_registry(sweep_dir)
+    registry = load_registry([sweep_dir])
     if winner_id is None:
-        return next(iter(registry.adapters.values())), registry.base_model
+        winner = next(iter(registry.adapters.values()))
+        return winner, winner.base_model
     if winner_id not in registry.adapters:
         known = ", ".join(registry.adapters)
         raise ConfigError(f"--winner: no winner '{winner_id}' in {sweep_dir}/winners.json; known: {known}")
-    return registry.adapters[winner_id], registry.base_model
+    return registry.adapters[winner_id], registry.adapters[winner_id].base_model
 
 
 def check_exportable(adapter: Adapter, form: str) -> Method:

@@ -1,7 +1,8 @@
-"""python -m serve.run DIR [options]: serve a sweep's winning adapters behind an OpenAI-compatible API.
+"""python -m serve.run DIR [DIR ...] [options]: serve sweeps' winning adapters behind an OpenAI-compatible API.
 
-DIR is an experiment directory with winners.json (written at the end of every sweep, or by
-`python -m analysis.report DIR`). The server keeps running until Ctrl-C.
+Each DIR is an experiment directory with winners.json (written at the end of every sweep, or by
+`python -m analysis.report DIR`); sweeps on one base model share its weights. The server keeps
+running until Ctrl-C.
 """
 
 import argparse
@@ -11,7 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from serve.adapters import load_registry
+from serve.adapters import Choice, load_registry
+from serve.capacity import available_bytes, check_fits, weights_bytes
 from serve.limits import LOOPBACK_NAMES, Limits
 from trainables.config import ConfigError
 
@@ -24,10 +26,28 @@ LOCAL_RAY_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 def parser() -> argparse.ArgumentParser:
     cli = argparse.ArgumentParser(prog="python -m serve.run", description=__doc__.split("\n\n")[0])
-    cli.add_argument("experiment_dir", type=Path, help="a sweep directory with winners.json")
+    cli.add_argument(
+        "experiment_dirs", type=Path, nargs="+", metavar="DIR", help="sweep directories with winners.json"
+    )
     cli.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes it beyond this machine")
     cli.add_argument("--port", type=int, default=8000)
-    cli.add_argument("--top", type=int, help="serve only the K best winners")
+    chosen = cli.add_mutually_exclusive_group()
+    chosen.add_argument("--top", type=int, help="serve only each sweep's K best winners")
+    chosen.add_argument(
+        "--trials",
+        type=_trial_names,
+        help="serve these trials (trial ids or serving ids, comma-separated) instead of the winners",
+    )
+    chosen.add_argument(
+        "--pareto", action="store_true", help="serve every trial on each sweep's Pareto front"
+    )
+    cli.add_argument(
+        "--adapter-root",
+        type=Path,
+        action="append",
+        default=[],
+        help="a directory whose sweeps POST /v1/adapters may add (repeatable; needs an API key)",
+    )
     keys = cli.add_mutually_exclusive_group()
     keys.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE})")
     keys.add_argument(
@@ -37,6 +57,12 @@ def parser() -> argparse.ArgumentParser:
         "--insecure-no-api-key",
         action="store_true",
         help="serve beyond loopback (--host) without an API key, knowing anyone who reaches it may use it",
+    )
+    cli.add_argument(
+        "--metrics-port",
+        type=int,
+        help="where Ray's Prometheus endpoint serves the metrics, /metrics (default: a port Ray picks; "
+        "a Ray this server starts only)",
     )
     for limit in Limits.options():
         # Derived from the machine when not given (limits_from); the others default as Limits does.
@@ -50,6 +76,12 @@ def parser() -> argparse.ArgumentParser:
         help="batch each adapter's requests apart instead of mixing LoRA adapters (to measure what mixing gains)",
     )
     return cli
+
+
+def _trial_names(names: str) -> tuple[str, ...]:
+    if not (chosen := tuple(name.strip() for name in names.split(",") if name.strip())):
+        raise argparse.ArgumentTypeError("names no trial")
+    return chosen
 
 
 def limits_from(args: argparse.Namespace, gpus: int, cores: int) -> Limits:
@@ -103,6 +135,15 @@ def api_key_from(args: argparse.Namespace, environment: dict[str, str]) -> str |
     return key
 
 
+def adapter_roots(args: argparse.Namespace, api_key: str | None) -> tuple[Path, ...]:
+    """The --adapter-root directories, symlinks resolved, as the gateway compares paths with them."""
+    if args.adapter_root and api_key is None:
+        raise ConfigError("--adapter-root: the admin API that adds adapters needs an API key; give one")
+    if missing := [root for root in args.adapter_root if not root.is_dir()]:
+        raise ConfigError(f"--adapter-root {missing[0]}: no such directory")
+    return tuple(Path(os.path.realpath(root)) for root in args.adapter_root)
+
+
 def http_options(args: argparse.Namespace, limits: Limits) -> dict:
     """Ray Serve's HTTPOptions for the proxy: where it listens, and how long a request may take."""
     return {"host": args.host, "port": args.port, "request_timeout_s": limits.http_timeout_s}
@@ -113,13 +154,18 @@ def _interrupt(*_) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_intermixed_args(argv)  # DIRs may follow options
     try:
-        registry = load_registry(args.experiment_dir, args.top)
+        choice = Choice(top=args.top, trials=args.trials or (), pareto=args.pareto)
+        registry = load_registry(args.experiment_dirs, choice)
         import torch
 
-        limits = limits_from(args, torch.cuda.device_count(), len(os.sched_getaffinity(0)))
+        gpus = torch.cuda.device_count()
+        limits = limits_from(args, gpus, len(os.sched_getaffinity(0)))
         api_key = api_key_from(args, dict(os.environ))
+        roots = adapter_roots(args, api_key)
+        # On GPUs each replica fills a GPU of its own; on the CPU they share this machine's memory.
+        check_fits(weights_bytes(registry), 1 if gpus else limits.replicas, available_bytes(gpus))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -134,16 +180,22 @@ def main(argv: list[str] | None = None) -> int:
 
     from serve.app import build, key_digest
 
+    own = {} if joining or args.metrics_port is None else {"_metrics_export_port": args.metrics_port}
     ray.init(
-        None if joining else "local", include_dashboard=False, configure_logging=False, log_to_driver=False
+        None if joining else "local",
+        include_dashboard=False,
+        configure_logging=False,
+        log_to_driver=False,
+        **own,
     )
     serve.start(http_options=http_options(args, limits))
     try:
         digest = key_digest(api_key) if api_key else None
-        serve.run(build(registry, limits, digest), name="peft-sweeps", route_prefix="/")
+        serve.run(build(registry, limits, digest, roots), name="peft-sweeps", route_prefix="/")
         url = f"http://{args.host}:{args.port}"
-        print(f"serving {len(registry.adapters)} adapters on {registry.base_model} at {url}/v1", flush=True)
-        print(f"models: base, {', '.join(registry.adapters)}; Ctrl-C stops", flush=True)
+        bases = ", ".join(f"{base_id} ({path})" for base_id, path in registry.bases.items())
+        print(f"serving {len(registry.adapters)} adapters on {bases} at {url}/v1", flush=True)
+        print(f"models: {', '.join([*registry.bases, *registry.adapters])}; Ctrl-C stops", flush=True)
         signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C
         while True:
             time.sleep(3600)

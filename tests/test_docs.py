@@ -254,6 +254,7 @@ def test_the_winners_schema_is_documented():
         winners.Validation,
         winners.WinnerTest,
         winners.ComparedMethod,
+        winners.Trial,
     ]
     page = (DOCS / "output-files.md").read_text()
     missing = sorted({field for model in models for field in model.model_fields if f"`{field}`" not in page})

@@ -86,6 +86,22 @@ class Winner(Strict):
     test: WinnerTest | None = None
 
 
+class Trial(Strict):
+    """A trial of the sweep as a server can name it (`python -m serve.run --trials`, `--pareto`):
+    any point of the leaderboard, not only the winners."""
+
+    trial_id: str
+    id: str  # its serving id, as a winner's would be
+    task: str
+    method: str
+    base_model: str
+    quantize_4bit: bool
+    status: str  # completed, stopped_early, failed, running or lost (analysis.load)
+    pareto: bool  # on the Pareto front
+    adapter_path: str | None = None  # its kept checkpoint's, relative to the sweep; None: none kept
+    validation_quality: float | None = None
+
+
 class ComparedMethod(Strict):
     """A method as the verdict compares it: its best configuration's runs at equal budget."""
 
@@ -106,6 +122,7 @@ class Winners(Strict):
     winners: list[Winner]  # best first
     methods: list[ComparedMethod] = []
     method_comparisons: list[MethodComparison] = []
+    trials: list[Trial] | None = None  # every trial, leaderboard order; None: written before they were listed
 
     @field_validator("schema_version")
     @classmethod

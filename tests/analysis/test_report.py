@@ -9,7 +9,7 @@ import pytest
 from peft import PeftModel
 
 from analysis import browser, load, report
-from serve.adapters import load_registry
+from serve.adapters import Choice, load_registry
 from trainables import models
 from trainables.methods import METHODS
 from trainables.training import trial
@@ -122,12 +122,31 @@ def test_a_sweep_folder_copied_elsewhere_still_serves_and_leaks_no_path(smoke_sw
     assert str(sweep_dir) not in text and str(sweep_dir) not in (sweep_dir / "report.html").read_text()
     moved = tmp_path / "elsewhere" / "qg-sweep"
     shutil.copytree(sweep_dir, moved)
-    registry = load_registry(moved)
+    registry = load_registry([moved])
     assert len(registry.adapters) == len(json.loads(text)["winners"])
     for adapter in registry.adapters.values():
         assert adapter.path.is_relative_to(moved) and (adapter.path / "adapter_config.json").is_file() != (
             adapter.method == "full"
         )
+
+
+def test_winners_json_lists_every_trial_for_a_server_to_name(smoke_sweep):
+    """The leaderboard's trials, in its order, each with its kept checkpoint's adapter: --pareto
+    serves the front's, and a winner's entry points where its trial's does."""
+    _, sweep_dir = smoke_sweep
+    saved = json.loads((sweep_dir / WINNERS_FILE).read_text())
+    board = pl.read_parquet(sweep_dir / "leaderboard.parquet")
+    trials = saved["trials"]
+    assert [t["trial_id"] for t in trials] == board["trial_id"].to_list()
+    for listed, row in zip(trials, board.iter_rows(named=True), strict=True):
+        assert (listed["status"], listed["pareto"]) == (row["status"], bool(row["pareto"]))
+        assert (listed["adapter_path"] is None) == (row["best_checkpoint"] is None)
+    by_trial = {listed["trial_id"]: listed for listed in trials}
+    for winner in saved["winners"]:
+        listed = by_trial[winner["trial_id"]]
+        assert (listed["id"], listed["adapter_path"]) == (winner["id"], winner["adapter_path"])
+    front = [t["id"] for t in trials if t["pareto"] and t["adapter_path"] is not None]
+    assert front and list(load_registry([sweep_dir], Choice(pareto=True)).adapters) == front
 
 
 def test_finalists_rank_on_the_mean_of_their_seeds(smoke_sweep):

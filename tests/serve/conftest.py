@@ -2,12 +2,15 @@
 fine-tuning), and real servers on loopback."""
 
 import json
+import urllib.error
+import urllib.request
 
 import pytest
 import torch
 
 from serve.launch import start_server, stop_server
 from trainables import models
+from trainables.evaluation import passes
 from trainables.methods import METHODS, BuildContext, trained_methods
 from trainables.registries import trial_config
 
@@ -19,17 +22,18 @@ def model_id(method: str) -> str:
     return f"qg-{method.replace('_', '-')}-test"
 
 
-def _adapter(base: str, method: str, directory, **options) -> None:
-    """What the method saves, with random trained weights, so each winner answers differently;
-    options: trial options (`<method>.<field>`) other than the defaults."""
+def _adapter(base: str, method: str, directory, task: str = "qg", seed: int | None = None, **options) -> None:
+    """What the method saves, with random trained weights, so each winner answers differently
+    (seed: other weights than the method's own default); options: trial options
+    (`<method>.<field>`) other than the defaults."""
     spec = METHODS[method]
-    config = trial_config({"task": "qg", "method": method, "model": base, **options})
+    config = trial_config({"task": task, "method": method, "model": base, **options})
     model = spec.wrap(
         models.load_model(base, quantize_4bit=spec.quantize_4bit),
         config.hyperparameters,
         BuildContext(100, base, "Turn the question into queries"),
     )
-    generator = torch.Generator().manual_seed(len(method))
+    generator = torch.Generator().manual_seed(len(method) if seed is None else seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if not parameter.requires_grad:
@@ -44,6 +48,33 @@ def _adapter(base: str, method: str, directory, **options) -> None:
                 spread = 2.0 if "vera_lambda" in name else 0.5
                 parameter.copy_(noise * spread + offset)
     spec.save(model, models.load_tokenizer(base), directory)
+
+
+def post(url: str, path: str, body, key: str | None = API_KEY) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"content-type": "application/json"} | ({"authorization": f"Bearer {key}"} if key else {})
+    request = urllib.request.Request(url + path, data=data, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@torch.no_grad()
+def greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
+    """Greedy decoding exactly as evaluation scores it: what a served answer must equal.
+
+    On one thread, as every trial runs and as the tests' servers run their replica
+    (`--cpus-per-replica 1`): with more, float sums run in another order, and a near-tie on these
+    random-weight models can flip a token.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return passes.generate(model, tokenizer, [prompt], max_new_tokens, batch_size=1).texts[0]
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -2,12 +2,14 @@
 refuses, and how, before any request reaches a model."""
 
 import asyncio
+import dataclasses
 import json
 
 from serve.adapters import Registry
 from serve.app import Gateway
 from serve.engine import Completion
 from serve.limits import Limits
+from serve.metrics import ReplicaLoad, Served
 
 
 class _Replicas:
@@ -24,12 +26,12 @@ class _Replicas:
     def complete(self):
         return self
 
-    def remote(self, request):
+    def remote(self, request, base_model, adapter):
         self.received += 1
 
         async def answer():
             await self.release.wait()
-            return Completion("fine", 3, 1, "stop")
+            return Served(Completion("fine", 3, 1, "stop"), 0.0, ReplicaLoad("stand-in", 0, 1, 16))
 
         return asyncio.ensure_future(answer())
 
@@ -37,7 +39,7 @@ class _Replicas:
 def _gateway(served_base: str, **limits):
     """The gateway (the class Ray Serve wraps) and its HTTP app."""
     gateway = Gateway.func_or_class.__wrapped__(
-        _Replicas(), Registry(served_base, {}), Limits(**limits), None
+        _Replicas(), Registry({}, {"base": served_base}), Limits(**limits), None
     )
     return gateway, gateway.__serve_build_asgi_app__()
 
@@ -83,11 +85,12 @@ def test_a_prompt_longer_than_its_tokens_can_be_is_refused_before_it_is_tokenize
     """A prompt, or a chat's messages together, of more characters than max_prompt_tokens tokens can
     hold is refused without tokenizing it; one just within the bound is tokenized and counted."""
     gateway, app = _gateway(served_base, max_prompt_tokens=100)
-    assert gateway.max_prompt_chars == 100 * 64  # the tiny tokenizer's longest token: 8 characters
+    text = gateway.bases[served_base]
+    assert text.max_prompt_chars == 100 * 64  # the tiny tokenizer's longest token: 8 characters
     tokenized = []
-    tokenizer = gateway.tokenizer
-    gateway.tokenizer = lambda text: tokenized.append(len(text)) or tokenizer(text)
-    long = "x" * (gateway.max_prompt_chars + 1)
+    counting = lambda prompt: tokenized.append(len(prompt)) or text.tokenizer(prompt)  # noqa: E731
+    gateway.bases[served_base] = dataclasses.replace(text, tokenizer=counting)
+    long = "x" * (text.max_prompt_chars + 1)
     chat = [{"role": "user", "content": "x" * 4000}] * 2  # 8002 characters with their newlines
 
     async def calls():
@@ -145,3 +148,13 @@ def test_a_body_of_undeclared_length_over_the_limit_is_a_413_through_fastapi_s_p
     chunks = [b'{"model": "base", "prompt": "' + b"x" * 600] + [b"x" * 600] * 100
     status, body = asyncio.run(_call(app, "/v1/completions", chunks))
     assert status == 413 and _openai_error(body) and "larger than 1000 bytes" in body["error"]["message"]
+
+
+def test_without_an_api_key_the_admin_api_is_off(served_base, tmp_path):
+    """Even with a root to add sweeps from: adding and removing adapters need the key."""
+    gateway = Gateway.func_or_class.__wrapped__(
+        _Replicas(), Registry({}, {"base": served_base}), Limits(), None, (tmp_path,)
+    )
+    app = gateway.__serve_build_asgi_app__()
+    status, body = asyncio.run(_call(app, "/v1/adapters", {"sweep": str(tmp_path)}))
+    assert status == 403 and _openai_error(body) and "admin API is off" in body["error"]["message"]

@@ -76,7 +76,7 @@ def test_the_bearer_scheme_is_matched_whatever_its_case_and_only_a_digest_is_kep
     digest = key_digest("secret-key")
     assert digest == hashlib.sha256(b"secret-key").digest() and b"secret-key" not in digest
     # What Ray pickles of the application (with its own cloudpickle) holds the digest, never the key.
-    pickled = cloudpickle.dumps(build(Registry("base-model", {}), _limits(), digest))
+    pickled = cloudpickle.dumps(build(Registry({}, {"base": "base-model"}), _limits(), digest))
     assert digest in pickled and b"secret-key" not in pickled
 
 

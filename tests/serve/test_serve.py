@@ -7,30 +7,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from serve.launch import start_server, stop_server
-from tests.serve.conftest import API_KEY, model_id
+from tests.serve.conftest import API_KEY, greedy, model_id, post
 from trainables import models
-from trainables.evaluation import passes
 from trainables.methods import METHODS, trained_methods
 from trainables.tasks import generation_budget, get_task
 
 pytestmark = pytest.mark.slow
 ADAPTERS = ["qg-lora-test", "qg-ia3-test", "qg-prompt-tuning-test"]
 PROMPTS = [f"Question {n}: what is the weather like in town number {n}?" for n in range(12)]
-
-
-def _post(url: str, path: str, body, key: str | None = API_KEY) -> tuple[int, dict]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    headers = {"content-type": "application/json"} | ({"authorization": f"Bearer {key}"} if key else {})
-    request = urllib.request.Request(url + path, data=data, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def _client(url: str) -> openai.OpenAI:
@@ -43,22 +30,6 @@ def _complete(client: openai.OpenAI, model: str, prompt: str, max_tokens: int = 
         .choices[0]
         .text
     )
-
-
-@torch.no_grad()
-def _greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
-    """Greedy decoding exactly as evaluation scores it: what a served answer must equal.
-
-    On one thread, as every trial runs and as the tests' servers run their replica
-    (`--cpus-per-replica 1`): with more, float sums run in another order, and a near-tie on these
-    random-weight models can flip a token.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return passes.generate(model, tokenizer, [prompt], max_new_tokens, batch_size=1).texts[0]
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _trained(method: str, served_base: str, winners_dir, quantize_4bit: bool | None = None):
@@ -108,7 +79,7 @@ def test_generation_stops_at_a_stop_string_and_counts_only_the_tokens_returned(s
     assert len(complete(max_tokens=counted - 1).choices[0].text) < len(returned)
 
 
-def test_seeded_sampling_repeats_and_differs_from_greedy(server):
+def test_seeded_sampling_repeats_and_differs_fromgreedy(server):
     client = _client(server)
 
     def sample(seed: int) -> str:
@@ -128,18 +99,18 @@ def test_seeded_sampling_repeats_and_differs_from_greedy(server):
 def test_task_endpoint_answers_as_scored_within_the_max_tokens_cap(server, served_base, winners_dir):
     """The task's prompt, greedy on the default winner's own 4-bit base, cut at --max-tokens (64)."""
     body = {"history": "The user is planning a trip to Lisbon.", "question": "Is it safe?"}
-    first_status, first = _post(server, "/v1/tasks/qg", body)
-    _, again = _post(server, "/v1/tasks/qg", body)
+    first_status, first = post(server, "/v1/tasks/qg", body)
+    _, again = post(server, "/v1/tasks/qg", body)
     assert first_status == 200 and first["model"] == "qg-qlora-test"  # the first (best) winner by default
     assert first == again | {"latency_s": first["latency_s"]} and first["latency_s"] > 0
     tokenizer = models.load_tokenizer(served_base)
     prompt, model = get_task("qg").format_prompt(body), _trained("qlora", served_base, winners_dir)
-    capped = _greedy(model, tokenizer, prompt, 64)
+    capped = greedy(model, tokenizer, prompt, 64)
     budget = generation_budget("qg", tokenizer)
-    assert budget > 64 and _greedy(model, tokenizer, prompt, budget) != capped  # the cap is what ends it
+    assert budget > 64 and greedy(model, tokenizer, prompt, budget) != capped  # the cap is what ends it
     assert first["output"] == capped and first["result"] == get_task("qg").parse(capped)
     assert first["usage"]["completion_tokens"] == 64
-    status, other = _post(server, "/v1/tasks/qg", body | {"model": "qg-ia3-test"})
+    status, other = post(server, "/v1/tasks/qg", body | {"model": "qg-ia3-test"})
     assert status == 200 and other["model"] == "qg-ia3-test" and other["output"] != first["output"]
 
 
@@ -149,7 +120,7 @@ def test_qlora_winner_answers_as_on_the_4bit_base_it_was_trained_on(server, serv
     on_4bit, on_full = (_trained("qlora", served_base, winners_dir, quantized) for quantized in (True, False))
     # Prompts on which the two bases answer differently, so serving on the wrong one shows.
     answers = {
-        prompt: [_greedy(model, tokenizer, prompt, 32) for model in (on_4bit, on_full)] for prompt in PROMPTS
+        prompt: [greedy(model, tokenizer, prompt, 32) for model in (on_4bit, on_full)] for prompt in PROMPTS
     }
     telling = {prompt: quantized for prompt, (quantized, full) in answers.items() if quantized != full}
     assert telling, "no prompt tells the 4-bit base from the full-precision one"
@@ -165,9 +136,9 @@ def test_served_answers_equal_plain_generate_after_type_switches_and_reloads(
     tokenizer = models.load_tokenizer(served_base)
     prompt = PROMPTS[3]
     expected = {
-        model_id(method): _greedy(_trained(method, served_base, winners_dir), tokenizer, prompt, 32)
+        model_id(method): greedy(_trained(method, served_base, winners_dir), tokenizer, prompt, 32)
         for method in trained_methods()
-    } | {"base": _greedy(models.load_model(served_base), tokenizer, prompt, 32)}
+    } | {"base": greedy(models.load_model(served_base), tokenizer, prompt, 32)}
     client = _client(server)
     rounds = [{model: _complete(client, model, prompt, 32) for model in expected} for _ in range(2)]
     for answers in rounds:  # (served, expected) of each model that differs
@@ -181,15 +152,15 @@ def test_full_winner_is_served_as_its_own_model(server, winners_dir):
     directory = winners_dir / "full"
     model = AutoModelForCausalLM.from_pretrained(directory, use_safetensors=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    expected = _greedy(model, tokenizer, PROMPTS[2], 12)
+    expected = greedy(model, tokenizer, PROMPTS[2], 12)
     client = _client(server)
     assert _complete(client, "qg-full-test", PROMPTS[2]) == expected
     assert _complete(client, "base", PROMPTS[2]) != expected  # its own weights, not the base's
     listed = {entry.id: entry for entry in client.models.list()}
     assert listed["qg-full-test"].model_extra["method"] == "full"
     trip = {"history": "A trip to Oslo.", "question": "Is it cold?"}
-    status, answer = _post(server, "/v1/tasks/qg", trip | {"model": "qg-full-test"})
-    _, on_base = _post(server, "/v1/tasks/qg", trip | {"model": "base"})
+    status, answer = post(server, "/v1/tasks/qg", trip | {"model": "qg-full-test"})
+    _, on_base = post(server, "/v1/tasks/qg", trip | {"model": "base"})
     assert status == 200 and answer["model"] == "qg-full-test" and answer["output"] != on_base["output"]
 
 
@@ -218,13 +189,13 @@ def test_full_winner_is_served_as_its_own_model(server, winners_dir):
     ],
 )
 def test_bad_requests_get_their_status_and_the_server_stays_up(server, path, body, key, status):
-    got, answer = _post(server, path, body, key)
+    got, answer = post(server, path, body, key)
     assert (
         got == status
         and answer["error"]["message"]
         and set(answer["error"]) == {"message", "type", "param", "code"}
     )
-    good, completion = _post(
+    good, completion = post(
         server, "/v1/completions", {"model": "qg-lora-test", "prompt": "hi", "max_tokens": 2}
     )
     assert good == 200 and completion["usage"]["completion_tokens"] == 2
@@ -260,16 +231,14 @@ def test_full_queue_and_timeouts_are_clean_errors(winners_dir):
     try:
         slow = {"model": "base", "prompt": "hi", "max_tokens": 900}
         with ThreadPoolExecutor(max_workers=8) as pool:
-            answers = list(pool.map(lambda _: _post(url, "/v1/completions", slow, None), range(8)))
+            answers = list(pool.map(lambda _: post(url, "/v1/completions", slow, None), range(8)))
         statuses = sorted(status for status, _ in answers)
         assert 503 in statuses and 504 in statuses and set(statuses) <= {200, 503, 504}
         # Refused by the gateway (its slots) or by the replicas' queue, or timed out: OpenAI's shape.
         refusals = [body["error"] for status, body in answers if status != 200]
         assert all(error["message"] and error["type"] for error in refusals)
         for _ in range(60):  # the timed-out generations finish in the background first
-            status, _ = _post(
-                url, "/v1/completions", {"model": "base", "prompt": "hi", "max_tokens": 2}, None
-            )
+            status, _ = post(url, "/v1/completions", {"model": "base", "prompt": "hi", "max_tokens": 2}, None)
             if status == 200:
                 break
         assert status == 200
