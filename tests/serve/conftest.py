@@ -85,14 +85,19 @@ def served_base(tiny_model, tmp_path_factory) -> str:
     here context matters, so every method's adapter changes the answer and a 4-bit base gives
     other answers than the full-precision one, which tests can then tell apart.
     """
-    model = models.load_model(tiny_model)
+    scaled = ("v_proj.weight", "o_proj.weight", "up_proj.weight", "down_proj.weight")
+    return scaled_copy(tiny_model, scaled, 8.0, tmp_path_factory.mktemp("served-base"))
+
+
+def scaled_copy(model_path: str, weights: tuple[str, ...], factor: float, directory) -> str:
+    """The model with the weights whose names end so multiplied by factor, saved with its tokenizer."""
+    model = models.load_model(model_path)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if name.endswith(("v_proj.weight", "o_proj.weight", "up_proj.weight", "down_proj.weight")):
-                parameter.mul_(8.0)
-    directory = tmp_path_factory.mktemp("served-base")
+            if name.endswith(weights):
+                parameter.mul_(factor)
     model.save_pretrained(directory)
-    models.load_tokenizer(tiny_model).save_pretrained(directory)
+    models.load_tokenizer(model_path).save_pretrained(directory)
     return str(directory)
 
 

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 import ray
-import torch
 
 from serve import run
 from serve.adapters import Choice, load_registry
 from serve.launch import free_port, start_server, stop_server
-from tests.serve.conftest import API_KEY, _adapter, greedy, post
+from tests.serve.conftest import API_KEY, _adapter, greedy, post, scaled_copy
 from trainables import models
 from trainables.methods import METHODS
 
@@ -66,15 +65,7 @@ def root(tmp_path_factory) -> Path:
 def other_base(served_base, tmp_path_factory) -> str:
     """Another base model: served_base with its attention outputs scaled down again, so that it
     answers otherwise."""
-    model = models.load_model(served_base)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith("o_proj.weight"):
-                parameter.mul_(0.25)
-    directory = tmp_path_factory.mktemp("other-base")
-    model.save_pretrained(directory)
-    models.load_tokenizer(served_base).save_pretrained(directory)
-    return str(directory)
+    return scaled_copy(served_base, ("o_proj.weight",), 0.25, tmp_path_factory.mktemp("other-base"))
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,9 @@ from dataclasses import replace
 import pytest
 import torch
 from tokenizers.processors import TemplateProcessing
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tests import architectures
 from trainables import embedded, encoding, models
 from trainables.decoding.batch import Request, RunningBatch
 from trainables.errors import ConfigError
@@ -101,16 +102,10 @@ def test_an_eos_id_other_than_the_default_ends_targets_and_generation(tiny_token
     assert tokenizer.eos_token_id not in (default_eos, None)
     _assert_prompts_and_targets_as_the_task_intends(tokenizer, adds_bos=False)
 
-    config = AutoConfig.for_model(
-        "llama",
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    model = AutoModelForCausalLM.from_pretrained(
+        architectures.build("llama", str(tmp_path), tmp_path / "model")
     )
-    model = AutoModelForCausalLM.from_config(config)
+    config = model.config
     # A head that scores one token above all others, whatever it reads: the token it answers.
     model.lm_head = torch.nn.Linear(config.hidden_size, config.vocab_size)
     torch.nn.init.zeros_(model.lm_head.weight)
