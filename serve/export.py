@@ -102,7 +102,9 @@ def write_merged(method: Method, base_path: str, adapter: Adapter, out: Path) ->
     return notes
 
 
-def portable_lora(method: Method, model: PeftModel, base_model: str) -> tuple[dict, dict[str, torch.Tensor]]:
+def portable_lora(
+    method: Method, model: PeftModel, base_path: str, base_model: str
+) -> tuple[dict, dict[str, torch.Tensor]]:
     """(adapter config, weights) of the plain LoRA that makes the same update as `model`'s adapter."""
     factors = {}
     for name, module in model.named_modules():
@@ -125,7 +127,9 @@ def portable_lora(method: Method, model: PeftModel, base_model: str) -> tuple[di
         "alpha_pattern": other_ranks,
         "lora_dropout": 0.0,
         "bias": "none",
-        "fan_in_fan_out": False,
+        # True where the architecture's layers are GPT-2's Conv1D, whose weight is transposed: a loader
+        # that merges must transpose the update (whether or not a 4-bit base hid them in training).
+        "fan_in_fan_out": architecture.any_conv1d(base_path, factors),
         "use_rslora": False,
         "use_dora": False,
         "modules_to_save": None,
@@ -140,7 +144,7 @@ def portable_lora(method: Method, model: PeftModel, base_model: str) -> tuple[di
 
 def write_lora(method: Method, base_path: str, base_model: str, adapter: Adapter, out: Path) -> list[str]:
     model = method.load_trained(base_path, adapter.path, method.quantize_4bit)
-    config, weights = portable_lora(method, model, base_model)
+    config, weights = portable_lora(method, model, base_path, base_model)
     out.mkdir(parents=True, exist_ok=True)
     save_file(weights, out / ADAPTER_WEIGHTS, metadata={"format": "pt"})
     (out / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))

@@ -225,6 +225,8 @@ def test_each_export_form_answers_as_the_adapter(trained, tmp_path, model_type, 
         if form == "merged":
             exported = AutoModelForCausalLM.from_pretrained(tmp_path / form, use_safetensors=True)
         else:
+            config = json.loads((tmp_path / form / "adapter_config.json").read_text())
+            assert config["fan_in_fan_out"] == (model_type == "gpt2")  # its Conv1D weights are transposed
             base = models.load_model(run.model_path, quantize_4bit=spec.quantize_4bit)
             exported = PeftModel.from_pretrained(base, tmp_path / form)
         # Merged into the dequantized 4-bit weights, a QLoRA computes in other roundings.

@@ -63,6 +63,12 @@ def linear_layers(model: PreTrainedModel) -> Iterator[tuple[str, torch.nn.Module
             yield name, module
 
 
+def any_conv1d(model_path: str, layer_names) -> bool:
+    """Whether any of these layers of the architecture is a Conv1D (names as in the model itself)."""
+    layers = dict(skeleton(model_path).named_modules())
+    return any(isinstance(layers.get(name), Conv1D) for name in layer_names)
+
+
 def with_conv1d_layers_restored(model: PreTrainedModel, model_path: str) -> PreTrainedModel:
     """The model with GPT-2's Conv1D layers back where its architecture has them.
 
