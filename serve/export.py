@@ -129,7 +129,7 @@ def portable_lora(
         "bias": "none",
         # True where the architecture's layers are GPT-2's Conv1D, whose weight is transposed: a loader
         # that merges must transpose the update (whether or not a 4-bit base hid them in training).
-        "fan_in_fan_out": architecture.any_conv1d(base_path, factors),
+        "fan_in_fan_out": not architecture.conv1d_layer_names(base_path).isdisjoint(factors),
         "use_rslora": False,
         "use_dora": False,
         "modules_to_save": None,

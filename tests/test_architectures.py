@@ -17,10 +17,10 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from serve import export
-from serve.adapters import ServingFacts
-from serve.engine import AdapterEngine, Request, read_adapter, read_model
+from serve.engine import AdapterEngine, Request
 from tests.architectures import ARCHITECTURES, SLIDING, SLIDING_WINDOW
 from tests.greedy import NEAR_TIE, gap_where_they_part, greedy_text
+from tests.serve.conftest import read_saved
 from tests.trainables.test_methods import learning_rate
 from trainables import models
 from trainables.methods import METHODS
@@ -162,13 +162,6 @@ def _other_lora(run: Trained, directory: Path) -> Path:
     return directory
 
 
-def _loaded(adapter_id: str, directory: Path, method: str):
-    spec = METHODS[method]
-    if spec.standalone:
-        return read_model(adapter_id, directory)
-    return read_adapter(adapter_id, directory, ServingFacts.of(spec, directory, spec.quantize_4bit))
-
-
 @pytest.mark.parametrize(("model_type", "method"), _cases())
 def test_the_serving_engine_answers_as_plain_peft_generation_alone_and_in_a_mixed_batch(
     trained, tmp_path, model_type, method
@@ -185,7 +178,7 @@ def test_the_serving_engine_answers_as_plain_peft_generation_alone_and_in_a_mixe
     engine = AdapterEngine(run.model_path, tuple(sorted({False, spec.quantize_4bit})))
     try:
         for adapter_id, (directory, of_method) in served.items():
-            engine.add(_loaded(adapter_id, directory, of_method))
+            engine.add(read_saved(adapter_id, directory, of_method))
         prompts = _prompts(run, 3)
         requests = [
             Request(prompt, adapter_id, SERVED_TOKENS)

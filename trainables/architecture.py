@@ -63,10 +63,9 @@ def linear_layers(model: PreTrainedModel) -> Iterator[tuple[str, torch.nn.Module
             yield name, module
 
 
-def any_conv1d(model_path: str, layer_names) -> bool:
-    """Whether any of these layers of the architecture is a Conv1D (names as in the model itself)."""
-    layers = dict(skeleton(model_path).named_modules())
-    return any(isinstance(layers.get(name), Conv1D) for name in layer_names)
+def conv1d_layer_names(model_path: str) -> set[str]:
+    """The architecture's GPT-2-style Conv1D layers, by their names in the model itself."""
+    return {name for name, layer in skeleton(model_path).named_modules() if isinstance(layer, Conv1D)}
 
 
 def with_conv1d_layers_restored(model: PreTrainedModel, model_path: str) -> PreTrainedModel:
@@ -76,18 +75,16 @@ def with_conv1d_layers_restored(model: PreTrainedModel, model_path: str) -> PreT
     dequantizing leaves that nn.Linear in place: the model would save weights transposed from what
     its class reads. Each such layer becomes a Conv1D again, with the same weights.
     """
-    original = dict(skeleton(model_path).named_modules())
+    conv1d = conv1d_layer_names(model_path)
     for name, layer in list(model.named_modules()):
-        if isinstance(original.get(name), Conv1D) and isinstance(layer, torch.nn.Linear):
+        if name in conv1d and isinstance(layer, torch.nn.Linear):
             restored = Conv1D(layer.out_features, layer.in_features).to(
                 layer.weight.device, layer.weight.dtype
             )
             with torch.no_grad():
                 restored.weight.copy_(layer.weight.T)
-                if layer.bias is not None:
+                if layer.bias is not None:  # else Conv1D's own bias: zeros
                     restored.bias.copy_(layer.bias)
-                else:
-                    restored.bias.zero_()
             model.set_submodule(name, restored)
     return model
 

@@ -8,6 +8,8 @@ import urllib.request
 import pytest
 import torch
 
+from serve.adapters import ServingFacts
+from serve.engine import read_adapter, read_model
 from serve.launch import start_server, stop_server
 from trainables import models
 from trainables.evaluation import passes
@@ -75,6 +77,14 @@ def greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
         return passes.generate(model, tokenizer, [prompt], max_new_tokens, batch_size=1).texts[0]
     finally:
         torch.set_num_threads(threads)
+
+
+def read_saved(adapter_id: str, directory, method: str):
+    """A saved adapter (or whole model) as a replica reads it, on the base its method trains on."""
+    spec = METHODS[method]
+    if spec.standalone:
+        return read_model(adapter_id, directory)
+    return read_adapter(adapter_id, directory, ServingFacts.of(spec, directory, spec.quantize_4bit))
 
 
 @pytest.fixture(scope="session")

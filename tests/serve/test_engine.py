@@ -2,9 +2,8 @@
 
 import time
 
-from serve.adapters import ServingFacts
-from serve.engine import AdapterEngine, Request, Sampling, read_adapter
-from tests.serve.conftest import _adapter, model_id
+from serve.engine import AdapterEngine, Request, Sampling
+from tests.serve.conftest import _adapter, model_id, read_saved
 from trainables import models
 from trainables.evaluation import passes
 from trainables.methods import METHODS
@@ -12,15 +11,9 @@ from trainables.methods import METHODS
 PROMPT = "Question 1: what is the weather like in town number 1?"
 
 
-def _read(adapter_id: str, directory, method: str):
-    """The adapter as a replica reads it, on the base its method trains on."""
-    spec = METHODS[method]
-    return read_adapter(adapter_id, directory, ServingFacts.of(spec, directory, spec.quantize_4bit))
-
-
 def test_a_row_stops_generating_at_its_stop_string(served_base, winners_dir):
     engine = AdapterEngine(served_base, (False,))
-    engine.add(_read(model_id("lora"), winners_dir / "lora", "lora"))
+    engine.add(read_saved(model_id("lora"), winners_dir / "lora", "lora"))
     forwards = []  # one forward pass of the base per generated token
     engine.bases[False].model.register_forward_hook(lambda *_: forwards.append(1))
 
@@ -48,7 +41,7 @@ def test_one_batch_of_every_adapter_answers_as_each_reloaded_alone(served_base, 
     ]
     engine = AdapterEngine(served_base, (False,))
     for name in on_base:
-        engine.add(_read(model_id(name), winners_dir / name, name))
+        engine.add(read_saved(model_id(name), winners_dir / name, name))
     served = [c.text for c in engine.generate([Request(PROMPT, model_id(name), 16) for name in on_base])]
     tokenizer = models.load_tokenizer(served_base)
     alone = [
@@ -68,7 +61,7 @@ def test_a_qlora_adapter_evicted_and_loaded_again_answers_as_scored(served_base,
     engine = AdapterEngine(served_base, (True,))
 
     def load():
-        adapter = _read(model_id("qlora"), winners_dir / "qlora", "qlora")
+        adapter = read_saved(model_id("qlora"), winners_dir / "qlora", "qlora")
         engine.add(adapter)
         return adapter
 
@@ -92,7 +85,7 @@ def test_requests_sent_mid_decode_join_the_running_batch_and_answer_as_alone(ser
     ]
     engine = AdapterEngine(served_base, (False,))
     for name in mixing:
-        engine.add(_read(model_id(name), winners_dir / name, name))
+        engine.add(read_saved(model_id(name), winners_dir / name, name))
     first, last = model_id(mixing[0]), model_id(mixing[-1])
     long = Request("Question 2: is it raining in town number 2?", first, max_tokens=64)
     joining = [
@@ -128,7 +121,7 @@ def test_vera_adapters_of_other_projection_seeds_take_turns_on_one_base(served_b
     folders = {"vera-seed-0": winners_dir / "vera", "vera-seed-1": tmp_path / "seed-1"}
     engine = AdapterEngine(served_base, (False,))
     for name, folder in folders.items():
-        engine.add(_read(name, folder, "vera"))
+        engine.add(read_saved(name, folder, "vera"))
     served = [c.text for c in engine.generate([Request(PROMPT, name, 16) for name in folders] * 2)]
     tokenizer = models.load_tokenizer(served_base)
     alone = [
@@ -145,7 +138,7 @@ def test_a_request_whose_row_cannot_be_made_fails_alone(served_base, winners_dir
     """A seed torch cannot take, or a prompt the tokenizer cannot encode, fails its own request;
     the request decoded beside it answers as it does alone."""
     engine = AdapterEngine(served_base, (False,))
-    engine.add(_read(model_id("lora"), winners_dir / "lora", "lora"))
+    engine.add(read_saved(model_id("lora"), winners_dir / "lora", "lora"))
     normal = Request(PROMPT, model_id("lora"), 16)
     (alone,) = engine.generate([normal])
     hostile = [
@@ -163,7 +156,7 @@ def test_a_row_that_fails_mid_decode_fails_alone(served_base, winners_dir):
     """A row whose own step fails (sampling its token, matching its stop strings, its prefill)
     fails its request alone: the rows decoded beside it, greedy or seeded, answer as they do alone."""
     engine = AdapterEngine(served_base, (False,))
-    engine.add(_read(model_id("lora"), winners_dir / "lora", "lora"))
+    engine.add(read_saved(model_id("lora"), winners_dir / "lora", "lora"))
     beside = [
         Request(PROMPT, model_id("lora"), 24),
         Request("Question 3: how windy is town number 3?", None, 24, sampling=Sampling(1.0, seed=5)),
