@@ -48,6 +48,7 @@ METRICS = {
     "latency_per_token_s": "latency_per_token_s",
     "tokens_per_s": "gen_tokens_per_s",
     "truncated_rate": "truncated_rate",
+    "accepted_draft_length": "accepted_draft_length",
     "max_new_tokens": "max_new_tokens",
     "train_tokens_per_s": "train_tokens_per_s",
     "trainable_params": "trainable_params",

@@ -178,6 +178,7 @@ def method_summary(frame: pl.DataFrame) -> pl.DataFrame:
             best_quality=pl.col("best_quality").filter(ok).max(),
             median_quality=pl.col("best_quality").filter(ok).median(),
             truncated_rate=pl.col("truncated_rate").filter(ok).median(),
+            accepted_draft_length=pl.col("accepted_draft_length").filter(ok).median(),
             tokens_per_s=pl.col("tokens_per_s").filter(ok).median(),
             latency_s=pl.col("latency_s").filter(ok).median(),
             perplexity=pl.col("perplexity").filter(ok).median(),

@@ -293,7 +293,7 @@ def write_html(
     sections = [
         f"<h1>Sweep report: {html.escape(str(task))} on {html.escape(str(model))}</h1>",
         f"<p>{board.height} trials, {failures.height} failed; ${spent_usd:.4f} spent in all. "
-        f"Generated {datetime.datetime.now():%Y-%m-%d %H:%M}.</p>",
+        f"Generated {datetime.datetime.now():%Y-%m-%d %H:%M}. {html.escape(prompt_lookup_line(board))}</p>",
         "<h2>Verdict</h2>", _verdict_html(verdict_text),
         "<h2>Methods at equal budget</h2>",
         f"<p>{EQUAL_BUDGET_NOTE}</p>" + tables.to_html(methods_table, "equal-budget")
@@ -319,6 +319,18 @@ def write_html(
     path = directory / "report.html"
     files.write_atomically(path, f"{page}<script>{tables.TABLE_SCRIPT}</script></body></html>")
     return path
+
+
+def prompt_lookup_line(board: pl.DataFrame) -> str:
+    """How far prompt lookup's drafts held on this sweep's task (trainables.decoding.lookup)."""
+    lengths = board["accepted_draft_length"].drop_nulls()
+    task = board["task"].drop_nulls().first()
+    if lengths.is_empty():
+        return f"Prompt lookup: off (or no draft checked) in the evaluations of {task}."
+    return (
+        f"Prompt lookup: {lengths.mean():.2f} draft tokens kept per draft checked on {task}, the mean over "
+        f"{lengths.len()} trials' evaluations."
+    )
 
 
 def markdown_summary(
@@ -404,6 +416,7 @@ def build(
     Winners.model_validate(saved).write(directory)
     write_html(directory, board, summary, winners, verdict_text, figures, spent_usd, methods_table)
     print(markdown_summary(summary, winners, verdict_text, methods_table))
+    print(f"\n## Decoding\n{prompt_lookup_line(board)}")
     if board.filter(rank.is_candidate()).is_empty():
         raise load.NotAnExperiment(
             f"{directory}: every trained trial failed; see report.html for the reasons"

@@ -67,6 +67,7 @@ COLUMNS: dict[str, tuple[str, Callable[[pl.Expr], pl.Expr]]] = {
     "test": ("test quality", quality),
     "test_ci95": ("test 95% CI", interval),
     "truncated_rate": ("answers cut", percent),
+    "accepted_draft_length": ("draft tokens kept", three_figures),
     "latency_s": ("latency (s)", seconds),
     "latency_per_token_s": ("latency per token (s)", seconds),
     "train_time_s": ("train time (s)", seconds),

@@ -85,6 +85,7 @@ class AdapterServer:
                 max_batch_size=limits.max_batch_size,
                 batch_wait_s=limits.batch_wait_s,
                 mix_adapters=limits.mix_adapters,
+                lookup=limits.lookup(),
             )
             for base_model in registry.bases.values()
         }

@@ -36,7 +36,8 @@ from serve.adapters import ServingFacts
 from serve.gathered_lora import GatheredLora
 from trainables import models
 from trainables.decoding import calls
-from trainables.decoding.batch import Completion, Request, Row, RunningBatch, Sampling
+from trainables.decoding.batch import Completion, Request, Row, RunningBatch, Sampling, prompt_token_ids
+from trainables.decoding.lookup import DEFAULT_LOOKUP, Drafter, PromptLookup
 from trainables.methods import is_prompt_learning
 
 __all__ = ["AdapterEngine", "Completion", "LoadedAdapter", "LoadedModel", "Request", "Sampling", "Ticket"]
@@ -214,8 +215,8 @@ class _RowGuardedBatch(RunningBatch):
     matching its stop strings) finishes that row alone, its error kept in `failures` for the engine
     to hand to its request, instead of raising out of the step that every row shares."""
 
-    def __init__(self, tokenizer, device: torch.device):
-        super().__init__(tokenizer, device)
+    def __init__(self, tokenizer, device: torch.device, drafter: Drafter | None):
+        super().__init__(tokenizer, device, drafter)
         self.failures: dict[int, Exception] = {}  # id(row) -> its error, until the engine answers it
 
     def _choose(self, rows: list[Row], logits: torch.Tensor) -> torch.Tensor:
@@ -288,12 +289,14 @@ class AdapterEngine:
         max_batch_size: int = 16,
         batch_wait_s: float = 0.0,
         mix_adapters: bool = True,
+        lookup: PromptLookup | None = DEFAULT_LOOKUP,
     ):
         """quantized_bases: for each base to hold, whether it is loaded in 4-bit (QLoRA's base).
 
         max_batch_size: rows decoded together. batch_wait_s: how long an idle engine waits for
         companions of a first request before it starts. mix_adapters: False batches each adapter's
-        requests apart (the naive scheme, kept to measure what mixing gains).
+        requests apart (the naive scheme, kept to measure what mixing gains). lookup: prompt
+        lookup's settings for greedy requests, None: off (the answers are the same).
         """
         path = models.resolve(base_model)
         self.tokenizer = models.load_tokenizer(path)
@@ -314,7 +317,9 @@ class AdapterEngine:
         self._waiting: list[_Waiting] = []
         self._retired: list[str] = []  # removed adapters whose injected layers are still to take out
         self._closed = False
-        self._batch = _RowGuardedBatch(self.tokenizer, self.device)
+        # One drafter for the engine's life: each adapter's answers help draft its later ones.
+        self.drafter = calls.drafter(lookup, self.plain_base.model)
+        self._batch = _RowGuardedBatch(self.tokenizer, self.device, self.drafter)
         self._lane: Lane | None = None
         self._standalone: torch.nn.Module | None = None  # the running lane's model, when it is one
         threading.Thread(target=self._decode_forever, name="decode", daemon=True).start()
@@ -483,12 +488,12 @@ class AdapterEngine:
             return
         for group in groups:
             try:
-                rows, forward, prompt = self._prefill_inputs(model, group)
+                rows, forward, prompt, prompt_ids = self._prefill_inputs(model, group)
             except Exception as error:
                 _fail_each([each.ticket for each in group], error)
                 continue
             try:
-                finished = self._batch.join(rows, _prefill(forward), prompt)
+                finished = self._batch.join(rows, _prefill(forward), prompt, prompt_ids=prompt_ids)
             except _PrefillFailed as failed:  # anything later in join: the batch may be half-changed
                 _fail_each([each.ticket for each in group], failed.error)
                 continue
@@ -499,18 +504,18 @@ class AdapterEngine:
 
     def _prefill_inputs(
         self, model: torch.nn.Module, group: list[_Waiting]
-    ) -> tuple[list[Row], Callable, dict]:
-        """A prefill group's rows, the forward that prefills them and its inputs."""
+    ) -> tuple[list[Row], Callable, dict, list[list[int]]]:
+        """A prefill group's rows, the forward that prefills them, its inputs and the prompts' tokens."""
         inputs = self._batch.prompts([waiting.request for waiting in group])
-        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
-        rows = [Row(w.request, n, owner=w.ticket) for w, n in zip(group, prompt_tokens, strict=True)]
+        prompt_ids = prompt_token_ids(inputs)
+        rows = [Row(w.request, len(ids), owner=w.ticket) for w, ids in zip(group, prompt_ids, strict=True)]
         call = calls.generation_call(model, inputs)  # prompt tuning's virtual tokens, put in once
         prompt = {
             name: call.inputs[name]
             for name in ("input_ids", "inputs_embeds", "attention_mask")
             if name in call.inputs
         }
-        return rows, self._forward(step=False, newcomers=rows, model=call.model), prompt
+        return rows, self._forward(step=False, newcomers=rows, model=call.model), prompt, prompt_ids
 
     def _admissible(self, joining: list[_Waiting]) -> list[_Waiting]:
         """The newcomers whose own row can be made (its text valid Unicode, its sampler seeded);
@@ -576,7 +581,7 @@ class AdapterEngine:
 
         def forward(**inputs) -> torch.Tensor:
             with rows_context():
-                return model(**inputs, use_cache=True, logits_to_keep=1).logits
+                return model(**inputs, use_cache=True).logits
 
         self.steps += 1
         return forward
@@ -594,5 +599,5 @@ class AdapterEngine:
                 row.owner.set_exception(error)
 
     def _fail(self, tickets: list[Future], error: Exception) -> None:
-        self._batch = _RowGuardedBatch(self.tokenizer, self.device)
+        self._batch = _RowGuardedBatch(self.tokenizer, self.device, self.drafter)
         _fail_each(tickets, error)

@@ -7,6 +7,8 @@ before Ray is imported.
 import dataclasses
 from dataclasses import dataclass
 
+from trainables.decoding.lookup import PromptLookup
+
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
 
 # No token of the tokenizers served is longer than this many characters (the gateway takes the
@@ -64,11 +66,19 @@ class Limits:
         "cores (torch threads) each model replica holds (default: 1 with GPUs, else this machine's cores "
         "divided among the replicas)",
     )
+    prompt_lookup_tokens: int = _limit(PromptLookup.tokens, "prompt lookup's longest draft (k)")
+    prompt_lookup_ngram: int = _limit(PromptLookup.ngram, "prompt lookup's longest suffix looked up (n)")
     mix_adapters: bool = True  # False: each adapter's requests batch apart (to measure what mixing gains)
+    prompt_lookup: bool = True  # False: plain decoding (--no-prompt-lookup); the answers are the same
     gpus_per_replica: float = 0.0
     # Bound to loopback: only requests naming a loopback host are answered, so that a web page the
     # user opens cannot reach the server through a name that resolves to 127.0.0.1 (DNS rebinding).
     loopback_hosts_only: bool = True
+
+    def lookup(self) -> PromptLookup | None:
+        return (
+            PromptLookup(self.prompt_lookup_tokens, self.prompt_lookup_ngram) if self.prompt_lookup else None
+        )
 
     @classmethod
     def options(cls) -> list[dataclasses.Field]:

@@ -75,6 +75,11 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="batch each adapter's requests apart instead of mixing LoRA adapters (to measure what mixing gains)",
     )
+    cli.add_argument(
+        "--no-prompt-lookup",
+        action="store_true",
+        help="decode greedy requests token by token, without drafting from the prompt (the same answers)",
+    )
     return cli
 
 
@@ -101,6 +106,7 @@ def limits_from(args: argparse.Namespace, gpus: int, cores: int) -> Limits:
     return Limits(
         **given,
         mix_adapters=not args.separate_adapter_batches,
+        prompt_lookup=not args.no_prompt_lookup,
         gpus_per_replica=1.0 if gpus else 0.0,
         loopback_hosts_only=is_loopback(args.host),
     )

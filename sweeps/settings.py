@@ -44,7 +44,7 @@ SMOKE = {
     },
 }
 # Options the sweep sets on every trial itself; a `trial:` block may not override them.
-SWEEP_OWNED = {"task", "model", "method", "max_steps", "epochs", "seed"}
+SWEEP_OWNED = {"task", "model", "method", "max_steps", "epochs", "seed", "prompt_lookup"}
 
 
 class _Ranges(BaseModel):
@@ -161,6 +161,12 @@ class SweepSettings(BaseModel):
         description="after the search, train each method's best configuration to the whole budget, so "
         "that the verdict compares methods at equal budget",
     )
+    # The answers are the same either way (trainables.decoding.lookup); off: to measure what it gains.
+    prompt_lookup: bool = Field(
+        True,
+        description="evaluate with prompt-lookup decoding (a --config file's trial: prompt_lookup_tokens and "
+        "prompt_lookup_ngram tune it)",
+    )
     mlflow: str | None = Field(
         None,
         description="log every trial to this MLflow tracking URI (e.g. sqlite:///mlflow.db, http://host:5000)",
@@ -231,6 +237,7 @@ class SweepSettings(BaseModel):
             "max_steps": self.max_steps,
             "epochs": self.epochs,
             "seed": self.seed,
+            "prompt_lookup": self.prompt_lookup,
             **self.trial,
         }
 

@@ -46,8 +46,7 @@ def build(model_type: str, tokenizer_dir: str, directory: Path, **overrides) -> 
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         initializer_range=0.2,
-        **({"sliding_window": SLIDING_WINDOW} if model_type in SLIDING else {}),
-        **overrides,
+        **({"sliding_window": SLIDING_WINDOW} if model_type in SLIDING else {}) | overrides,
     )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(directory)

@@ -55,6 +55,16 @@ def unsupported_reason(model: PreTrainedModel) -> str | None:
     return None
 
 
+def sliding_window(config) -> int | None:
+    """The shortest window of the model's sliding-window attention layers, None where none slides
+    (transformers' own cache layout for the config says which layers do)."""
+    layers = DynamicCache(config=config.get_text_config()).layers
+    return min(
+        (layer.sliding_window for layer in layers if isinstance(layer, DynamicSlidingWindowLayer)),
+        default=None,
+    )
+
+
 def linear_layers(model: PreTrainedModel) -> Iterator[tuple[str, torch.nn.Module]]:
     """Every linear layer but the output head: nn.Linear, and GPT-2's Conv1D (its weight transposed)."""
     head = model.get_output_embeddings()

@@ -12,6 +12,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from trainables.decoding.lookup import PromptLookup
 from trainables.errors import ConfigError, problems
 
 METHOD_SCOPE = "."  # lora.learning_rate: the learning rate of LoRA trials, a dimension of its own
@@ -78,6 +79,10 @@ class TrialConfig(BaseModel):
     # whole split; a cap only makes sense for smoke runs, whose verdicts mean nothing anyway.
     full_eval_examples: int | None = Field(None, ge=1, description="cap the whole-split evaluations")
     eval_batch_size: int = Field(16, ge=1)
+    # Prompt-lookup decoding (trainables.decoding.lookup): the same answers in fewer forward passes.
+    prompt_lookup: bool = Field(True, description="draft answer tokens from the prompt; off: plain decoding")
+    prompt_lookup_tokens: int = Field(PromptLookup.tokens, ge=1, description="longest draft (k)")
+    prompt_lookup_ngram: int = Field(PromptLookup.ngram, ge=1, description="longest suffix looked up (n)")
     # Sweeps select on validation; only a final, explicit evaluation may look at the test split.
     eval_split: Literal["validation", "test"] = "validation"
     seed: int = 0
@@ -121,6 +126,12 @@ class TrialConfig(BaseModel):
         if found:
             raise ConfigError("invalid config: " + "; ".join(found))
         return config
+
+    def lookup(self) -> PromptLookup | None:
+        """Prompt lookup's settings for this trial's decoding; None where it is off."""
+        return (
+            PromptLookup(self.prompt_lookup_tokens, self.prompt_lookup_ngram) if self.prompt_lookup else None
+        )
 
     def usable_train_size(self, available: int) -> int:
         return min(available, self.train_examples or available)

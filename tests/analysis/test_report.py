@@ -38,6 +38,10 @@ def test_sweep_ends_with_a_self_contained_report_that_names_every_method(smoke_s
     lightest_full = full["adapter_bytes"].min()
     assert lightest_full > board.filter(pl.col("method").is_in(["lora", "ia3"]))["adapter_bytes"].max()
     assert "## Per method" in done.stdout
+    # How far prompt lookup's drafts held, the mean over the trials' evaluations, on the page and the terminal.
+    lengths = board["accepted_draft_length"].drop_nulls()
+    stated = f"Prompt lookup: {lengths.mean():.2f} draft tokens kept per draft checked on qg"
+    assert not lengths.is_empty() and stated in page and stated in done.stdout
 
 
 def test_the_terminal_shows_one_line_per_trial_and_each_stage_s_state_on_two_screens(smoke_sweep):

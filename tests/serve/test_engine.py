@@ -5,6 +5,7 @@ import time
 from serve.engine import AdapterEngine, Request, Sampling
 from tests.serve.conftest import _adapter, model_id, read_saved
 from trainables import models
+from trainables.decoding.lookup import PromptLookup
 from trainables.evaluation import passes
 from trainables.methods import METHODS
 
@@ -12,7 +13,7 @@ PROMPT = "Question 1: what is the weather like in town number 1?"
 
 
 def test_a_row_stops_generating_at_its_stop_string(served_base, winners_dir):
-    engine = AdapterEngine(served_base, (False,))
+    engine = AdapterEngine(served_base, (False,), lookup=None)  # one forward per token: counted below
     engine.add(read_saved(model_id("lora"), winners_dir / "lora", "lora"))
     forwards = []  # one forward pass of the base per generated token
     engine.bases[False].model.register_forward_hook(lambda *_: forwards.append(1))
@@ -112,6 +113,37 @@ def test_requests_sent_mid_decode_join_the_running_batch_and_answer_as_alone(ser
     for request, completion in zip([long, *joining[:2]], alone, strict=False):
         expected = passes.generate(plain[request.adapter], tokenizer, [request.prompt], request.max_tokens, 1)
         assert completion.text == expected.texts[0]
+
+
+def test_prompt_lookup_answers_as_plain_decoding_in_one_running_batch(served_base, winners_dir):
+    """Greedy rows of several adapters and of the base, drafted for, beside a sampled row and rows
+    with a stop string, min_tokens or a short max_tokens, in one batch: each completion (text,
+    token counts, finish reason) is the one the engine gives without prompt lookup."""
+    mixing = [
+        name for name, method in METHODS.items() if method.shares_mixed_batch and not method.quantize_4bit
+    ]
+    repeating = "Question 2: is it raining in town number 2? Question 2: is it raining in town"
+    requests = [
+        Request(PROMPT, model_id(mixing[0]), max_tokens=48),
+        Request(repeating, model_id(mixing[-1]), max_tokens=40),
+        Request(repeating, None, max_tokens=32, min_tokens=32),
+        Request(PROMPT, model_id(mixing[1]), max_tokens=40, stop=("own",)),
+        Request(PROMPT, model_id(mixing[0]), max_tokens=24, sampling=Sampling(temperature=1.0, seed=3)),
+        Request(repeating, model_id(mixing[1]), max_tokens=3),
+    ]
+
+    def completions(lookup: PromptLookup | None):
+        engine = AdapterEngine(served_base, (False,), lookup=lookup)
+        for name in mixing:
+            engine.add(read_saved(model_id(name), winners_dir / name, name))
+        answered = engine.generate(requests)
+        engine.close()
+        return answered, engine._batch.draft_tokens_accepted
+
+    plain, _ = completions(None)
+    drafted, accepted = completions(PromptLookup())
+    assert accepted > 0
+    assert drafted == plain
 
 
 def test_vera_adapters_of_other_projection_seeds_take_turns_on_one_base(served_base, winners_dir, tmp_path):

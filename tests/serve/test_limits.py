@@ -9,6 +9,7 @@ from serve.adapters import Registry
 from serve.app import Limits, bearer_token, build, gateway, key_digest, model_server
 from serve.run import API_KEY_VARIABLE, api_key_from, limits_from, parser
 from trainables.config import ConfigError
+from trainables.decoding.lookup import PromptLookup
 
 
 def _limits(*options: str, gpus: int = 0, cores: int = 8) -> Limits:
@@ -26,6 +27,14 @@ def test_a_cpu_replica_holds_its_share_of_the_cores_and_the_gateway_none():
     assert model_server(limits).ray_actor_options == {"num_gpus": 0.0, "num_cpus": 4}
     # The gateway reserves none, so a replica holding every core still leaves room for it.
     assert gateway(limits).ray_actor_options["num_cpus"] == 0
+
+
+def test_prompt_lookup_is_on_unless_turned_off_and_its_settings_reach_the_engines():
+    assert _limits().lookup() == PromptLookup()
+    assert _limits("--prompt-lookup-tokens", "5", "--prompt-lookup-ngram", "2").lookup() == PromptLookup(5, 2)
+    assert _limits("--no-prompt-lookup").lookup() is None
+    with pytest.raises(ConfigError, match="--prompt-lookup-tokens: must be positive"):
+        _limits("--prompt-lookup-tokens", "0")
 
 
 def test_a_replica_without_cores_is_refused():

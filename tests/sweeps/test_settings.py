@@ -12,6 +12,7 @@ from sweeps import run
 from sweeps.settings import SearchRanges, default_methods, resolve, trial_budget
 from sweeps.spaces import DefineByRun
 from trainables import models
+from trainables.errors import ConfigError
 from trainables.methods import METHODS, search_dimensions, trained_methods
 
 
@@ -24,6 +25,18 @@ def test_precedence_defaults_preset_yaml_cli(tmp_path):
     assert settings.trial == {"eval_examples": 48, "eval_every": 40, "max_length": 256, "batch_size": 4}
     assert settings.search.ranks == [4, 8] and settings.search.alphas == SearchRanges().alphas
     assert settings.concurrency == 2  # untouched default
+
+
+def test_prompt_lookup_is_on_for_every_trial_unless_the_command_line_turns_it_off(tmp_path):
+    config = tmp_path / "sweep.yaml"
+    config.write_text("trial:\n  prompt_lookup_tokens: 5\n")
+    on = resolve("qg", str(config), {"storage": str(tmp_path)}).trial_constants()
+    assert on["prompt_lookup"] is True and on["prompt_lookup_tokens"] == 5
+    off = run.settings_of(run.parser().parse_args(["qg", "--no-prompt-lookup", "--storage", str(tmp_path)]))
+    assert off.trial_constants()["prompt_lookup"] is False
+    config.write_text("trial:\n  prompt_lookup: false\n")  # the sweep's own option, not the trial block's
+    with pytest.raises(ConfigError, match="prompt_lookup set by the sweep itself"):
+        resolve("qg", str(config), {})
 
 
 def test_local_model_paths_become_absolute(tmp_path, tiny_model, monkeypatch):

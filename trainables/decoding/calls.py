@@ -1,15 +1,24 @@
-"""What a model is called with to decode: its device's autocast, and prompt tuning's embeddings."""
+"""What a model is called with to decode: its device's autocast, prompt tuning's embeddings, and
+prompt lookup's drafter for it."""
 
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
+from trainables import architecture
+from trainables.decoding.lookup import Drafter, PromptLookup
 from trainables.methods import is_prompt_learning
 
 
 def model_device(model) -> torch.device:
     return next(p.device for p in model.parameters())
+
+
+def drafter(lookup: PromptLookup | None, model) -> Drafter | None:
+    """Prompt lookup's drafter for decoding with `model` (None: lookup off), which knows the
+    model's sliding attention window."""
+    return None if lookup is None else Drafter(lookup, architecture.sliding_window(model.config))
 
 
 def autocast(device: torch.device):

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import torch
 
 from trainables.decoding import calls
-from trainables.decoding.batch import Request, Row, RunningBatch, real_token_positions
+from trainables.decoding.batch import Request, Row, RunningBatch, prompt_token_ids, real_token_positions
 from trainables.decoding.cache import full_attention_cache
+from trainables.decoding.lookup import Drafter, PromptLookup
 from trainables.encoding import IGNORE_INDEX, collate, prompt_ids, target_logits_only
 from trainables.methods import is_prompt_learning
 
@@ -69,10 +70,18 @@ class Generations:
     row_tokens: list[int]  # each row's new tokens, up to and including its EOS
     seconds: float
     cut: list[bool]  # each row: whether the budget cut it (max_new_tokens tokens and no EOS)
+    # Prompt lookup's drafts checked, and their tokens kept, over the whole batches (as the time).
+    drafts_checked: int = 0
+    draft_tokens_accepted: int = 0
 
     @property
     def new_tokens(self) -> int:
         return sum(self.row_tokens)
+
+    @property
+    def accepted_draft_length(self) -> float | None:
+        """Draft tokens kept per draft checked; None where no draft was."""
+        return self.draft_tokens_accepted / self.drafts_checked if self.drafts_checked else None
 
     @property
     def truncated(self) -> int:
@@ -89,6 +98,8 @@ class Generations:
             [self.row_tokens[i] for i in indices],
             self.seconds,
             [self.cut[i] for i in indices],
+            self.drafts_checked,
+            self.draft_tokens_accepted,
         )
 
     @staticmethod
@@ -98,31 +109,47 @@ class Generations:
             [count for part in parts for count in part.row_tokens],
             sum(part.seconds for part in parts),
             [cut for part in parts for cut in part.cut],
+            sum(part.drafts_checked for part in parts),
+            sum(part.draft_tokens_accepted for part in parts),
         )
 
 
 @torch.no_grad()
 def generate(
-    model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, fixed_length: bool = False
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    fixed_length: bool = False,
+    lookup: PromptLookup | None = None,
 ) -> Generations:
     """Greedy, batched, left-padded; counts tokens up to and including each row's EOS, and cut rows.
 
     fixed_length: every row generates exactly max_new_tokens (EOS is held back until then), so
-    timings compare models whatever the length of their answers.
+    timings compare models whatever the length of their answers. lookup: prompt lookup's
+    settings, None: off (the answers are the same).
     """
     device = calls.model_device(model)
     model.eval()
+    drafter = calls.drafter(lookup, model)
     batches = []
     for start in range(0, len(prompts), batch_size):
         inputs = tokenizer(
             prompts[start : start + batch_size], return_tensors="pt", padding=True, padding_side="left"
         ).to(device)
-        batches.append(_generate_batch(model, tokenizer, inputs, max_new_tokens, fixed_length))
+        batches.append(_generate_batch(model, tokenizer, inputs, max_new_tokens, drafter, fixed_length))
     return Generations.joined(batches)
 
 
 def _generate_batch(
-    model, tokenizer, inputs: dict, max_new_tokens: int, fixed_length: bool = False, cache=None
+    model,
+    tokenizer,
+    inputs: dict,
+    max_new_tokens: int,
+    drafter: Drafter | None,
+    fixed_length: bool = False,
+    cache=None,
 ) -> Generations:
     """One left-padded batch, decoded greedily until every row has ended; a row that ends leaves
     the batch (decoding.RunningBatch), so the later steps compute only the rows still answering.
@@ -133,14 +160,14 @@ def _generate_batch(
     # The prompt is already tokenized; each row needs only its limits.
     request = Request("", None, max_new_tokens, min_tokens=max_new_tokens if fixed_length else 0)
     rows = [Row(request, prompt_tokens=0) for _ in range(len(inputs["attention_mask"]))]
-    batch = RunningBatch(tokenizer, device)
+    batch = RunningBatch(tokenizer, device, drafter)
 
     def forward(**step_inputs) -> torch.Tensor:
-        return call.model(**step_inputs, use_cache=True, logits_to_keep=1).logits
+        return call.model(**step_inputs, use_cache=True).logits
 
     started = time.perf_counter()
     with calls.autocast(device):
-        batch.join(rows, forward, call.inputs, cache)
+        batch.join(rows, forward, call.inputs, cache, prompt_token_ids(inputs))
         while len(batch):
             batch.step(forward)
     seconds = time.perf_counter() - started
@@ -150,6 +177,8 @@ def _generate_batch(
         [completion.completion_tokens for completion in completions],
         seconds,
         [completion.finish_reason == "length" for completion in completions],
+        batch.drafts_checked,
+        batch.draft_tokens_accepted,
     )
 
 
@@ -182,7 +211,13 @@ def with_positions(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def losses_and_generations(
-    model, tokenizer, features: list[dict], max_new_tokens: int, batches: list[list[int]], shared: int = 0
+    model,
+    tokenizer,
+    features: list[dict],
+    max_new_tokens: int,
+    batches: list[list[int]],
+    shared: int = 0,
+    lookup: PromptLookup | None = None,
 ) -> tuple[TargetLosses, Generations]:
     """Each encoded row's target loss (teacher forcing) and the model's greedy answer to its
     prompt, the same prompt tokens for both, in row order whatever the batches' order.
@@ -198,6 +233,7 @@ def losses_and_generations(
     device, pad_id = calls.model_device(model), tokenizer.pad_token_id
     shared = 0 if is_prompt_learning(model) else shared
     model.eval()
+    drafter = calls.drafter(lookup, model)
     shared_cache = None
     if shared:
         start = torch.tensor([prompt_ids(features[0])[:shared]], device=device)
@@ -223,7 +259,9 @@ def losses_and_generations(
         losses.append(encoded.losses(output.logits))
         cache = output.cache
         cache.crop(-(encoded.target_width + 1))  # back to all but the prompts' last column
-        generations.append(_generate_batch(model, tokenizer, encoded.prompts(), max_new_tokens, cache=cache))
+        generations.append(
+            _generate_batch(model, tokenizer, encoded.prompts(), max_new_tokens, drafter, cache=cache)
+        )
     batched_order = [row for batch in batches for row in batch]
     row_order = sorted(range(len(batched_order)), key=batched_order.__getitem__)
     return TargetLosses.joined(losses).taken(row_order), Generations.joined(generations).taken(row_order)

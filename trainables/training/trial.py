@@ -140,6 +140,8 @@ def scored(
         # Answers cut by the budget score badly whatever the method; a high rate flags the budget.
         "truncated_rate": generations.truncated / len(examples),
         "max_new_tokens": max_new_tokens,
+        # Prompt lookup's draft tokens kept per draft checked (None: off, or no draft found).
+        "accepted_draft_length": generations.accepted_draft_length,
     }
     return Evaluation(metrics, per_example, examples, losses, generations, max_new_tokens)
 
@@ -194,7 +196,7 @@ def evaluate(
         batches = [batch for batch in batches if batch[0] >= config.eval_examples]
     shared = passes.shared_prompt_start(tokenizer, prefix, features)
     losses, generations = passes.losses_and_generations(
-        model, tokenizer, features, max_new_tokens, batches, shared
+        model, tokenizer, features, max_new_tokens, batches, shared, config.lookup()
     )
     if reused:
         losses = passes.TargetLosses.joined([periodic.losses, losses])
@@ -228,7 +230,9 @@ def measure_speed(model, tokenizer, plan: Plan, prefix: str) -> dict:
     max_new_tokens = plan.task.generation_budget(tokenizer, plan.uncapped_train)
 
     def seconds(prompt: str) -> float:
-        return passes.generate(model, tokenizer, [prompt], max_new_tokens, 1, fixed_length=True).seconds
+        return passes.generate(
+            model, tokenizer, [prompt], max_new_tokens, 1, fixed_length=True, lookup=plan.config.lookup()
+        ).seconds
 
     seconds(prompts[0])
     latency = statistics.median(seconds(prompt) for prompt in prompts)
