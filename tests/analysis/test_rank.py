@@ -75,6 +75,7 @@ def test_method_summary_counts_trials_and_failures():
             train_loss=pl.lit(1.0),
             train_time_s=pl.lit(3.0),
             truncated_rate=pl.when(pl.col("trial_id") == "a").then(1.0).otherwise(0.0),
+            accepted_draft_length=pl.when(pl.col("trial_id") == "a").then(None).otherwise(1.5),
             total_cost_usd=pl.col("cost_usd") + 1.0,
             stage=pl.when(pl.col("trial_id") == "a").then(pl.lit("comparison")).otherwise(pl.lit("search")),
         )
@@ -89,6 +90,7 @@ def test_method_summary_counts_trials_and_failures():
     assert lora["truncated_rate"].item() == pytest.approx(
         0.5
     )  # median of a cut trial (a) and an uncut one (c)
+    assert lora["accepted_draft_length"].item() == 1.5  # c's: a drafted nothing
     assert summary.filter(pl.col("method") == "adalora")["failures"].item() == 1
 
 

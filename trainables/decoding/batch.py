@@ -188,20 +188,22 @@ class RunningBatch:
             )
             self.next_positions = self.next_positions + 1
             return self._advance(self.rows, logits)
-        # Each row's next token and its draft, the shorter drafts padded on the right (masked).
+        # Each row's next token and its draft, the shorter drafts padded on the right (masked, at
+        # the position of the row's last token: none past what the row itself may reach).
         padding = [width - 1 - len(draft) for draft in drafts]
         fed = [
             [token, *draft, *[token] * pads]
             for token, draft, pads in zip(self.next_tokens.tolist(), drafts, padding, strict=True)
         ]
         fed_mask = [[1] * (width - pads) + [0] * pads for pads in padding]
+        offsets = [[min(column, len(draft)) for column in range(width)] for draft in drafts]
         self.attention_mask = torch.cat(
             [self.attention_mask, self.attention_mask.new_tensor(fed_mask)], dim=1
         )
         logits = forward(
             input_ids=torch.tensor(fed, device=self.device),
             attention_mask=self.attention_mask,
-            position_ids=self.next_positions[:, None] + torch.arange(width, device=self.device),
+            position_ids=self.next_positions[:, None] + torch.tensor(offsets, device=self.device),
             cache=self.cache,
             logits_to_keep=width,
         )
