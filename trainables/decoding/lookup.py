@@ -26,7 +26,7 @@ class PromptLookup:
 
 
 DEFAULT_LOOKUP = PromptLookup()
-ANSWERS_KEPT = 200_000  # tokens of earlier answers searched per adapter; beyond, they start afresh
+ANSWERS_KEPT = 20_000  # tokens of earlier answers searched per adapter (up to some 20 MB); beyond, afresh
 
 
 class NgramIndex:
