@@ -26,7 +26,8 @@ class PromptLookup:
 
 
 DEFAULT_LOOKUP = PromptLookup()
-ANSWERS_KEPT = 20_000  # tokens of earlier answers searched per adapter (up to some 20 MB); beyond, afresh
+# Tokens of earlier answers searched per adapter (each adds up to n index entries); beyond, afresh.
+ANSWERS_KEPT = 20_000
 
 
 class NgramIndex:
