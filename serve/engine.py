@@ -493,7 +493,7 @@ class AdapterEngine:
                 _fail_each([each.ticket for each in group], error)
                 continue
             try:
-                finished = self._batch.join(rows, _prefill(forward), prompt, prompt_ids=prompt_ids)
+                finished = self._batch.join(rows, _prefill(forward), prompt, prompt_ids)
             except _PrefillFailed as failed:  # anything later in join: the batch may be half-changed
                 _fail_each([each.ticket for each in group], failed.error)
                 continue

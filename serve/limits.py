@@ -7,6 +7,7 @@ before Ray is imported.
 import dataclasses
 from dataclasses import dataclass
 
+from trainables.decoding import lookup
 from trainables.decoding.lookup import PromptLookup
 
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
@@ -76,9 +77,7 @@ class Limits:
     loopback_hosts_only: bool = True
 
     def lookup(self) -> PromptLookup | None:
-        return (
-            PromptLookup(self.prompt_lookup_tokens, self.prompt_lookup_ngram) if self.prompt_lookup else None
-        )
+        return lookup.chosen(self.prompt_lookup, self.prompt_lookup_tokens, self.prompt_lookup_ngram)
 
     @classmethod
     def options(cls) -> list[dataclasses.Field]:

@@ -12,6 +12,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from trainables.decoding import lookup
 from trainables.decoding.lookup import PromptLookup
 from trainables.errors import ConfigError, problems
 
@@ -129,9 +130,7 @@ class TrialConfig(BaseModel):
 
     def lookup(self) -> PromptLookup | None:
         """Prompt lookup's settings for this trial's decoding; None where it is off."""
-        return (
-            PromptLookup(self.prompt_lookup_tokens, self.prompt_lookup_ngram) if self.prompt_lookup else None
-        )
+        return lookup.chosen(self.prompt_lookup, self.prompt_lookup_tokens, self.prompt_lookup_ngram)
 
     def usable_train_size(self, available: int) -> int:
         return min(available, self.train_examples or available)

@@ -136,15 +136,15 @@ class RunningBatch:
         rows: list[Row],
         forward: Forward,
         inputs: dict[str, torch.Tensor],
+        prompt_ids: list[list[int]],
         cache: DynamicCache | None = None,
-        prompt_ids: list[list[int]] | None = None,
     ) -> list[Row]:
         """Prefills `rows` from `inputs` (left-padded ids or embeddings, with their mask) and adds them.
 
         cache: the key-value cache of all but each prompt's last column, when a pass over the
         prompts has already computed it; only that column is then read.
-        prompt_ids: each row's prompt tokens, what prompt lookup drafts from (by default the
-        inputs' ids; embeddings, prompt tuning's, need them given).
+        prompt_ids: each row's prompt tokens, what prompt lookup drafts from (inputs may be
+        embeddings: prompt tuning's).
         Returns the rows that finished on their first token (they have left the batch).
         """
         mask = inputs["attention_mask"]
@@ -157,9 +157,7 @@ class RunningBatch:
             logits = forward(
                 **last, attention_mask=mask, position_ids=positions[:, -1:], cache=cache, logits_to_keep=1
             )
-        if prompt_ids is None and "input_ids" in inputs:
-            prompt_ids = prompt_token_ids(inputs)
-        if self.drafter is not None and prompt_ids is not None:
+        if self.drafter is not None:
             for row, ids in zip(rows, prompt_ids, strict=True):
                 if row.generator is None:  # sampled rows are not drafted for
                     row.own = self.drafter.row(ids)
@@ -212,8 +210,10 @@ class RunningBatch:
     def _may_draft(self) -> bool:
         """Whether this step may draft: with a sliding window, only while every row would stay
         inside it were each step from now on as wide as a draft makes it (Drafter's window)."""
-        if self.drafter is None or self.drafter.window is None:
-            return self.drafter is not None
+        if self.drafter is None:
+            return False
+        if self.drafter.window is None:
+            return True
         steps_left = max(row.request.max_tokens - len(row.tokens) for row in self.rows)
         widest = self.attention_mask.shape[1] + (1 + self.drafter.lookup.tokens) * steps_left
         return widest < self.drafter.window

@@ -26,6 +26,13 @@ class PromptLookup:
 
 
 DEFAULT_LOOKUP = PromptLookup()
+
+
+def chosen(on: bool, tokens: int, ngram: int) -> PromptLookup | None:
+    """The settings a config's prompt-lookup options choose; None where it is off."""
+    return PromptLookup(tokens, ngram) if on else None
+
+
 # Tokens of earlier answers searched per adapter (each adds up to n index entries); beyond, afresh.
 ANSWERS_KEPT = 20_000
 

@@ -167,7 +167,7 @@ def _generate_batch(
 
     started = time.perf_counter()
     with calls.autocast(device):
-        batch.join(rows, forward, call.inputs, cache, prompt_token_ids(inputs))
+        batch.join(rows, forward, call.inputs, prompt_token_ids(inputs), cache)
         while len(batch):
             batch.step(forward)
     seconds = time.perf_counter() - started
